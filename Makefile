@@ -1,0 +1,46 @@
+# The two commands: `make run` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: run test install install-dev lint typecheck bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## make run: install, migrate the embedded database under ./var/, seed the demo alliance, serve.
+run: install
+	mkdir -p var
+	ALLIANCE_DEMO=$${ALLIANCE_DEMO:-true} $(BIN)/alliance db upgrade
+	ALLIANCE_DEMO=$${ALLIANCE_DEMO:-true} $(BIN)/alliance seed-demo
+	ALLIANCE_DEMO=$${ALLIANCE_DEMO:-true} $(BIN)/alliance serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+
+## make test: install the dev tools, lint, type-check, and run every test this machine can run.
+test: install-dev lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check alliance fhir_mappings server migrations tests bench
+	$(BIN)/ruff format --check alliance fhir_mappings server migrations tests bench
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+bench: install-dev
+	$(PY) bench/fhir_read.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,54 @@
+"""Code systems and identifier systems the alliance uses. Every code carries its system (and
+its version where the system has versions); alliance-owned URIs live under one base."""
+
+from __future__ import annotations
+
+ALLIANCE_BASE = "https://fhir.yzxy-alliance.cn"
+
+#: 居民身份证号码 (GB 11643-1999). No HL7-registered URI exists for it, so the alliance owns one.
+RESIDENT_ID = f"{ALLIANCE_BASE}/sid/resident-id"
+#: Each hospital's own medical record number; the hospital's id is appended.
+HOSPITAL_MRN = f"{ALLIANCE_BASE}/sid/mrn"
+#: 统一社会信用代码 of an institution.
+USCC = f"{ALLIANCE_BASE}/sid/uscc"
+
+#: ICD-10 国家临床版2.0 (no HL7-registered URI exists), version "2.0".
+ICD10_CN = f"{ALLIANCE_BASE}/CodeSystem/icd10-cn-clinical"
+ICD10_CN_VERSION = "2.0"
+#: 中医病证分类与代码 (GB/T 15657-2021, published 2020), for the TCM hospitals.
+TCM_DIAGNOSIS = f"{ALLIANCE_BASE}/CodeSystem/tcm-disease-syndrome"
+TCM_DIAGNOSIS_VERSION = "2020"
+#: 医疗机构诊疗科目名录: the departments (specialties) a hospital is licensed for.
+DEPARTMENT = f"{ALLIANCE_BASE}/CodeSystem/clinical-department"
+DEPARTMENT_VERSION = "1994"
+#: Professional titles (专业技术职务) of practitioners.
+PROFESSIONAL_TITLE = f"{ALLIANCE_BASE}/CodeSystem/professional-title"
+#: Kind of alliance hospital (general, TCM, maternal and child health) and department.
+ORGANIZATION_KIND = f"{ALLIANCE_BASE}/CodeSystem/organization-kind"
+#: Role of a partnership between hospitals (OrganizationAffiliation.code).
+AFFILIATION_ROLE = f"{ALLIANCE_BASE}/CodeSystem/affiliation-role"
+
+#: FHIR's extension for the language (BCP 47, with the script subtag) of an element; it tags
+#: each of a person's names with its script: zh-Hans, kk-Cyrl, kk-Latn, ug-Arab, ug-Latn.
+LANGUAGE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/language"
+HL7_ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
+
+PROFESSIONAL_TITLES = {
+    "chief-physician": "主任医师",
+    "associate-chief-physician": "副主任医师",
+    "attending-physician": "主治医师",
+    "resident-physician": "住院医师",
+    "chief-tcm-physician": "主任中医师",
+    "associate-chief-tcm-physician": "副主任中医师",
+    "attending-tcm-physician": "主治中医师",
+}
+#: Seniority of titles, for "at least this title" searches.
+TITLE_RANK = {
+    "resident-physician": 1,
+    "attending-physician": 2,
+    "attending-tcm-physician": 2,
+    "associate-chief-physician": 3,
+    "associate-chief-tcm-physician": 3,
+    "chief-physician": 4,
+    "chief-tcm-physician": 4,
+}

@@ -1,0 +1,99 @@
+"""Rules of directory records beyond the base FHIR model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from alliance.codes import RESIDENT_ID
+from alliance.directory.identity import IdentityNumberError, parse_identity_number
+from alliance.directory.models import PatientIdentity
+from alliance.errors import Conflict, Invalid, Issue
+from alliance.fhir.models import ResourceRow
+from alliance.fhir.values import parse_reference
+
+Resource = dict[str, Any]
+
+
+def reference_id(reference: Any, resource_type: str, base_url: str = "") -> str | None:
+    """The id of a `{"reference": "Type/id"}` to `resource_type`, else None."""
+    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+        return None
+    parsed = parse_reference(reference["reference"], base_url)
+    return parsed[1] if parsed and parsed[0] == resource_type else None
+
+
+def managing_hospital(patient: Resource) -> str | None:
+    return reference_id(patient.get("managingOrganization"), "Organization")
+
+
+def check_patient(session: Session, patient: Resource, previous: Resource | None) -> list[Issue]:
+    """A Patient: a managing hospital, valid identity numbers (GB 11643), one record per
+    identity number per hospital, and a full-text form on every name."""
+    warnings: list[Issue] = []
+    hospital = managing_hospital(patient)
+    if hospital is None:
+        raise Invalid(
+            "a Patient needs managingOrganization: the hospital that keeps the record",
+            expression=["Patient.managingOrganization"],
+        )
+    org = session.get(ResourceRow, ("Organization", hospital))
+    if org is None or org.deleted:
+        raise Invalid(
+            f"managingOrganization Organization/{hospital} is not a hospital of the alliance",
+            expression=["Patient.managingOrganization"],
+        )
+    for i, name in enumerate(patient.get("name") or []):
+        if not (name.get("text") or "").strip():
+            raise Invalid(
+                "every name needs its full-text form in text (names are kept as typed, "
+                "not forced into family/given)",
+                expression=[f"Patient.name[{i}].text"],
+            )
+    numbers: list[str] = []
+    for i, ident in enumerate(patient.get("identifier") or []):
+        if ident.get("system") != RESIDENT_ID:
+            continue
+        where = f"Patient.identifier[{i}].value"
+        try:
+            parsed = parse_identity_number(ident.get("value") or "")
+        except IdentityNumberError as exc:
+            raise Invalid(
+                f"identity number rule '{exc.rule}' failed: {exc}", expression=[where]
+            ) from None
+        warnings.extend(Issue(w, "business-rule", "warning", [where]) for w in parsed.warnings)
+        numbers.append(parsed.value)
+    if len(set(numbers)) > 1:
+        raise Invalid(
+            "a Patient has one resident identity number", expression=["Patient.identifier"]
+        )
+    _keep_identity(session, patient["id"], hospital, numbers[0] if numbers else None)
+    return warnings
+
+
+def _keep_identity(session: Session, patient_id: str, hospital: str, number: str | None) -> None:
+    row = session.get(PatientIdentity, patient_id)
+    if number is None:
+        if row is not None:
+            session.delete(row)
+        return
+    other = session.scalars(
+        select(PatientIdentity.patient_id).where(
+            PatientIdentity.organization_id == hospital,
+            PatientIdentity.identity_number == number,
+            PatientIdentity.patient_id != patient_id,
+        )
+    ).first()
+    if other is not None:
+        raise Conflict(
+            f"Patient/{other} at this hospital already has identity number {number}",
+            expression=["Patient.identifier"],
+        )
+    if row is None:
+        session.add(
+            PatientIdentity(patient_id=patient_id, organization_id=hospital, identity_number=number)
+        )
+    else:
+        row.organization_id, row.identity_number = hospital, number

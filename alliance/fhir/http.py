@@ -1,0 +1,343 @@
+"""The FHIR REST face over HTTP (FHIR R4 http.html): routing, negotiation, headers, Bundles.
+
+It is framework plumbing only; every resource type comes from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from email.utils import format_datetime
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from alliance.config import Settings
+from alliance.db import Database
+from alliance.errors import (
+    AllianceError,
+    BadRequest,
+    Issue,
+    MethodNotAllowed,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from alliance.fhir.capability import capability_statement
+from alliance.fhir.store import FhirStore, SearchResult, Version, WriteResult
+from alliance.fhir.values import instant
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+_JSON_TYPES = {"application/fhir+json", "application/json", "json", "text/json", "application/*"}
+_XML_TYPES = {"application/fhir+xml", "application/xml", "xml", "text/xml"}
+_TRANSPORT_PARAMS = {"_format", "_pretty"}
+T = TypeVar("T")
+
+
+def outcome(issues: list[Issue]) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": i.severity,
+                "code": i.code,
+                "diagnostics": i.diagnostics,
+                **({"expression": i.expression} if i.expression else {}),
+            }
+            for i in issues
+        ],
+    }
+
+
+def error_response(error: AllianceError) -> Response:
+    body = json.dumps(outcome(error.issues), ensure_ascii=False)
+    return Response(body, error.status, headers=error.headers, media_type=FHIR_JSON)
+
+
+def _negotiate(request: Request) -> None:
+    """JSON only: `_format` or Accept asking only for XML (or anything else) answers 406."""
+    wanted = request.query_params.get("_format") or request.headers.get("accept", "")
+    types = [t.split(";")[0].strip().lower() for t in wanted.split(",") if t.strip()]
+    if not types or any(t in _JSON_TYPES or t == "*/*" for t in types):
+        return
+    if any(t in _XML_TYPES for t in types):
+        raise NotAcceptable("this server speaks FHIR JSON only; XML is not supported")
+    raise NotAcceptable(f"cannot answer as {wanted}; ask for application/fhir+json")
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in _XML_TYPES:
+        raise UnsupportedMediaType("this server accepts FHIR JSON only; XML is not supported")
+    if ctype and ctype not in _JSON_TYPES:
+        raise UnsupportedMediaType(f"Content-Type {ctype} is not FHIR JSON")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object holding a FHIR resource")
+    return body
+
+
+def _version_of(etag: str | None) -> str | None:
+    """The version in an ETag precondition: `W/"3"`, and as lenient clients send it, `"3"`, `3`."""
+    if etag is None:
+        return None
+    return etag.strip().removeprefix("W/").strip('"')
+
+
+def _prefer(request: Request) -> dict[str, str]:
+    prefs: dict[str, str] = {}
+    for part in request.headers.get("prefer", "").split(";"):
+        for item in part.split(","):
+            key, _, value = item.strip().partition("=")
+            if key:
+                prefs[key.lower()] = value.strip().strip('"')
+    return prefs
+
+
+class FhirApi:
+    """Builds the `/fhir` router from a store; one unit of work per request."""
+
+    def __init__(self, store: FhirStore, db: Database, settings: Settings) -> None:
+        self.store = store
+        self.db = db
+        self.settings = settings
+        self.base = settings.fhir_base
+
+    async def _run(self, write: bool, work: Callable[..., T], *args: Any) -> T:
+        def unit() -> T:
+            with self.db.transaction(write=write) as session:
+                return work(session, *args)
+
+        return await run_in_threadpool(unit)
+
+    def _headers(self, version: Version) -> dict[str, str]:
+        return {
+            "ETag": version.etag,
+            "Last-Modified": format_datetime(version.last_updated, usegmt=True),
+        }
+
+    def _resource_response(self, version: Version, status: int = 200) -> Response:
+        assert version.content is not None
+        return Response(
+            version.content.encode(), status, headers=self._headers(version), media_type=FHIR_JSON
+        )
+
+    def _write_response(self, request: Request, result: WriteResult) -> Response:
+        v = result.version
+        status = 201 if result.created else 200
+        headers = self._headers(v)
+        if result.created or request.method == "PUT":
+            headers["Location"] = f"{self.base}/{v.resource_type}/{v.id}/_history/{v.version}"
+        wanted = _prefer(request).get("return", "representation")
+        if wanted == "minimal":
+            return Response(None, status, headers=headers)
+        if wanted.lower() == "operationoutcome":
+            issues = result.warnings or [Issue("all OK", "informational", "information")]
+            body = json.dumps(outcome(issues), ensure_ascii=False)
+            return Response(body, status, headers=headers, media_type=FHIR_JSON)
+        response = self._resource_response(v, status)
+        response.headers.update(headers)
+        return response
+
+    def router(self) -> APIRouter:
+        r = APIRouter()
+        r.add_api_route("/metadata", self.metadata, methods=["GET"])
+        r.add_api_route("/{rtype}", self.search, methods=["GET"])
+        r.add_api_route("/{rtype}/_search", self.search_post, methods=["POST"])
+        r.add_api_route("/{rtype}", self.create, methods=["POST"], status_code=201)
+        r.add_api_route("/{rtype}/{rid}", self.read, methods=["GET"])
+        r.add_api_route("/{rtype}/{rid}", self.update, methods=["PUT"])
+        r.add_api_route("/{rtype}/{rid}", self.delete, methods=["DELETE"])
+        r.add_api_route("/{rtype}/{rid}/_history", self.history, methods=["GET"])
+        r.add_api_route("/{rtype}/{rid}/_history/{vid}", self.vread, methods=["GET"])
+        return r
+
+    def _supports(self, rtype: str, interaction: str) -> None:
+        if interaction not in self.store.registry.get(rtype).interactions:
+            raise MethodNotAllowed(f"{interaction} is not supported on {rtype}")
+
+    # ---- interactions -------------------------------------------------------------------
+
+    async def metadata(self, request: Request) -> Response:
+        _negotiate(request)
+        body = capability_statement(self.store.registry, base_url=self.base, software="alliance")
+        return Response(json.dumps(body, ensure_ascii=False), media_type=FHIR_JSON)
+
+    async def read(self, request: Request, rtype: str, rid: str) -> Response:
+        _negotiate(request)
+        self._supports(rtype, "read")
+        version = await self._run(False, lambda s: self.store.read(rtype, rid, session=s))
+        if _version_of(request.headers.get("if-none-match")) == str(version.version):
+            return Response(None, 304, headers=self._headers(version))
+        return self._resource_response(version)
+
+    async def vread(self, request: Request, rtype: str, rid: str, vid: str) -> Response:
+        _negotiate(request)
+        self._supports(rtype, "vread")
+        version = await self._run(False, lambda s: self.store.vread(rtype, rid, vid, session=s))
+        return self._resource_response(version)
+
+    async def history(self, request: Request, rtype: str, rid: str) -> Response:
+        _negotiate(request)
+        self._supports(rtype, "history-instance")
+        count = self._count(request)
+        before = request.query_params.get("_page_before")
+        if before is not None and not before.isdigit():
+            raise BadRequest("_page_before must be a version number")
+        versions = await self._run(
+            False,
+            lambda s: self.store.history(
+                rtype,
+                rid,
+                session=s,
+                count=count + 1,
+                before_version=int(before) if before else None,
+            ),
+        )
+        more = len(versions) > count
+        versions = versions[:count]
+        url = f"{self.base}/{rtype}/{rid}/_history"
+        links = [{"relation": "self", "url": f"{url}?{urlencode({'_count': count})}"}]
+        if more:
+            nxt = urlencode({"_count": count, "_page_before": versions[-1].version})
+            links.append({"relation": "next", "url": f"{url}?{nxt}"})
+        entries = []
+        for v in versions:
+            full = f"{self.base}/{rtype}/{rid}"
+            entry: dict[str, Any] = {"fullUrl": full}
+            if v.content is not None:
+                entry["resource"] = json.loads(v.content)
+            method = {"create": "POST", "update": "PUT", "delete": "DELETE"}[v.method]
+            entry["request"] = {
+                "method": method,
+                "url": rtype if method == "POST" else f"{rtype}/{rid}",
+            }
+            entry["response"] = {
+                "status": {"create": "201 Created", "update": "200 OK", "delete": "204"}[v.method],
+                "etag": v.etag,
+                "lastModified": instant(v.last_updated),
+            }
+            entries.append(entry)
+        bundle = {"resourceType": "Bundle", "type": "history", "link": links, "entry": entries}
+        return Response(json.dumps(bundle, ensure_ascii=False), media_type=FHIR_JSON)
+
+    def _count(self, request: Request) -> int:
+        raw = request.query_params.get("_count")
+        if raw is None:
+            return self.settings.default_page_size
+        if not raw.isdigit():
+            raise BadRequest(f"_count must be a non-negative integer, not {raw!r}")
+        return min(int(raw), self.settings.max_page_size)
+
+    async def search(self, request: Request, rtype: str) -> Response:
+        _negotiate(request)
+        return await self._search(request, rtype, list(request.query_params.multi_items()))
+
+    async def search_post(self, request: Request, rtype: str) -> Response:
+        _negotiate(request)
+        form = await request.form()
+        params = list(request.query_params.multi_items())
+        params += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        return await self._search(request, rtype, params)
+
+    async def _search(
+        self, request: Request, rtype: str, params: list[tuple[str, str]]
+    ) -> Response:
+        self._supports(rtype, "search-type")
+        lenient = _prefer(request).get("handling") == "lenient"
+        result = await self._run(
+            False,
+            lambda s: self.store.search(
+                rtype,
+                params,
+                session=s,
+                default_count=self.settings.default_page_size,
+                max_count=self.settings.max_page_size,
+                lenient=lenient,
+            ),
+        )
+        return Response(self._searchset(rtype, result).encode(), media_type=FHIR_JSON)
+
+    def _searchset(self, rtype: str, result: SearchResult) -> str:
+        """The Bundle as text, splicing each stored resource's JSON in without re-parsing it."""
+        spec = result.spec
+        base_params = [*spec.applied, ("_count", str(spec.count))]
+        self_params = list(base_params)
+        if spec.page_after is not None:
+            self_params.append(("_page_after", spec.page_after))
+        if spec.offset:
+            self_params.append(("_page_offset", str(spec.offset)))
+        url = f"{self.base}/{rtype}"
+        links = [{"relation": "self", "url": f"{url}?{urlencode(self_params)}"}]
+        if result.next_page is not None:
+            links.append(
+                {"relation": "next", "url": f"{url}?{urlencode([*base_params, result.next_page])}"}
+            )
+        head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        if result.total is not None:
+            head["total"] = result.total
+        head["link"] = links
+        entries = [self._entry(v, "match") for v in result.matches]
+        entries += [self._entry(v, "include") for v in result.included]
+        if spec.warnings:
+            oo = json.dumps(outcome(spec.warnings), ensure_ascii=False)
+            entries.append(f'{{"resource":{oo},"search":{{"mode":"outcome"}}}}')
+        text = json.dumps(head, ensure_ascii=False)[:-1]
+        return f'{text},"entry":[{",".join(entries)}]}}'
+
+    def _entry(self, v: Version, mode: str) -> str:
+        full = json.dumps(f"{self.base}/{v.resource_type}/{v.id}")
+        return f'{{"fullUrl":{full},"resource":{v.content},"search":{{"mode":"{mode}"}}}}'
+
+    async def create(self, request: Request, rtype: str) -> Response:
+        _negotiate(request)
+        self._supports(rtype, "create")
+        body = await _read_json(request, self.settings.max_body_bytes)
+        # The criteria come in If-None-Exist (FHIR R4 http.html#ccreate) or, as some clients
+        # (fhirpy's get_or_create) send them, in the query string of the POST.
+        criteria = [
+            (k, v) for k, v in request.query_params.multi_items() if k not in _TRANSPORT_PARAMS
+        ]
+        if_none_exist = request.headers.get("if-none-exist") or urlencode(criteria) or None
+        result = await self._run(
+            True,
+            lambda s: self.store.create(rtype, body, session=s, if_none_exist=if_none_exist),
+        )
+        return self._write_response(request, result)
+
+    async def update(self, request: Request, rtype: str, rid: str) -> Response:
+        _negotiate(request)
+        self._supports(rtype, "update")
+        body = await _read_json(request, self.settings.max_body_bytes)
+        if_match = _version_of(request.headers.get("if-match"))
+        result = await self._run(
+            True,
+            lambda s: self.store.update(rtype, rid, body, session=s, if_match=if_match),
+        )
+        return self._write_response(request, result)
+
+    async def delete(self, request: Request, rtype: str, rid: str) -> Response:
+        _negotiate(request)
+        self._supports(rtype, "delete")
+        version = await self._run(True, lambda s: self.store.delete(rtype, rid, session=s))
+        headers = self._headers(version) if version else {}
+        return Response(None, 204, headers=headers)

@@ -1,0 +1,68 @@
+"""Search-index rows for the current version of a resource (FHIR R4 search.html)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from alliance.fhir.models import DateIndex, ReferenceIndex, StringIndex, TokenIndex
+from alliance.fhir.registry import ResourceDefinition, SearchParam
+from alliance.fhir.values import (
+    date_range,
+    elements_at,
+    normalize,
+    reference_of,
+    strings_of,
+    tokens_of,
+)
+
+DATE_MIN = datetime(1, 1, 1, tzinfo=UTC)
+DATE_MAX = datetime(9999, 12, 31, tzinfo=UTC)
+
+IndexRow = TokenIndex | StringIndex | ReferenceIndex | DateIndex
+INDEX_TABLES = (TokenIndex, StringIndex, ReferenceIndex, DateIndex)
+
+
+def index_rows(
+    definition: ResourceDefinition, resource_id: str, resource: dict[str, Any], base_url: str
+) -> list[IndexRow]:
+    rows: list[IndexRow] = []
+    for param in definition.search_params:
+        for element in elements_at(resource, param.path):
+            rows.extend(_rows_for(definition.type, resource_id, param, element, base_url))
+    return rows
+
+
+def _rows_for(
+    rtype: str, rid: str, param: SearchParam, element: Any, base_url: str
+) -> list[IndexRow]:
+    common = {"resource_type": rtype, "resource_id": rid, "param": param.name}
+    if param.type == "token":
+        return [
+            TokenIndex(**common, system=system, code=code[:255])
+            for system, code in dict.fromkeys(tokens_of(element))
+        ]
+    if param.type == "string":
+        return [
+            StringIndex(**common, norm=normalize(s), exact=s[:1024] if whole else None)
+            for s, whole in dict.fromkeys(strings_of(element))
+        ]
+    if param.type == "reference":
+        ref = reference_of(element, base_url)
+        if ref is None or (param.targets and ref[0] not in param.targets):
+            return []
+        return [ReferenceIndex(**common, target_type=ref[0], target_id=ref[1])]
+    if param.type == "date":
+        span = _date_span(element)
+        return [DateIndex(**common, low=span[0], high=span[1])] if span else []
+    raise AssertionError(f"unknown search parameter type {param.type}")
+
+
+def _date_span(element: Any) -> tuple[datetime, datetime] | None:
+    if isinstance(element, str):
+        return date_range(element)
+    if isinstance(element, dict) and ("start" in element or "end" in element):
+        low = date_range(element["start"])[0] if element.get("start") else DATE_MIN
+        high = date_range(element["end"])[1] if element.get("end") else DATE_MAX
+        return low, high
+    return None

@@ -1,0 +1,95 @@
+"""What the FHIR face serves: each resource type's definition, registered by `fhir_mappings`.
+
+This package knows no resource type by itself; the capability statement, the router and the
+search engine are all driven by these definitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from alliance.errors import Issue, NotFound
+
+ParamType = Literal["token", "string", "reference", "date"]
+Resource = dict[str, Any]
+
+#: FHIR R4 CapabilityStatement.rest.resource.interaction codes this plumbing implements.
+ALL_INTERACTIONS = frozenset(
+    {"read", "vread", "update", "create", "history-instance", "search-type", "delete"}
+)
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """A search parameter (FHIR R4 search.html): `path` is a dotted element path from the root
+    (`name.family`, `managingOrganization`); values found there are indexed by `type`."""
+
+    name: str
+    type: ParamType
+    path: str
+    documentation: str
+    targets: tuple[str, ...] = ()
+
+
+#: Checks beyond the base model, and typed-table upkeep, run in the write's transaction with
+#: (session, the resource as it will be stored, the current version or None). It raises
+#: `Invalid`/`Conflict` to refuse the write and returns warnings to report.
+WriteHook = Callable[[Session, Resource, Resource | None], list[Issue]]
+
+
+def _no_owner(_resource: Resource) -> str | None:
+    return None
+
+
+@dataclass
+class ResourceDefinition:
+    type: str
+    #: The fhir.resources model class that validates the base structure.
+    model: Any
+    search_params: list[SearchParam]
+    documentation: str
+    interactions: frozenset[str] = ALL_INTERACTIONS
+    on_write: WriteHook | None = None
+    #: The Patient id whose compartment the resource is in, for access rules.
+    patient_of: Callable[[Resource], str | None] = _no_owner
+    #: The Organization id of the hospital that owns the resource, for access rules.
+    organization_of: Callable[[Resource], str | None] = _no_owner
+    _by_name: dict[str, SearchParam] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {p.name: p for p in self.search_params}
+
+    def param(self, name: str) -> SearchParam | None:
+        return self._by_name.get(name)
+
+    @property
+    def includes(self) -> list[str]:
+        return [f"{self.type}:{p.name}" for p in self.search_params if p.type == "reference"]
+
+
+class Registry:
+    def __init__(self, definitions: Iterable[ResourceDefinition] = ()) -> None:
+        self._types: dict[str, ResourceDefinition] = {}
+        for d in definitions:
+            self.register(d)
+
+    def register(self, definition: ResourceDefinition) -> None:
+        if definition.type in self._types:
+            raise ValueError(f"{definition.type} registered twice")
+        self._types[definition.type] = definition
+
+    def get(self, resource_type: str) -> ResourceDefinition:
+        try:
+            return self._types[resource_type]
+        except KeyError:
+            raise NotFound(f"resource type {resource_type!r} is not supported here") from None
+
+    def __contains__(self, resource_type: str) -> bool:
+        return resource_type in self._types
+
+    def definitions(self) -> list[ResourceDefinition]:
+        return sorted(self._types.values(), key=lambda d: d.type)

@@ -1,0 +1,466 @@
+"""The FHIR interactions over the resource tables (FHIR R4 http.html).
+
+Functions take the session keyword-only and never commit: the caller's unit of work does.
+A caller that limits what a user may see passes `visible`, a SQL condition on `ResourceRow`;
+a resource outside it behaves exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pydantic import ValidationError
+from sqlalchemy import ColumnElement, and_, delete, func, select, true, tuple_
+from sqlalchemy.orm import Session
+
+from alliance.db import named_lock
+from alliance.errors import BadRequest, Gone, Issue, NotFound, PreconditionFailed
+from alliance.fhir.indexing import INDEX_TABLES, index_rows
+from alliance.fhir.models import ReferenceIndex, ResourceRow, ResourceVersion
+from alliance.fhir.registry import Registry, Resource, ResourceDefinition
+from alliance.fhir.search import SearchSpec, matching_rows, page_query, parse_search
+from alliance.fhir.values import instant
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@dataclass
+class Version:
+    """One stored version of a resource."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime
+    method: str
+    content: str | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.content is None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    def resource(self) -> Resource:
+        if self.content is None:
+            raise Gone(f"{self.resource_type}/{self.id} was deleted")
+        parsed: Resource = json.loads(self.content)
+        return parsed
+
+    @classmethod
+    def of(cls, row: ResourceVersion) -> Version:
+        return cls(
+            row.resource_type, row.id, row.version, row.last_updated, row.method, row.content
+        )
+
+
+@dataclass
+class WriteResult:
+    version: Version
+    created: bool
+    warnings: list[Issue] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    spec: SearchSpec
+    matches: list[Version]
+    included: list[Version]
+    total: int | None
+    #: The paging parameter for the next page, or None on the last page.
+    next_page: tuple[str, str] | None
+
+
+class FhirStore:
+    def __init__(self, registry: Registry, *, base_url: str) -> None:
+        self.registry = registry
+        self.base_url = base_url
+
+    # ---- reads ------------------------------------------------------------------------
+
+    def read(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        session: Session,
+        visible: ColumnElement[bool] | None = None,
+    ) -> Version:
+        self.registry.get(resource_type)
+        row = self._current(session, resource_type, resource_id, visible)
+        version = session.get(ResourceVersion, (resource_type, resource_id, row.version))
+        assert version is not None
+        result = Version.of(version)
+        if result.deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted")
+        return result
+
+    def vread(
+        self,
+        resource_type: str,
+        resource_id: str,
+        version_id: str,
+        *,
+        session: Session,
+        visible: ColumnElement[bool] | None = None,
+    ) -> Version:
+        self.registry.get(resource_type)
+        self._current(session, resource_type, resource_id, visible)
+        if not version_id.isdigit():
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
+        row = session.get(ResourceVersion, (resource_type, resource_id, int(version_id)))
+        if row is None:
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
+        result = Version.of(row)
+        if result.deleted:
+            raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return result
+
+    def history(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        session: Session,
+        count: int,
+        before_version: int | None = None,
+        visible: ColumnElement[bool] | None = None,
+    ) -> list[Version]:
+        """Versions newest first (FHIR R4 http.html#history), `count` at most."""
+        self.registry.get(resource_type)
+        self._current(session, resource_type, resource_id, visible)
+        query = select(ResourceVersion).where(
+            ResourceVersion.resource_type == resource_type, ResourceVersion.id == resource_id
+        )
+        if before_version is not None:
+            query = query.where(ResourceVersion.version < before_version)
+        rows = session.scalars(query.order_by(ResourceVersion.version.desc()).limit(count))
+        return [Version.of(r) for r in rows]
+
+    def _current(
+        self,
+        session: Session,
+        resource_type: str,
+        resource_id: str,
+        visible: ColumnElement[bool] | None,
+        *,
+        for_update: bool = False,
+    ) -> ResourceRow:
+        query = select(ResourceRow).where(
+            ResourceRow.resource_type == resource_type, ResourceRow.id == resource_id
+        )
+        if visible is not None:
+            query = query.where(visible)
+        if for_update:
+            query = query.with_for_update()
+        row = session.scalars(query).one_or_none()
+        if row is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        return row
+
+    # ---- search -----------------------------------------------------------------------
+
+    def search(
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        session: Session,
+        default_count: int,
+        max_count: int,
+        lenient: bool = False,
+        visible: ColumnElement[bool] | None = None,
+    ) -> SearchResult:
+        definition = self.registry.get(resource_type)
+        spec = parse_search(
+            definition,
+            self.registry,
+            params,
+            base_url=self.base_url,
+            default_count=default_count,
+            max_count=max_count,
+            lenient=lenient,
+        )
+        total: int | None = None
+        if spec.summary_count or spec.total != "none":
+            counted = matching_rows(spec, definition, visible).subquery()
+            total = session.scalar(select(func.count()).select_from(counted)) or 0
+        if spec.summary_count or spec.count == 0:
+            return SearchResult(spec, [], [], total, None)
+        page = page_query(spec, definition, visible).limit(spec.count + 1)
+        page = page.join(
+            ResourceVersion,
+            and_(
+                ResourceVersion.resource_type == ResourceRow.resource_type,
+                ResourceVersion.id == ResourceRow.id,
+                ResourceVersion.version == ResourceRow.version,
+            ),
+        ).add_columns(ResourceVersion)
+        found = [(row[0], row[1]) for row in session.execute(page)]
+        more = len(found) > spec.count
+        found = found[: spec.count]
+        rows = [r for r, _ in found]
+        matches = [Version.of(v) for _, v in found]
+        next_page: tuple[str, str] | None = None
+        if more:
+            next_page = (
+                ("_page_offset", str(spec.offset + spec.count))
+                if spec.order
+                else ("_page_after", rows[-1].id)
+            )
+        included = self._included(session, spec, rows, visible) if spec.includes else []
+        return SearchResult(spec, matches, included, total, next_page)
+
+    def _contents(self, session: Session, rows: list[ResourceRow]) -> list[Version]:
+        """The stored JSON of the current version of each row, in the rows' order."""
+        if not rows:
+            return []
+        key = tuple_(ResourceVersion.resource_type, ResourceVersion.id, ResourceVersion.version)
+        wanted = [(r.resource_type, r.id, r.version) for r in rows]
+        found = {
+            (v.resource_type, v.id, v.version): v
+            for v in session.scalars(select(ResourceVersion).where(key.in_(wanted)))
+        }
+        return [Version.of(found[k]) for k in wanted if k in found]
+
+    def _included(
+        self,
+        session: Session,
+        spec: SearchSpec,
+        rows: list[ResourceRow],
+        visible: ColumnElement[bool] | None,
+    ) -> list[Version]:
+        ids = [r.id for r in rows]
+        targets: dict[tuple[str, str], None] = {}
+        for inc in spec.includes:
+            query = select(ReferenceIndex.target_type, ReferenceIndex.target_id).where(
+                ReferenceIndex.resource_type == spec.resource_type,
+                ReferenceIndex.param == inc.param.name,
+                ReferenceIndex.resource_id.in_(ids),
+            )
+            if inc.target_type:
+                query = query.where(ReferenceIndex.target_type == inc.target_type)
+            for ttype, tid in session.execute(query):
+                if ttype in self.registry:
+                    targets[(ttype, tid)] = None
+        matched = {(r.resource_type, r.id) for r in rows}
+        wanted = [t for t in targets if t not in matched]
+        if not wanted:
+            return []
+        found: list[ResourceRow] = []
+        for ttype in {t for t, _ in wanted}:
+            rows_query = select(ResourceRow).where(
+                ResourceRow.resource_type == ttype,
+                ResourceRow.id.in_([i for t, i in wanted if t == ttype]),
+                ResourceRow.deleted.is_(False),
+                visible if visible is not None else true(),
+            )
+            found.extend(session.scalars(rows_query.order_by(ResourceRow.id)))
+        by_type: dict[str, list[ResourceRow]] = {}
+        for r in found:
+            by_type.setdefault(r.resource_type, []).append(r)
+        return [v for group in by_type.values() for v in self._contents(session, group)]
+
+    # ---- writes -----------------------------------------------------------------------
+
+    def create(
+        self,
+        resource_type: str,
+        body: Resource,
+        *,
+        session: Session,
+        if_none_exist: str | None = None,
+        resource_id: str | None = None,
+        visible: ColumnElement[bool] | None = None,
+    ) -> WriteResult:
+        """Create (FHIR R4 http.html#create); with `if_none_exist`, conditional create.
+
+        The id in the body is ignored as the spec says; `resource_id` is for internal callers
+        (seeding) that need a stable id.
+        """
+        definition = self.registry.get(resource_type)
+        self._check_type(definition, body)
+        if if_none_exist is not None:
+            criteria = parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True)
+            if not criteria:
+                raise BadRequest("If-None-Exist holds no search criteria")
+            # Concurrent conditional creates with the same criteria queue here, so the second
+            # sees what the first made (on SQLite the write transaction already serialises).
+            named_lock(session, f"conditional-create:{resource_type}?{sorted(criteria)}")
+            found = self.search(
+                resource_type,
+                [*criteria, ("_count", "2")],
+                session=session,
+                default_count=2,
+                max_count=2,
+                visible=visible,
+            )
+            if len(found.matches) > 1:
+                raise PreconditionFailed(
+                    f"If-None-Exist: {if_none_exist} matches more than one {resource_type}"
+                )
+            if found.matches:
+                return WriteResult(found.matches[0], created=False)
+        new_id = resource_id or str(uuid.uuid4())
+        if not ID_RE.match(new_id):
+            raise BadRequest(f"{new_id!r} is not a valid FHIR id")
+        return self._write(definition, session, new_id, body, current=None, method="create")
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: Resource,
+        *,
+        session: Session,
+        if_match: str | None = None,
+        visible: ColumnElement[bool] | None = None,
+    ) -> WriteResult:
+        """Update (FHIR R4 http.html#update); `if_match` is the version id the client last saw
+        (version-aware update: a stale one answers 412)."""
+        definition = self.registry.get(resource_type)
+        self._check_type(definition, body)
+        if body.get("id") != resource_id:
+            raise BadRequest(
+                f"the id in the body ({body.get('id')!r}) does not match the URL ({resource_id})",
+                expression=[f"{resource_type}.id"],
+            )
+        current = self._current(session, resource_type, resource_id, visible, for_update=True)
+        if if_match is not None and if_match != str(current.version):
+            raise PreconditionFailed(
+                f'If-Match W/"{if_match}" does not match the current version '
+                f'W/"{current.version}" of {resource_type}/{resource_id}'
+            )
+        return self._write(definition, session, resource_id, body, current, method="update")
+
+    def delete(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        session: Session,
+        visible: ColumnElement[bool] | None = None,
+    ) -> Version | None:
+        """Delete (FHIR R4 http.html#delete): a new version that marks the resource deleted.
+        Earlier versions stay readable by vread and history; nothing is erased."""
+        self.registry.get(resource_type)
+        current = self._current(session, resource_type, resource_id, visible, for_update=True)
+        if current.deleted:
+            return None
+        now = _now(current.last_updated)
+        current.version += 1
+        current.deleted = True
+        current.last_updated = now
+        row = ResourceVersion(
+            resource_type=resource_type,
+            id=resource_id,
+            version=current.version,
+            last_updated=now,
+            method="delete",
+            content=None,
+        )
+        session.add(row)
+        self._clear_index(session, resource_type, resource_id)
+        session.flush()
+        return Version.of(row)
+
+    def _check_type(self, definition: ResourceDefinition, body: Resource) -> None:
+        if body.get("resourceType") != definition.type:
+            raise BadRequest(
+                f"the body is a {body.get('resourceType')!r}, not a {definition.type}",
+                expression=[f"{definition.type}.resourceType"],
+            )
+
+    def _write(
+        self,
+        definition: ResourceDefinition,
+        session: Session,
+        resource_id: str,
+        body: Resource,
+        current: ResourceRow | None,
+        *,
+        method: str,
+    ) -> WriteResult:
+        resource = dict(body)
+        resource["id"] = resource_id
+        version = (current.version + 1) if current else 1
+        now = _now(current.last_updated if current else None)
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = instant(now)
+        resource["meta"] = meta
+        validate(definition, resource)
+        previous = None
+        if current is not None and not current.deleted:
+            previous = self.read(definition.type, resource_id, session=session).resource()
+        warnings = definition.on_write(session, resource, previous) if definition.on_write else []
+        if current is None:
+            current = ResourceRow(resource_type=definition.type, id=resource_id)
+            session.add(current)
+        current.version = version
+        current.last_updated = now
+        current.deleted = False
+        current.patient_id = definition.patient_of(resource)
+        current.organization_id = definition.organization_of(resource)
+        content = json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+        row = ResourceVersion(
+            resource_type=definition.type,
+            id=resource_id,
+            version=version,
+            last_updated=now,
+            method=method,
+            content=content,
+        )
+        session.add(row)
+        self._clear_index(session, definition.type, resource_id)
+        session.add_all(index_rows(definition, resource_id, resource, self.base_url))
+        session.flush()
+        return WriteResult(Version.of(row), created=method == "create", warnings=warnings)
+
+    def _clear_index(self, session: Session, resource_type: str, resource_id: str) -> None:
+        for table in INDEX_TABLES:
+            session.execute(
+                delete(table).where(
+                    table.resource_type == resource_type, table.resource_id == resource_id
+                )
+            )
+
+
+def _now(previous: datetime | None) -> datetime:
+    """Now, but never before the previous version (clocks of several workers may differ)."""
+    now = datetime.now(UTC)
+    return max(now, previous) if previous else now
+
+
+def validate(definition: ResourceDefinition, resource: Resource) -> None:
+    """Base FHIR validation by the fhir.resources model; failures name the element path."""
+    try:
+        definition.model.model_validate(resource)
+    except ValidationError as exc:
+        issues = [
+            Issue(
+                f"{_path(definition.type, err['loc'])}: {err['msg']}",
+                "required" if err["type"] == "missing" else "structure",
+                "error",
+                [_path(definition.type, err["loc"])],
+            )
+            for err in exc.errors()
+        ]
+        raise BadRequest(issues[0].diagnostics, issues=issues) from None
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"{definition.type} is not valid: {exc}") from None
+
+
+def _path(resource_type: str, loc: tuple[Any, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path

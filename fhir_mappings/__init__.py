@@ -1,0 +1,12 @@
+"""The FHIR face of each domain: per resource type its search parameters, its checks beyond the
+base model (fhir.resources R4B), and pure derivations. No I/O of its own."""
+
+from __future__ import annotations
+
+from alliance.fhir.registry import Registry
+from fhir_mappings import directory
+
+
+def build_registry() -> Registry:
+    """Every resource type the service serves."""
+    return Registry(directory.definitions())

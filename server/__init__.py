@@ -1,0 +1,1 @@
+"""The one place that wires everything: `create_app()` and the `alliance` command."""

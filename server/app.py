@@ -1,0 +1,118 @@
+"""`create_app()`: the FastAPI application with every face mounted."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from alliance.config import Settings, get_settings
+from alliance.db import Database
+from alliance.errors import AllianceError, Issue, MethodNotAllowed, NotFound, Unavailable
+from alliance.fhir.http import FhirApi, error_response
+from alliance.fhir.store import FhirStore
+from alliance.storage import BlobStore, open_blob_store
+from fhir_mappings import build_registry
+from server.metrics import Metrics, MetricsMiddleware
+
+log = logging.getLogger("alliance")
+
+
+@dataclass
+class Services:
+    """What a running app holds; nothing in it is state another worker would need."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    fhir: FhirStore
+
+
+def build_services(settings: Settings) -> Services:
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    blobs = open_blob_store(settings.storage_url)
+    return Services(settings, db, blobs, FhirStore(build_registry(), base_url=settings.fhir_base))
+
+
+def _face_error(request: Request, error: AllianceError) -> Response:
+    if request.url.path.startswith("/fhir"):
+        return error_response(error)
+    return JSONResponse(
+        {"error": error.code, "message": error.message}, error.status, headers=error.headers
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    services = build_services(settings)
+    metrics = Metrics()
+    app = FastAPI(
+        title="Alliance referral, teleconsult and imaging service",
+        description=(
+            "FHIR R4 at `/fhir` (application/fhir+json), DICOMweb at `/dicomweb`, "
+            "OAuth2 at `/auth`. These docs cover the operational endpoints; "
+            "`GET /fhir/metadata` is the FHIR CapabilityStatement."
+        ),
+        version="0.1.0",
+    )
+    app.state.services = services
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(AllianceError)
+    async def _alliance_error(request: Request, exc: AllianceError) -> Response:
+        return _face_error(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error: AllianceError
+        if exc.status_code == 405:
+            error = MethodNotAllowed(f"{request.method} is not supported on {request.url.path}")
+        elif exc.status_code == 404:
+            error = NotFound(f"nothing is served at {request.url.path}")
+        else:
+            error = AllianceError(str(exc.detail))
+            error.status = exc.status_code
+        return _face_error(request, error)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        error = AllianceError("internal error; it has been logged")
+        error.status = 500
+        error.issues = [Issue(error.message, "exception", "fatal")]
+        return _face_error(request, error)
+
+    app.include_router(FhirApi(services.fhir, services.db, settings).router(), prefix="/fhir")
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> Response:
+        """The database and the blob store are reachable (503 otherwise)."""
+        checks: dict[str, Any] = {}
+        for name, ping in (("database", services.db.ping), ("storage", services.blobs.ping)):
+            try:
+                await run_in_threadpool(ping)
+                checks[name] = "ok"
+            except Unavailable as exc:
+                checks[name] = exc.message
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            200 if ready else 503,
+        )
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics_endpoint() -> Response:
+        """Prometheus text exposition: request counts and latency by route and status."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

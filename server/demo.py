@@ -1,0 +1,445 @@
+"""The demo alliance (`alliance seed-demo`): six hospitals, their partnerships and departments,
+practitioners with titles, and patients with Han, Kazakh, Uyghur and Hui names.
+
+Idempotent: every record has a stable id and is created only when it is missing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from alliance.codes import (
+    AFFILIATION_ROLE,
+    DEPARTMENT,
+    DEPARTMENT_VERSION,
+    HL7_ORG_TYPE,
+    HOSPITAL_MRN,
+    LANGUAGE_EXTENSION,
+    ORGANIZATION_KIND,
+    PROFESSIONAL_TITLE,
+    PROFESSIONAL_TITLES,
+    RESIDENT_ID,
+)
+from alliance.config import Settings
+from alliance.db import Database
+from alliance.directory.identity import check_character
+from alliance.errors import NotFound
+from alliance.fhir.store import FhirStore
+from fhir_mappings import build_registry
+
+Resource = dict[str, Any]
+
+# (id, Chinese name, English name, kind, city, partner id or None)
+HOSPITALS = [
+    ("subei", "苏北人民医院", "Subei People's Hospital", "general", "扬州市", None),
+    ("yz-tcm", "扬州市中医院", "Yangzhou Hospital of TCM", "tcm", "扬州市", None),
+    (
+        "yz-mch",
+        "扬州市妇幼保健院",
+        "Yangzhou Maternal and Child Health Hospital",
+        "mch",
+        "扬州市",
+        None,
+    ),
+    (
+        "xy-people",
+        "新源县人民医院",
+        "Xinyuan County People's Hospital",
+        "general",
+        "新源县",
+        "subei",
+    ),
+    ("xy-tcm", "新源县中医医院", "Xinyuan County Hospital of TCM", "tcm", "新源县", "yz-tcm"),
+    (
+        "xy-mch",
+        "新源县妇幼保健院",
+        "Xinyuan County Maternal and Child Health Hospital",
+        "mch",
+        "新源县",
+        "yz-mch",
+    ),
+]
+KIND_NAMES = {"general": "综合医院", "tcm": "中医医院", "mch": "妇幼保健院"}
+
+# 医疗机构诊疗科目名录 codes, per kind of hospital: (slug, code, display, department name)
+DEPARTMENTS = {
+    "general": [
+        ("cardiology", "03.04", "心血管内科专业", "心血管内科"),
+        ("respiratory", "03.01", "呼吸内科专业", "呼吸内科"),
+        ("neurology", "03.03", "神经内科专业", "神经内科"),
+        ("general-surgery", "04.01", "普通外科专业", "普外科"),
+        ("orthopaedics", "04.03", "骨科专业", "骨科"),
+        ("radiology", "32", "医学影像科", "影像科"),
+    ],
+    "tcm": [
+        ("tcm-internal", "50.01", "内科专业", "中医内科"),
+        ("acupuncture", "50.13", "针灸科专业", "针灸推拿科"),
+        ("radiology", "32", "医学影像科", "影像科"),
+    ],
+    "mch": [
+        ("obstetrics", "05.02", "产科专业", "产科"),
+        ("gynaecology", "05.01", "妇科专业", "妇科"),
+        ("paediatrics", "07", "儿科", "儿科"),
+        ("neonatology", "07.01", "新生儿专业", "新生儿科"),
+    ],
+}
+
+# (practitioner id, hospital, department slug, title, name text, family, given, other names)
+PRACTITIONERS: list[tuple[str, str, str, str, str, str | None, str | None, list[Resource]]] = [
+    ("sp-subei", "subei", "cardiology", "chief-physician", "陈志明", "陈", "志明", []),
+    ("subei-resp", "subei", "respiratory", "associate-chief-physician", "刘海燕", "刘", "海燕", []),
+    ("subei-radiology", "subei", "radiology", "chief-physician", "周国平", "周", "国平", []),
+    ("sp-yz-tcm", "yz-tcm", "tcm-internal", "chief-tcm-physician", "孙永康", "孙", "永康", []),
+    ("sp-yz-mch", "yz-mch", "obstetrics", "associate-chief-physician", "吴丽华", "吴", "丽华", []),
+    (
+        "dr-xinyuan-people",
+        "xy-people",
+        "cardiology",
+        "attending-physician",
+        "努尔兰·别克",
+        None,
+        None,
+        [{"text": "Нұрлан Бек", "lang": "kk-Cyrl"}],
+    ),
+    (
+        "xy-people-radiology",
+        "xy-people",
+        "radiology",
+        "attending-physician",
+        "李军",
+        "李",
+        "军",
+        [],
+    ),
+    (
+        "dr-xinyuan-tcm",
+        "xy-tcm",
+        "tcm-internal",
+        "attending-tcm-physician",
+        "马玉花",
+        "马",
+        "玉花",
+        [],
+    ),
+    (
+        "dr-xinyuan-mch",
+        "xy-mch",
+        "obstetrics",
+        "attending-physician",
+        "古丽娜尔·吐尔逊",
+        None,
+        None,
+        [
+            {"text": "گۈلنار تۇرسۇن", "lang": "ug-Arab"},
+            {"text": "Gülnar Tursun", "lang": "ug-Latn"},
+        ],
+    ),
+]
+
+# (patient id, hospital, address code, birth YYYYMMDD, sequence, gender, names, family, given)
+PATIENTS: list[tuple[str, str, str, str, str, str, list[Resource], str | None, str | None]] = [
+    (
+        "demo-wang-jianguo",
+        "xy-people",
+        "654025",
+        "19650312",
+        "013",
+        "male",
+        [{"text": "王建国", "lang": "zh-Hans"}],
+        "王",
+        "建国",
+    ),
+    (
+        "demo-aygul",
+        "xy-people",
+        "654025",
+        "19780921",
+        "024",
+        "female",
+        [
+            {"text": "阿依古丽·努尔兰", "lang": "zh-Hans"},
+            {"text": "Айгүл Нұрлан", "lang": "kk-Cyrl"},
+        ],
+        None,
+        None,
+    ),
+    (
+        "demo-memet",
+        "xy-people",
+        "654125",
+        "19591105",
+        "031",
+        "male",
+        [
+            {"text": "买买提·艾力", "lang": "zh-Hans"},
+            {"text": "مەمەت ئەلى", "lang": "ug-Arab"},
+            {"text": "Memet Eli", "lang": "ug-Latn"},
+        ],
+        None,
+        None,
+    ),
+    (
+        "demo-ma-xiulan",
+        "xy-tcm",
+        "654025",
+        "19700130",
+        "042",
+        "female",
+        [{"text": "马秀兰", "lang": "zh-Hans"}],
+        "马",
+        "秀兰",
+    ),
+    (
+        "demo-erlan",
+        "xy-tcm",
+        "652425",
+        "19830617",
+        "057",
+        "male",
+        [
+            {"text": "叶尔兰·哈布都拉", "lang": "zh-Hans"},
+            {"text": "Ерлан Қабдолла", "lang": "kk-Cyrl"},
+        ],
+        None,
+        None,
+    ),
+    (
+        "demo-patigul",
+        "xy-mch",
+        "654025",
+        "19960402",
+        "068",
+        "female",
+        [
+            {"text": "帕提古丽·艾合买提", "lang": "zh-Hans"},
+            {"text": "پاتىگۈل ئەخمەت", "lang": "ug-Arab"},
+        ],
+        None,
+        None,
+    ),
+    (
+        "demo-zhang-min",
+        "xy-mch",
+        "654025",
+        "19990818",
+        "082",
+        "female",
+        [{"text": "张敏", "lang": "zh-Hans"}],
+        "张",
+        "敏",
+    ),
+]
+
+
+def identity_number(address: str, birth: str, sequence: str) -> str:
+    first17 = address + birth + sequence
+    return first17 + check_character(first17)
+
+
+def _ref(rtype: str, rid: str) -> Resource:
+    return {"reference": f"{rtype}/{rid}"}
+
+
+def _name(text: str, lang: str, family: str | None = None, given: str | None = None) -> Resource:
+    name: Resource = {
+        "extension": [{"url": LANGUAGE_EXTENSION, "valueCode": lang}],
+        "use": "official",
+        "text": text,
+    }
+    if family:
+        name["family"] = family
+    if given:
+        name["given"] = [given]
+    return name
+
+
+def _hospital(hid: str, zh: str, en: str, kind: str, city: str) -> Resource:
+    return {
+        "resourceType": "Organization",
+        "active": True,
+        "type": [
+            {
+                "coding": [
+                    {"system": HL7_ORG_TYPE, "code": "prov", "display": "Healthcare Provider"}
+                ]
+            },
+            {"coding": [{"system": ORGANIZATION_KIND, "code": kind, "display": KIND_NAMES[kind]}]},
+        ],
+        "name": zh,
+        "alias": [en],
+        "address": [{"city": city, "state": "江苏省" if city == "扬州市" else "新疆维吾尔自治区"}],
+    }
+
+
+def _department(hid: str, slug: str, code: str, display: str, name: str) -> Resource:
+    return {
+        "resourceType": "Organization",
+        "active": True,
+        "type": [
+            {
+                "coding": [
+                    {"system": HL7_ORG_TYPE, "code": "dept", "display": "Hospital Department"}
+                ]
+            },
+            {
+                "coding": [
+                    {
+                        "system": DEPARTMENT,
+                        "version": DEPARTMENT_VERSION,
+                        "code": code,
+                        "display": display,
+                    }
+                ]
+            },
+        ],
+        "name": name,
+        "partOf": _ref("Organization", hid),
+    }
+
+
+def demo_resources() -> list[tuple[str, str, Resource]]:
+    """Every demo record as (type, id, resource), in an order that keeps references valid."""
+    out: list[tuple[str, str, Resource]] = []
+    dept_codes: dict[tuple[str, str], tuple[str, str]] = {}
+    for hid, zh, en, kind, city, _partner in HOSPITALS:
+        out.append(("Organization", hid, _hospital(hid, zh, en, kind, city)))
+        for slug, code, display, name in DEPARTMENTS[kind]:
+            out.append(
+                ("Organization", f"{hid}-{slug}", _department(hid, slug, code, display, name))
+            )
+            dept_codes[(hid, slug)] = (code, display)
+    for hid, _zh, _en, _kind, _city, partner in HOSPITALS:
+        if partner:
+            out.append(
+                (
+                    "OrganizationAffiliation",
+                    f"{partner}-{hid}",
+                    {
+                        "resourceType": "OrganizationAffiliation",
+                        "active": True,
+                        "period": {"start": "2017-01-01"},
+                        "organization": _ref("Organization", partner),
+                        "participatingOrganization": _ref("Organization", hid),
+                        "code": [
+                            {
+                                "coding": [
+                                    {
+                                        "system": AFFILIATION_ROLE,
+                                        "code": "alliance-partner",
+                                        "display": "医联体对口帮扶",
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                )
+            )
+    for pid, hid, slug, title, text, family, given, others in PRACTITIONERS:
+        names = [_name(text, "zh-Hans", family, given)]
+        names += [{**_name(o["text"], o["lang"]), "use": "usual"} for o in others]
+        out.append(
+            (
+                "Practitioner",
+                pid,
+                {
+                    "resourceType": "Practitioner",
+                    "active": True,
+                    "name": names,
+                    "qualification": [
+                        {
+                            "code": {
+                                "coding": [
+                                    {
+                                        "system": PROFESSIONAL_TITLE,
+                                        "code": title,
+                                        "display": PROFESSIONAL_TITLES[title],
+                                    }
+                                ]
+                            }
+                        }
+                    ],
+                },
+            )
+        )
+        code, display = dept_codes[(hid, slug)]
+        out.append(
+            (
+                "PractitionerRole",
+                f"{pid}-role",
+                {
+                    "resourceType": "PractitionerRole",
+                    "active": True,
+                    "practitioner": _ref("Practitioner", pid),
+                    "organization": _ref("Organization", hid),
+                    "code": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/practitioner-role",
+                                    "code": "doctor",
+                                    "display": "Doctor",
+                                }
+                            ]
+                        }
+                    ],
+                    "specialty": [
+                        {
+                            "coding": [
+                                {
+                                    "system": DEPARTMENT,
+                                    "version": DEPARTMENT_VERSION,
+                                    "code": code,
+                                    "display": display,
+                                }
+                            ]
+                        }
+                    ],
+                },
+            )
+        )
+    for n, (pid, hid, address, birth, seq, gender, names, family, given) in enumerate(PATIENTS):
+        number = identity_number(address, birth, seq)
+        first, *others = names
+        patient_names = [_name(first["text"], first["lang"], family, given)]
+        patient_names += [{**_name(o["text"], o["lang"]), "use": "usual"} for o in others]
+        out.append(
+            (
+                "Patient",
+                pid,
+                {
+                    "resourceType": "Patient",
+                    "active": True,
+                    "identifier": [
+                        {"system": RESIDENT_ID, "value": number},
+                        {"system": f"{HOSPITAL_MRN}/{hid}", "value": f"MRN{2026000 + n}"},
+                    ],
+                    "name": patient_names,
+                    "gender": gender,
+                    "birthDate": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
+                    "address": [{"city": "新源县", "state": "新疆维吾尔自治区"}],
+                    "managingOrganization": _ref("Organization", hid),
+                },
+            )
+        )
+    return out
+
+
+def seed_demo(settings: Settings) -> dict[str, int]:
+    """Create the demo records that are missing; returns how many of each type were created."""
+    db = Database(settings.database_url)
+    store = FhirStore(build_registry(), base_url=settings.fhir_base)
+    created: Counter[str] = Counter()
+    try:
+        with db.transaction(write=True) as session:
+            for rtype, rid, resource in demo_resources():
+                try:
+                    store.read(rtype, rid, session=session)
+                    continue
+                except NotFound:
+                    pass
+                store.create(rtype, resource, session=session, resource_id=rid)
+                created[rtype] += 1
+    finally:
+        db.dispose()
+    return dict(created)

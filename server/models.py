@@ -1,0 +1,8 @@
+"""Every module that defines tables, imported so the metadata is complete (for migrations)."""
+
+from __future__ import annotations
+
+
+def import_all_models() -> None:
+    import alliance.directory.models
+    import alliance.fhir.models  # noqa: F401

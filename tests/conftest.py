@@ -1,0 +1,163 @@
+"""Test fixtures: every database test runs on SQLite and, when ALLIANCE_TEST_DATABASE_URL names
+a PostgreSQL database, on PostgreSQL too. Each test gets a fresh, migrated database (copied
+from a template migrated once per run), a fresh blob folder, and the app over it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from alliance.config import Settings
+from server.app import create_app
+from server.migrate import upgrade
+
+PG_URL = os.environ.get("ALLIANCE_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+class _Templates:
+    """Migrated template databases, made once per run and copied for each test."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.sqlite_template: Path | None = None
+        self.pg_template: str | None = None
+        self.pg_made: list[str] = []
+
+    def sqlite(self) -> str:
+        if self.sqlite_template is None:
+            self.sqlite_template = self.workdir / "template.db"
+            upgrade(f"sqlite:///{self.sqlite_template}")
+        target = self.workdir / f"{uuid.uuid4().hex}.db"
+        shutil.copyfile(self.sqlite_template, target)
+        return f"sqlite:///{target}"
+
+    def _admin(self):  # type: ignore[no-untyped-def]
+        return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+
+    def postgresql(self) -> str:
+        base = make_url(PG_URL)
+        engine = self._admin()
+        try:
+            with engine.connect() as conn:
+                if self.pg_template is None:
+                    self.pg_template = f"alliance_tpl_{os.getpid()}"
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{self.pg_template}"'))
+                    conn.execute(text(f'CREATE DATABASE "{self.pg_template}"'))
+                    upgrade(base.set(database=self.pg_template).render_as_string(False))
+                name = f"alliance_t_{uuid.uuid4().hex[:12]}"
+                conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_template}"'))
+                self.pg_made.append(name)
+        finally:
+            engine.dispose()
+        return base.set(database=name).render_as_string(False)
+
+    def drop(self, url: str) -> None:
+        name = make_url(url).database
+        engine = self._admin()
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            engine.dispose()
+
+    def cleanup(self) -> None:
+        if self.pg_template:
+            self.drop(make_url(PG_URL).set(database=self.pg_template).render_as_string(False))
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
+    t = _Templates(tmp_path_factory.mktemp("db"))
+    yield t
+    t.cleanup()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, templates: _Templates) -> Iterator[str]:
+    if request.param == "postgresql":
+        if not PG_URL:
+            pytest.skip("PostgreSQL: set ALLIANCE_TEST_DATABASE_URL to run (CI does)")
+        url = templates.postgresql()
+        yield url
+        templates.drop(url)
+    else:
+        yield templates.sqlite()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        storage_url=(tmp_path / "blobs").as_uri(),
+        base_url="http://testserver",
+        demo=True,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[FastAPI]:
+    application = create_app(settings)
+    yield application
+    application.state.services.db.dispose()
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """The app served by uvicorn on a free port, in a thread of this process."""
+
+    def __init__(self, database_url: str, storage_url: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = Settings(
+            database_url=database_url, storage_url=storage_url, base_url=self.url, demo=True
+        )
+        self.app = create_app(self.settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.app.state.services.db.dispose()
+
+
+@pytest.fixture
+def live_server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    with LiveServer(database_url, (tmp_path / "blobs").as_uri()) as server:
+        yield server
