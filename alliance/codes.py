@@ -31,6 +31,8 @@ AFFILIATION_ROLE = f"{ALLIANCE_BASE}/CodeSystem/affiliation-role"
 #: FHIR's extension for the language (BCP 47, with the script subtag) of an element; it tags
 #: each of a person's names with its script: zh-Hans, kk-Cyrl, kk-Latn, ug-Arab, ug-Latn.
 LANGUAGE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/language"
+#: The hospital whose staff a Practitioner is (who administers the record).
+PRACTITIONER_HOSPITAL = f"{ALLIANCE_BASE}/StructureDefinition/practitioner-hospital"
 HL7_ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 
 PROFESSIONAL_TITLES = {

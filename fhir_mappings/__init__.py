@@ -4,9 +4,9 @@ base model (fhir.resources R4B), and pure derivations. No I/O of its own."""
 from __future__ import annotations
 
 from alliance.fhir.registry import Registry
-from fhir_mappings import directory
+from fhir_mappings import audit, directory
 
 
 def build_registry() -> Registry:
     """Every resource type the service serves."""
-    return Registry(directory.definitions())
+    return Registry([*directory.definitions(), *audit.definitions()])

@@ -8,6 +8,7 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.practitionerrole import PractitionerRole
 
+from alliance.codes import PRACTITIONER_HOSPITAL
 from alliance.directory.service import check_patient, managing_hospital, reference_id
 from alliance.fhir.registry import ALL_INTERACTIONS, Resource, ResourceDefinition, SearchParam
 
@@ -17,6 +18,13 @@ _NO_DELETE = ALL_INTERACTIONS - {"delete"}
 def _own_id(resource: Resource) -> str | None:
     """An Organization owns itself; a department is owned by the hospital it is part of."""
     return reference_id(resource.get("partOf"), "Organization") or resource.get("id")
+
+
+def _staff_of(resource: Resource) -> str | None:
+    for ext in resource.get("extension") or []:
+        if ext.get("url") == PRACTITIONER_HOSPITAL:
+            return reference_id(ext.get("valueReference"), "Organization")
+    return None
 
 
 def _role_hospital(resource: Resource) -> str | None:
@@ -44,6 +52,7 @@ def definitions() -> list[ResourceDefinition]:
             ],
             "Hospitals of the alliance and their departments (partOf the hospital).",
             interactions=_NO_DELETE,
+            access="directory",
             organization_of=_own_id,
         ),
         ResourceDefinition(
@@ -69,6 +78,7 @@ def definitions() -> list[ResourceDefinition]:
                 SearchParam("date", "date", "period", "When the partnership is in force"),
             ],
             "Partnerships between alliance hospitals (data, not code: the alliance can grow).",
+            access="directory",
             organization_of=lambda r: reference_id(r.get("organization"), "Organization"),
         ),
         ResourceDefinition(
@@ -89,6 +99,8 @@ def definitions() -> list[ResourceDefinition]:
             ],
             "Doctors of the alliance; their professional title is a qualification.",
             interactions=_NO_DELETE,
+            access="directory",
+            organization_of=_staff_of,
         ),
         ResourceDefinition(
             "PractitionerRole",
@@ -114,6 +126,7 @@ def definitions() -> list[ResourceDefinition]:
                 SearchParam("identifier", "token", "identifier", "An identifier"),
             ],
             "A practitioner's role at a hospital: department, specialty and role.",
+            access="directory",
             organization_of=_role_hospital,
         ),
         ResourceDefinition(

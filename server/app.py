@@ -16,6 +16,8 @@ from alliance.db import Database
 from alliance.errors import AllianceError, Issue, MethodNotAllowed, NotFound, Unavailable
 from alliance.fhir.http import FhirApi, error_response
 from alliance.fhir.store import FhirStore
+from alliance.security.guard import Guard
+from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
 from fhir_mappings import build_registry
 from server.metrics import Metrics, MetricsMiddleware
@@ -31,12 +33,21 @@ class Services:
     db: Database
     blobs: BlobStore
     fhir: FhirStore
+    guard: Guard
 
 
 def build_services(settings: Settings) -> Services:
+    settings.signing_keys  # noqa: B018 -- refuse to start without token keys outside demo mode
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     blobs = open_blob_store(settings.storage_url)
-    return Services(settings, db, blobs, FhirStore(build_registry(), base_url=settings.fhir_base))
+    registry = build_registry()
+    return Services(
+        settings,
+        db,
+        blobs,
+        FhirStore(registry, base_url=settings.fhir_base),
+        Guard(db, settings, registry),
+    )
 
 
 def _face_error(request: Request, error: AllianceError) -> Response:
@@ -87,7 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         error.issues = [Issue(error.message, "exception", "fatal")]
         return _face_error(request, error)
 
-    app.include_router(FhirApi(services.fhir, services.db, settings).router(), prefix="/fhir")
+    app.include_router(auth_router(services.db, settings))
+    app.include_router(FhirApi(services.fhir, services.guard, settings).router())
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

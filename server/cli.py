@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from collections.abc import Sequence
 
+from alliance.audit.service import Actor, AuditInput
 from alliance.config import get_settings
+from alliance.errors import AllianceError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -47,6 +50,131 @@ def _seed_demo(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator() -> Actor:
+    """Who ran the command, as the audit trail records them."""
+    return Actor(f"cli:{getpass.getuser()}", None, "operator", None, "operator")
+
+
+def _audited(subtype: str, entity: str, description: str) -> AuditInput:
+    return AuditInput(
+        type="security",
+        subtype=subtype,
+        action="U" if subtype != "user-create" else "C",
+        outcome="0",
+        actor=_operator(),
+        entity=entity,
+        description=description,
+    )
+
+
+def _user(args: argparse.Namespace) -> int:
+    from alliance.audit.service import append
+    from alliance.db import Database
+    from alliance.security import service
+
+    settings = get_settings()
+    db = Database(settings.database_url)
+    try:
+        with db.transaction(write=True) as session:
+            if args.user_command == "create":
+                password = None
+                if args.password_stdin:
+                    password = sys.stdin.readline().rstrip("\n")
+                user = service.create_user(
+                    session=session,
+                    username=args.username,
+                    hospital_id=args.hospital,
+                    role=args.role,
+                    password=password,
+                    display_name=args.name,
+                    practitioner_id=args.practitioner,
+                )
+                note = "with the password given" if password else "without a password"
+                message = (
+                    f"account {user.username} ({user.role_name}, {user.hospital_id}) created {note}"
+                )
+            elif args.user_command in ("lock", "unlock"):
+                service.set_locked(
+                    session=session, username=args.username, locked=args.user_command == "lock"
+                )
+                message = f"account {args.username} {args.user_command}ed"
+            else:
+                given = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+                new = service.reset_password(
+                    session=session, username=args.username, password=given
+                )
+                message = f"password of {args.username} reset"
+                if given is None:
+                    message += f"; the new password (shown once): {new}"
+            append(
+                session,
+                [
+                    _audited(
+                        f"user-{args.user_command}", f"user/{args.username}", message.split(";")[0]
+                    )
+                ],
+                server=settings.base_url,
+            )
+    except AllianceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    print(message)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    from alliance.audit.service import append
+    from alliance.db import Database
+    from alliance.security.service import register_client
+
+    settings = get_settings()
+    db = Database(settings.database_url)
+    try:
+        with db.transaction(write=True) as session:
+            secret = register_client(
+                session=session, client_id=args.client_id, name=args.name, hospital_id=args.hospital
+            )
+            append(
+                session,
+                [
+                    _audited(
+                        "client-register", f"client/{args.client_id}", "partner system registered"
+                    )
+                ],
+                server=settings.base_url,
+            )
+    except AllianceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    print(f"client {args.client_id} registered; its secret (shown once): {secret}")
+    return 0
+
+
+def _audit_verify(_args: argparse.Namespace) -> int:
+    from alliance.audit.service import verify
+    from alliance.db import Database
+
+    db = Database(get_settings().database_url)
+    try:
+        with db.transaction() as session:
+            result = verify(session)
+    finally:
+        db.dispose()
+    if result.ok:
+        print(f"audit trail intact: {result.checked} records verified")
+        return 0
+    print(
+        f"audit trail BROKEN at record {result.first_bad_seq}: {result.problem} "
+        f"({result.checked} records before it verified)",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alliance", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +192,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("seed-demo", help="seed the demo alliance (idempotent)").set_defaults(
         func=_seed_demo
     )
+
+    user = sub.add_parser("user", help="staff accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    create = user_sub.add_parser("create", help="create an account")
+    create.add_argument("username")
+    create.add_argument("--hospital", required=True, help="Organization id, e.g. xy-people")
+    create.add_argument(
+        "--role", required=True, help="county-doctor, specialist, hospital-admin, auditor, ..."
+    )
+    create.add_argument("--name", help="display name")
+    create.add_argument("--practitioner", help="Practitioner id of this person")
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (otherwise none: reset it to log in)",
+    )
+    for name, text in (("lock", "lock an account"), ("unlock", "unlock an account")):
+        cmd = user_sub.add_parser(name, help=text)
+        cmd.add_argument("username")
+    reset = user_sub.add_parser("reset-password", help="set a new password")
+    reset.add_argument("username")
+    reset.add_argument(
+        "--password-stdin", action="store_true", help="read it from stdin (else a random one)"
+    )
+    user.set_defaults(func=_user)
+
+    client = sub.add_parser("client", help="partner systems (client_credentials)")
+    client_sub = client.add_subparsers(dest="client_command", required=True)
+    register = client_sub.add_parser("register", help="register a hospital's system")
+    register.add_argument("client_id")
+    register.add_argument("--hospital", required=True)
+    register.add_argument("--name", required=True)
+    client.set_defaults(func=_client)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser(
+        "verify", help="walk the hash chain; exit 1 naming the first record that does not match"
+    ).set_defaults(func=_audit_verify)
     return parser
 
 

@@ -17,6 +17,7 @@ from alliance.codes import (
     HOSPITAL_MRN,
     LANGUAGE_EXTENSION,
     ORGANIZATION_KIND,
+    PRACTITIONER_HOSPITAL,
     PROFESSIONAL_TITLE,
     PROFESSIONAL_TITLES,
     RESIDENT_ID,
@@ -26,6 +27,7 @@ from alliance.db import Database
 from alliance.directory.identity import check_character
 from alliance.errors import NotFound
 from alliance.fhir.store import FhirStore
+from alliance.security.service import create_user, get_user
 from fhir_mappings import build_registry
 
 Resource = dict[str, Any]
@@ -344,6 +346,9 @@ def demo_resources() -> list[tuple[str, str, Resource]]:
                 pid,
                 {
                     "resourceType": "Practitioner",
+                    "extension": [
+                        {"url": PRACTITIONER_HOSPITAL, "valueReference": _ref("Organization", hid)}
+                    ],
                     "active": True,
                     "name": names,
                     "qualification": [
@@ -425,8 +430,27 @@ def demo_resources() -> list[tuple[str, str, Resource]]:
     return out
 
 
+#: The demo accounts of ARCHITECTURE.md: (username, hospital, role, practitioner, display name).
+ACCOUNTS = [
+    ("dr.xinyuan.people", "xy-people", "county-doctor", "dr-xinyuan-people", "努尔兰·别克"),
+    ("dr.xinyuan.tcm", "xy-tcm", "county-doctor", "dr-xinyuan-tcm", "马玉花"),
+    ("dr.xinyuan.mch", "xy-mch", "county-doctor", "dr-xinyuan-mch", "古丽娜尔·吐尔逊"),
+    ("sp.subei", "subei", "specialist", "sp-subei", "陈志明"),
+    ("sp.yz.tcm", "yz-tcm", "specialist", "sp-yz-tcm", "孙永康"),
+    ("sp.yz.mch", "yz-mch", "specialist", "sp-yz-mch", "吴丽华"),
+    ("admin.subei", "subei", "hospital-admin", None, "苏北人民医院管理员"),
+    ("admin.xinyuan.people", "xy-people", "hospital-admin", None, "新源县人民医院管理员"),
+    ("auditor", "subei", "auditor", None, "医联体审计员"),
+]
+DEMO_PASSWORD = "alliance-demo"
+
+
 def seed_demo(settings: Settings) -> dict[str, int]:
-    """Create the demo records that are missing; returns how many of each type were created."""
+    """Create the demo records and accounts that are missing; returns how many were created.
+
+    Accounts get the demo password only in demo mode; otherwise they are made without one and
+    an administrator sets it (`alliance user reset-password`).
+    """
     db = Database(settings.database_url)
     store = FhirStore(build_registry(), base_url=settings.fhir_base)
     created: Counter[str] = Counter()
@@ -440,6 +464,22 @@ def seed_demo(settings: Settings) -> dict[str, int]:
                     pass
                 store.create(rtype, resource, session=session, resource_id=rid)
                 created[rtype] += 1
+            for username, hospital, role, practitioner, display in ACCOUNTS:
+                try:
+                    get_user(session=session, username=username)
+                    continue
+                except NotFound:
+                    pass
+                create_user(
+                    session=session,
+                    username=username,
+                    hospital_id=hospital,
+                    role=role,
+                    password=DEMO_PASSWORD if settings.demo else None,
+                    display_name=display,
+                    practitioner_id=practitioner,
+                )
+                created["account"] += 1
     finally:
         db.dispose()
     return dict(created)

@@ -7,6 +7,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from alliance.db import Database
+from alliance.security.service import ensure_roles
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -18,4 +21,11 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    """Apply the migrations, then make sure the built-in roles exist (they are data)."""
     command.upgrade(alembic_config(url), revision)
+    db = Database(url)
+    try:
+        with db.transaction(write=True) as session:
+            ensure_roles(session)
+    finally:
+        db.dispose()

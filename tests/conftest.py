@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +22,17 @@ from sqlalchemy.engine import make_url
 
 from alliance.config import Settings
 from server.app import create_app
+from server.demo import seed_demo
 from server.migrate import upgrade
 
 PG_URL = os.environ.get("ALLIANCE_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite", "postgresql"]
+
+
+def _migrate_and_seed(url: str) -> None:
+    """The template every test database is copied from: migrated, with the demo alliance."""
+    upgrade(url)
+    seed_demo(Settings(database_url=url, base_url="http://testserver", demo=True))
 
 
 class _Templates:
@@ -40,7 +47,7 @@ class _Templates:
     def sqlite(self) -> str:
         if self.sqlite_template is None:
             self.sqlite_template = self.workdir / "template.db"
-            upgrade(f"sqlite:///{self.sqlite_template}")
+            _migrate_and_seed(f"sqlite:///{self.sqlite_template}")
         target = self.workdir / f"{uuid.uuid4().hex}.db"
         shutil.copyfile(self.sqlite_template, target)
         return f"sqlite:///{target}"
@@ -57,7 +64,7 @@ class _Templates:
                     self.pg_template = f"alliance_tpl_{os.getpid()}"
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{self.pg_template}"'))
                     conn.execute(text(f'CREATE DATABASE "{self.pg_template}"'))
-                    upgrade(base.set(database=self.pg_template).render_as_string(False))
+                    _migrate_and_seed(base.set(database=self.pg_template).render_as_string(False))
                 name = f"alliance_t_{uuid.uuid4().hex[:12]}"
                 conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_template}"'))
                 self.pg_made.append(name)
@@ -86,11 +93,21 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
     t.cleanup()
 
 
+REQUIRE_ALL = os.environ.get("ALLIANCE_REQUIRE_ALL_BACKENDS") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a part this machine cannot run; in CI (ALLIANCE_REQUIRE_ALL_BACKENDS=1) fail."""
+    if REQUIRE_ALL:
+        pytest.fail(f"CI must run every part: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, templates: _Templates) -> Iterator[str]:
     if request.param == "postgresql":
         if not PG_URL:
-            pytest.skip("PostgreSQL: set ALLIANCE_TEST_DATABASE_URL to run (CI does)")
+            skip_or_fail("PostgreSQL: set ALLIANCE_TEST_DATABASE_URL to run (CI does)")
         url = templates.postgresql()
         yield url
         templates.drop(url)
@@ -161,3 +178,39 @@ class LiveServer:
 def live_server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
     with LiveServer(database_url, (tmp_path / "blobs").as_uri()) as server:
         yield server
+
+
+def mint_token(settings: Settings, username: str, scope: str = "") -> str:
+    """A real signed token for a demo account, minted without the (slow, argon2) password
+    check; the token endpoint itself is tested in test_security.py."""
+    from alliance.db import Database
+    from alliance.security.service import get_user, token_claims
+    from alliance.security.tokens import issue_token
+
+    db = Database(settings.database_url)
+    try:
+        with db.transaction() as session:
+            claims = token_claims(get_user(session=session, username=username), scope)
+    finally:
+        db.dispose()
+    return issue_token(settings, claims)[0]
+
+
+def bearer(settings: Settings, username: str, scope: str = "") -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(settings, username, scope)}"}
+
+
+@pytest.fixture
+def as_user(app: FastAPI, settings: Settings) -> Iterator[Callable[[str], TestClient]]:
+    """A client of the app signed in as a demo account: `as_user("sp.subei")`."""
+    clients: list[TestClient] = []
+
+    def make(username: str, scope: str = "") -> TestClient:
+        c = TestClient(app, headers=bearer(settings, username, scope))
+        c.__enter__()
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)

@@ -12,15 +12,24 @@ from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome
 
 from alliance.codes import RESIDENT_ID
 from tests.conftest import LiveServer
-from tests.factories import hospital, identity_number, patient
+from tests.factories import identity_number, patient
 
 
 @pytest.fixture
 def fhir(live_server: LiveServer) -> SyncFHIRClient:
-    services = live_server.app.state.services
-    with services.db.transaction(write=True) as s:
-        services.fhir.create("Organization", hospital(), session=s, resource_id="xy-people")
-    return SyncFHIRClient(f"{live_server.url}/fhir")
+    """fhirpy signed in as a county doctor of 新源县人民医院, with a token from /auth/token."""
+    r = httpx.post(
+        f"{live_server.url}/auth/token",
+        data={
+            "grant_type": "password",
+            "username": "dr.xinyuan.people",
+            "password": "alliance-demo",
+        },
+    )
+    assert r.status_code == 200, r.text
+    return SyncFHIRClient(
+        f"{live_server.url}/fhir", authorization=f"Bearer {r.json()['access_token']}"
+    )
 
 
 def test_create_read_update_history(fhir: SyncFHIRClient) -> None:
@@ -72,21 +81,22 @@ def test_conditional_create(fhir: SyncFHIRClient) -> None:
 
 def test_search_by_identifier_and_names(fhir: SyncFHIRClient) -> None:
     number = identity_number()
-    uyghur = fhir.resource(
+    kazakh = fhir.resource(
         "Patient",
-        **patient("买买提·艾力", number=number, other_names=[("Мəмəт Әли", "kk-Cyrl")]),
+        **patient("艾克拜尔·吐尔洪", number=number, other_names=[("Әкбар Тұрғын", "kk-Cyrl")]),
     )
-    uyghur.save()
-    fhir.resource("Patient", **patient("王建国")).save()
+    kazakh.save()
+    fhir.resource("Patient", **patient("欧阳修远")).save()
+
+    def names(name: str) -> list[str]:
+        return [r.id for r in fhir.resources("Patient").search(name=name).fetch()]
 
     by_id = fhir.resources("Patient").search(identifier=number).fetch_all()
-    assert [r.id for r in by_id] == [uyghur.id]
-    assert [r.id for r in fhir.resources("Patient").search(name="买买提·艾力").fetch()] == [
-        uyghur.id
-    ]
-    assert [r.id for r in fhir.resources("Patient").search(name="艾力").fetch()] == [uyghur.id]
-    assert [r.id for r in fhir.resources("Patient").search(name="Мəмəт").fetch()] == [uyghur.id]
-    assert fhir.resources("Patient").search(name="王").count() == 1
+    assert [r.id for r in by_id] == [kazakh.id]
+    assert names("艾克拜尔·吐尔洪") == [kazakh.id]
+    assert names("吐尔洪") == [kazakh.id]  # the part after "·"
+    assert names("әкбар") == [kazakh.id]  # Cyrillic, any case
+    assert fhir.resources("Patient").search(name="欧阳").count() == 1
 
 
 def test_paging_through_120_patients(fhir: SyncFHIRClient, live_server: LiveServer) -> None:
@@ -98,16 +108,17 @@ def test_paging_through_120_patients(fhir: SyncFHIRClient, live_server: LiveServ
         }
     pages = 0
     seen: list[str] = []
-    url: str | None = f"{live_server.url}/fhir/Patient?_count=50"
+    url: str | None = f"{live_server.url}/fhir/Patient?name=患者&_count=50"
+    headers = {"Authorization": fhir.authorization}
     while url:
-        bundle = httpx.get(url).json()
+        bundle = httpx.get(url, headers=headers).json()
         pages += 1
         seen += [e["resource"]["id"] for e in bundle["entry"]]
         url = next((lk["url"] for lk in bundle["link"] if lk["relation"] == "next"), None)
     assert pages == 3
     assert len(seen) == 120 and set(seen) == made
     # fhirpy follows the same next links.
-    assert {r.id for r in fhir.resources("Patient").limit(50)} == made
+    assert {r.id for r in fhir.resources("Patient").search(name="患者").limit(50)} == made
 
 
 def test_errors_reach_the_client_as_operation_outcomes(fhir: SyncFHIRClient) -> None:
@@ -117,13 +128,13 @@ def test_errors_reach_the_client_as_operation_outcomes(fhir: SyncFHIRClient) -> 
     assert "checksum" in json.dumps(info.value.resource)
 
 
-def test_16_parallel_conditional_creates_make_one_patient(live_server: LiveServer) -> None:
-    services = live_server.app.state.services
-    with services.db.transaction(write=True) as s:
-        services.fhir.create("Organization", hospital(), session=s, resource_id="xy-people")
+def test_16_parallel_conditional_creates_make_one_patient(
+    live_server: LiveServer, fhir: SyncFHIRClient
+) -> None:
     number = identity_number()
     body = patient(number=number)
     headers = {
+        "Authorization": fhir.authorization,
         "Content-Type": "application/fhir+json",
         "If-None-Exist": f"identifier={RESIDENT_ID}|{number}",
     }
@@ -138,6 +149,8 @@ def test_16_parallel_conditional_creates_make_one_patient(live_server: LiveServe
     assert statuses == [200] * 15 + [201], results
     assert len({pid for _, pid in results}) == 1
     found = httpx.get(
-        f"{live_server.url}/fhir/Patient", params={"identifier": number, "_total": "accurate"}
+        f"{live_server.url}/fhir/Patient",
+        params={"identifier": number, "_total": "accurate"},
+        headers={"Authorization": fhir.authorization},
     ).json()
     assert found["total"] == 1

@@ -12,10 +12,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from alliance.config import Settings
-from alliance.db import Database
 from alliance.errors import (
     AllianceError,
     BadRequest,
@@ -28,6 +27,7 @@ from alliance.errors import (
 from alliance.fhir.capability import capability_statement
 from alliance.fhir.store import FhirStore, SearchResult, Version, WriteResult
 from alliance.fhir.values import instant
+from alliance.security.guard import Context, Guard, Interaction, Touched
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_TYPES = {"application/fhir+json", "application/json", "json", "text/json", "application/*"}
@@ -116,18 +116,33 @@ def _prefer(request: Request) -> dict[str, str]:
 class FhirApi:
     """Builds the `/fhir` router from a store; one unit of work per request."""
 
-    def __init__(self, store: FhirStore, db: Database, settings: Settings) -> None:
+    def __init__(self, store: FhirStore, guard: Guard, settings: Settings) -> None:
         self.store = store
-        self.db = db
+        self.guard = guard
         self.settings = settings
         self.base = settings.fhir_base
 
-    async def _run(self, write: bool, work: Callable[..., T], *args: Any) -> T:
-        def unit() -> T:
-            with self.db.transaction(write=write) as session:
-                return work(session, *args)
-
-        return await run_in_threadpool(unit)
+    async def _guarded(
+        self,
+        request: Request,
+        interaction: Interaction,
+        work: Callable[[Session, Context], T],
+        touched: Callable[[T], list[Touched]],
+        *,
+        rtype: str,
+        scope: str,
+        write: bool = False,
+    ) -> T:
+        """Run an interaction for the caller: scope checked (403), access rules applied inside
+        the queries, and audited (alliance.security.guard)."""
+        return await self.guard.run(
+            request,
+            interaction,
+            work,
+            touched,
+            write=write,
+            check=lambda principal: principal.check_scope(rtype, scope),
+        )
 
     def _headers(self, version: Version) -> dict[str, str]:
         return {
@@ -159,7 +174,7 @@ class FhirApi:
         return response
 
     def router(self) -> APIRouter:
-        r = APIRouter()
+        r = APIRouter(prefix="/fhir")
         r.add_api_route("/metadata", self.metadata, methods=["GET"])
         r.add_api_route("/{rtype}", self.search, methods=["GET"])
         r.add_api_route("/{rtype}/_search", self.search_post, methods=["POST"])
@@ -185,7 +200,14 @@ class FhirApi:
     async def read(self, request: Request, rtype: str, rid: str) -> Response:
         _negotiate(request)
         self._supports(rtype, "read")
-        version = await self._run(False, lambda s: self.store.read(rtype, rid, session=s))
+        version = await self._guarded(
+            request,
+            Interaction("read", f"{rtype}/{rid}"),
+            lambda s, ctx: self.store.read(rtype, rid, session=s, visible=ctx.visible),
+            _touched_one,
+            rtype=rtype,
+            scope="read",
+        )
         if _version_of(request.headers.get("if-none-match")) == str(version.version):
             return Response(None, 304, headers=self._headers(version))
         return self._resource_response(version)
@@ -193,7 +215,14 @@ class FhirApi:
     async def vread(self, request: Request, rtype: str, rid: str, vid: str) -> Response:
         _negotiate(request)
         self._supports(rtype, "vread")
-        version = await self._run(False, lambda s: self.store.vread(rtype, rid, vid, session=s))
+        version = await self._guarded(
+            request,
+            Interaction("vread", f"{rtype}/{rid}"),
+            lambda s, ctx: self.store.vread(rtype, rid, vid, session=s, visible=ctx.visible),
+            _touched_one,
+            rtype=rtype,
+            scope="vread",
+        )
         return self._resource_response(version)
 
     async def history(self, request: Request, rtype: str, rid: str) -> Response:
@@ -203,15 +232,20 @@ class FhirApi:
         before = request.query_params.get("_page_before")
         if before is not None and not before.isdigit():
             raise BadRequest("_page_before must be a version number")
-        versions = await self._run(
-            False,
-            lambda s: self.store.history(
+        versions = await self._guarded(
+            request,
+            Interaction("history", f"{rtype}/{rid}"),
+            lambda s, ctx: self.store.history(
                 rtype,
                 rid,
                 session=s,
                 count=count + 1,
                 before_version=int(before) if before else None,
+                visible=ctx.visible,
             ),
+            lambda vs: [_touched(vs[0])] if vs else [],
+            rtype=rtype,
+            scope="history-instance",
         )
         more = len(versions) > count
         versions = versions[:count]
@@ -250,7 +284,8 @@ class FhirApi:
 
     async def search(self, request: Request, rtype: str) -> Response:
         _negotiate(request)
-        return await self._search(request, rtype, list(request.query_params.multi_items()))
+        params = list(request.query_params.multi_items())
+        return await self._search(request, rtype, params)
 
     async def search_post(self, request: Request, rtype: str) -> Response:
         _negotiate(request)
@@ -264,16 +299,21 @@ class FhirApi:
     ) -> Response:
         self._supports(rtype, "search-type")
         lenient = _prefer(request).get("handling") == "lenient"
-        result = await self._run(
-            False,
-            lambda s: self.store.search(
+        result = await self._guarded(
+            request,
+            Interaction("search", query=urlencode(params)),
+            lambda s, ctx: self.store.search(
                 rtype,
                 params,
                 session=s,
                 default_count=self.settings.default_page_size,
                 max_count=self.settings.max_page_size,
                 lenient=lenient,
+                visible=ctx.visible,
             ),
+            _touched_by_search,
+            rtype=rtype,
+            scope="search-type",
         )
         return Response(self._searchset(rtype, result).encode(), media_type=FHIR_JSON)
 
@@ -318,9 +358,21 @@ class FhirApi:
             (k, v) for k, v in request.query_params.multi_items() if k not in _TRANSPORT_PARAMS
         ]
         if_none_exist = request.headers.get("if-none-exist") or urlencode(criteria) or None
-        result = await self._run(
-            True,
-            lambda s: self.store.create(rtype, body, session=s, if_none_exist=if_none_exist),
+        result = await self._guarded(
+            request,
+            Interaction("create", rtype),
+            lambda s, ctx: self.store.create(
+                rtype,
+                body,
+                session=s,
+                if_none_exist=if_none_exist,
+                visible=ctx.visible,
+                authorize=ctx.authorize,
+            ),
+            lambda r: [_touched(r.version)],
+            rtype=rtype,
+            scope="create",
+            write=True,
         )
         return self._write_response(request, result)
 
@@ -329,15 +381,55 @@ class FhirApi:
         self._supports(rtype, "update")
         body = await _read_json(request, self.settings.max_body_bytes)
         if_match = _version_of(request.headers.get("if-match"))
-        result = await self._run(
-            True,
-            lambda s: self.store.update(rtype, rid, body, session=s, if_match=if_match),
+        result = await self._guarded(
+            request,
+            Interaction("update", f"{rtype}/{rid}"),
+            lambda s, ctx: self.store.update(
+                rtype,
+                rid,
+                body,
+                session=s,
+                if_match=if_match,
+                visible=ctx.visible,
+                authorize=ctx.authorize,
+            ),
+            lambda r: [_touched(r.version)],
+            rtype=rtype,
+            scope="update",
+            write=True,
         )
         return self._write_response(request, result)
 
     async def delete(self, request: Request, rtype: str, rid: str) -> Response:
         _negotiate(request)
         self._supports(rtype, "delete")
-        version = await self._run(True, lambda s: self.store.delete(rtype, rid, session=s))
+        version = await self._guarded(
+            request,
+            Interaction("delete", f"{rtype}/{rid}"),
+            lambda s, ctx: self.store.delete(
+                rtype, rid, session=s, visible=ctx.visible, authorize=ctx.authorize
+            ),
+            lambda v: [_touched(v)] if v else [],
+            rtype=rtype,
+            scope="delete",
+            write=True,
+        )
         headers = self._headers(version) if version else {}
         return Response(None, 204, headers=headers)
+
+
+def _touched(version: Version) -> Touched:
+    return Touched(f"{version.resource_type}/{version.id}", version.patient_id)
+
+
+def _touched_one(version: Version) -> list[Touched]:
+    return [_touched(version)]
+
+
+def _touched_by_search(result: SearchResult) -> list[Touched]:
+    """One audit event per patient whose records the search returned (IHE BALP), or one for
+    the search itself when it returned no patient's records."""
+    patients = dict.fromkeys(
+        v.patient_id for v in [*result.matches, *result.included] if v.patient_id
+    )
+    return [Touched(f"Patient/{p}", p) for p in patients]

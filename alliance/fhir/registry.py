@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from alliance.fhir.store import ResourceProvider
 
 from alliance.errors import Issue, NotFound
 
 ParamType = Literal["token", "string", "reference", "date"]
+AccessClass = Literal["directory", "clinical", "audit"]
 Resource = dict[str, Any]
 
 #: FHIR R4 CapabilityStatement.rest.resource.interaction codes this plumbing implements.
@@ -53,11 +57,16 @@ class ResourceDefinition:
     search_params: list[SearchParam]
     documentation: str
     interactions: frozenset[str] = ALL_INTERACTIONS
+    #: How access rules treat it: `directory` (shared across the alliance), `clinical`
+    #: (patient data: own hospital, own patients, grants), `audit` (auditors only).
+    access: AccessClass = "clinical"
     on_write: WriteHook | None = None
     #: The Patient id whose compartment the resource is in, for access rules.
     patient_of: Callable[[Resource], str | None] = _no_owner
     #: The Organization id of the hospital that owns the resource, for access rules.
     organization_of: Callable[[Resource], str | None] = _no_owner
+    #: Serves the type from its own tables instead of the generic store (read and search).
+    provider: ResourceProvider | None = None
     _by_name: dict[str, SearchParam] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:

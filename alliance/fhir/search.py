@@ -185,7 +185,7 @@ def _apply_result_param(
         return
 
 
-def _split_values(value: str) -> list[str]:
+def split_values(value: str) -> list[str]:
     """Comma-separated alternatives (OR), honouring `\\,` escapes (search.html#escaping)."""
     parts = re.split(r"(?<!\\),", value)
     return [p.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$") for p in parts]
@@ -200,7 +200,7 @@ def _owner_ids(table: Any, rtype: str, pname: str, *conds: ColumnElement[bool]) 
 def _condition(
     rtype: str, param: SearchParam, modifier: str, value: str, base_url: str
 ) -> ColumnElement[bool]:
-    values = _split_values(value)
+    values = split_values(value)
     if param.name == "_id":
         if modifier:
             raise _Unsupported(f"modifier :{modifier} is not supported on _id")
@@ -209,7 +209,7 @@ def _condition(
         if modifier:
             raise _Unsupported(f"modifier :{modifier} is not supported on _lastUpdated")
         col = ResourceRow.last_updated
-        return or_(*(_date_condition(v, col, col) for v in values))
+        return or_(*(date_condition(v, col, col) for v in values))
     if param.type == "token":
         if modifier not in ("", "not"):
             raise _Unsupported(f"modifier :{modifier} is not supported on token {param.name}")
@@ -231,7 +231,7 @@ def _condition(
     if param.type == "date":
         if modifier:
             raise _Unsupported(f"modifier :{modifier} is not supported on date {param.name}")
-        conds = [_date_condition(v, DateIndex.low, DateIndex.high) for v in values]
+        conds = [date_condition(v, DateIndex.low, DateIndex.high) for v in values]
         return ResourceRow.id.in_(_owner_ids(DateIndex, rtype, param.name, *conds))
     raise AssertionError(param.type)
 
@@ -275,7 +275,7 @@ def _reference(
     return and_(ReferenceIndex.target_type == target, cond) if target else cond
 
 
-def _date_condition(
+def date_condition(
     value: str, low: SQLColumnExpression[datetime], high: SQLColumnExpression[datetime]
 ) -> ColumnElement[bool]:
     """Prefix semantics of FHIR R4 search.html#prefix over ranges `[low, high)`."""

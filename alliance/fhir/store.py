@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
@@ -27,6 +28,11 @@ from alliance.fhir.registry import Registry, Resource, ResourceDefinition
 from alliance.fhir.search import SearchSpec, matching_rows, page_query, parse_search
 from alliance.fhir.values import instant
 
+#: What a caller may see of a type, as a condition on `ResourceRow` (see alliance.security).
+Visibility = Callable[[str], ColumnElement[bool]]
+#: May the caller store this resource (replacing the previous version)? Raises if not.
+WriteCheck = Callable[[ResourceDefinition, Session, Resource, Resource | None], None]
+
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -40,6 +46,8 @@ class Version:
     last_updated: datetime
     method: str
     content: str | None
+    #: The patient whose record this is (for the audit trail), when known.
+    patient_id: str | None = None
 
     @property
     def deleted(self) -> bool:
@@ -56,10 +64,33 @@ class Version:
         return parsed
 
     @classmethod
-    def of(cls, row: ResourceVersion) -> Version:
+    def of(cls, row: ResourceVersion, patient_id: str | None = None) -> Version:
         return cls(
-            row.resource_type, row.id, row.version, row.last_updated, row.method, row.content
+            row.resource_type,
+            row.id,
+            row.version,
+            row.last_updated,
+            row.method,
+            row.content,
+            patient_id,
         )
+
+
+class ResourceProvider(Protocol):
+    """A type kept outside the generic resource tables (the audit trail), read-only here."""
+
+    def read(self, session: Session, resource_id: str, visible: ColumnElement[bool]) -> Version: ...
+
+    def search(
+        self,
+        session: Session,
+        params: list[tuple[str, str]],
+        *,
+        default_count: int,
+        max_count: int,
+        lenient: bool,
+        visible: ColumnElement[bool],
+    ) -> SearchResult: ...
 
 
 @dataclass
@@ -92,13 +123,17 @@ class FhirStore:
         resource_id: str,
         *,
         session: Session,
-        visible: ColumnElement[bool] | None = None,
+        visible: Visibility | None = None,
     ) -> Version:
-        self.registry.get(resource_type)
+        definition = self.registry.get(resource_type)
+        if definition.provider is not None:
+            return definition.provider.read(
+                session, resource_id, _condition(visible, resource_type)
+            )
         row = self._current(session, resource_type, resource_id, visible)
         version = session.get(ResourceVersion, (resource_type, resource_id, row.version))
         assert version is not None
-        result = Version.of(version)
+        result = Version.of(version, row.patient_id)
         if result.deleted:
             raise Gone(f"{resource_type}/{resource_id} was deleted")
         return result
@@ -110,16 +145,23 @@ class FhirStore:
         version_id: str,
         *,
         session: Session,
-        visible: ColumnElement[bool] | None = None,
+        visible: Visibility | None = None,
     ) -> Version:
-        self.registry.get(resource_type)
-        self._current(session, resource_type, resource_id, visible)
+        definition = self.registry.get(resource_type)
+        if definition.provider is not None:
+            only = definition.provider.read(
+                session, resource_id, _condition(visible, resource_type)
+            )
+            if version_id != str(only.version):
+                raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
+            return only
+        current = self._current(session, resource_type, resource_id, visible)
         if not version_id.isdigit():
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
         row = session.get(ResourceVersion, (resource_type, resource_id, int(version_id)))
         if row is None:
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
-        result = Version.of(row)
+        result = Version.of(row, current.patient_id)
         if result.deleted:
             raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
         return result
@@ -132,25 +174,29 @@ class FhirStore:
         session: Session,
         count: int,
         before_version: int | None = None,
-        visible: ColumnElement[bool] | None = None,
+        visible: Visibility | None = None,
     ) -> list[Version]:
         """Versions newest first (FHIR R4 http.html#history), `count` at most."""
-        self.registry.get(resource_type)
-        self._current(session, resource_type, resource_id, visible)
+        definition = self.registry.get(resource_type)
+        if definition.provider is not None:
+            return [
+                definition.provider.read(session, resource_id, _condition(visible, resource_type))
+            ]
+        current = self._current(session, resource_type, resource_id, visible)
         query = select(ResourceVersion).where(
             ResourceVersion.resource_type == resource_type, ResourceVersion.id == resource_id
         )
         if before_version is not None:
             query = query.where(ResourceVersion.version < before_version)
         rows = session.scalars(query.order_by(ResourceVersion.version.desc()).limit(count))
-        return [Version.of(r) for r in rows]
+        return [Version.of(r, current.patient_id) for r in rows]
 
     def _current(
         self,
         session: Session,
         resource_type: str,
         resource_id: str,
-        visible: ColumnElement[bool] | None,
+        visible: Visibility | None,
         *,
         for_update: bool = False,
     ) -> ResourceRow:
@@ -158,7 +204,7 @@ class FhirStore:
             ResourceRow.resource_type == resource_type, ResourceRow.id == resource_id
         )
         if visible is not None:
-            query = query.where(visible)
+            query = query.where(visible(resource_type))
         if for_update:
             query = query.with_for_update()
         row = session.scalars(query).one_or_none()
@@ -177,9 +223,18 @@ class FhirStore:
         default_count: int,
         max_count: int,
         lenient: bool = False,
-        visible: ColumnElement[bool] | None = None,
+        visible: Visibility | None = None,
     ) -> SearchResult:
         definition = self.registry.get(resource_type)
+        if definition.provider is not None:
+            return definition.provider.search(
+                session,
+                params,
+                default_count=default_count,
+                max_count=max_count,
+                lenient=lenient,
+                visible=_condition(visible, resource_type),
+            )
         spec = parse_search(
             definition,
             self.registry,
@@ -189,13 +244,14 @@ class FhirStore:
             max_count=max_count,
             lenient=lenient,
         )
+        condition = visible(resource_type) if visible is not None else None
         total: int | None = None
         if spec.summary_count or spec.total != "none":
-            counted = matching_rows(spec, definition, visible).subquery()
+            counted = matching_rows(spec, definition, condition).subquery()
             total = session.scalar(select(func.count()).select_from(counted)) or 0
         if spec.summary_count or spec.count == 0:
             return SearchResult(spec, [], [], total, None)
-        page = page_query(spec, definition, visible).limit(spec.count + 1)
+        page = page_query(spec, definition, condition).limit(spec.count + 1)
         page = page.join(
             ResourceVersion,
             and_(
@@ -208,7 +264,7 @@ class FhirStore:
         more = len(found) > spec.count
         found = found[: spec.count]
         rows = [r for r, _ in found]
-        matches = [Version.of(v) for _, v in found]
+        matches = [Version.of(v, r.patient_id) for r, v in found]
         next_page: tuple[str, str] | None = None
         if more:
             next_page = (
@@ -229,14 +285,15 @@ class FhirStore:
             (v.resource_type, v.id, v.version): v
             for v in session.scalars(select(ResourceVersion).where(key.in_(wanted)))
         }
-        return [Version.of(found[k]) for k in wanted if k in found]
+        patients = {(r.resource_type, r.id): r.patient_id for r in rows}
+        return [Version.of(found[k], patients[k[:2]]) for k in wanted if k in found]
 
     def _included(
         self,
         session: Session,
         spec: SearchSpec,
         rows: list[ResourceRow],
-        visible: ColumnElement[bool] | None,
+        visible: Visibility | None,
     ) -> list[Version]:
         ids = [r.id for r in rows]
         targets: dict[tuple[str, str], None] = {}
@@ -261,7 +318,7 @@ class FhirStore:
                 ResourceRow.resource_type == ttype,
                 ResourceRow.id.in_([i for t, i in wanted if t == ttype]),
                 ResourceRow.deleted.is_(False),
-                visible if visible is not None else true(),
+                visible(ttype) if visible is not None else true(),
             )
             found.extend(session.scalars(rows_query.order_by(ResourceRow.id)))
         by_type: dict[str, list[ResourceRow]] = {}
@@ -279,7 +336,8 @@ class FhirStore:
         session: Session,
         if_none_exist: str | None = None,
         resource_id: str | None = None,
-        visible: ColumnElement[bool] | None = None,
+        visible: Visibility | None = None,
+        authorize: WriteCheck | None = None,
     ) -> WriteResult:
         """Create (FHIR R4 http.html#create); with `if_none_exist`, conditional create.
 
@@ -312,7 +370,9 @@ class FhirStore:
         new_id = resource_id or str(uuid.uuid4())
         if not ID_RE.match(new_id):
             raise BadRequest(f"{new_id!r} is not a valid FHIR id")
-        return self._write(definition, session, new_id, body, current=None, method="create")
+        return self._write(
+            definition, session, new_id, body, None, method="create", authorize=authorize
+        )
 
     def update(
         self,
@@ -322,7 +382,8 @@ class FhirStore:
         *,
         session: Session,
         if_match: str | None = None,
-        visible: ColumnElement[bool] | None = None,
+        visible: Visibility | None = None,
+        authorize: WriteCheck | None = None,
     ) -> WriteResult:
         """Update (FHIR R4 http.html#update); `if_match` is the version id the client last saw
         (version-aware update: a stale one answers 412)."""
@@ -339,7 +400,9 @@ class FhirStore:
                 f'If-Match W/"{if_match}" does not match the current version '
                 f'W/"{current.version}" of {resource_type}/{resource_id}'
             )
-        return self._write(definition, session, resource_id, body, current, method="update")
+        return self._write(
+            definition, session, resource_id, body, current, method="update", authorize=authorize
+        )
 
     def delete(
         self,
@@ -347,14 +410,18 @@ class FhirStore:
         resource_id: str,
         *,
         session: Session,
-        visible: ColumnElement[bool] | None = None,
+        visible: Visibility | None = None,
+        authorize: WriteCheck | None = None,
     ) -> Version | None:
         """Delete (FHIR R4 http.html#delete): a new version that marks the resource deleted.
         Earlier versions stay readable by vread and history; nothing is erased."""
-        self.registry.get(resource_type)
+        definition = self.registry.get(resource_type)
         current = self._current(session, resource_type, resource_id, visible, for_update=True)
         if current.deleted:
             return None
+        if authorize is not None:
+            previous = self.read(resource_type, resource_id, session=session).resource()
+            authorize(definition, session, previous, previous)
         now = _now(current.last_updated)
         current.version += 1
         current.deleted = True
@@ -370,7 +437,7 @@ class FhirStore:
         session.add(row)
         self._clear_index(session, resource_type, resource_id)
         session.flush()
-        return Version.of(row)
+        return Version.of(row, current.patient_id)
 
     def _check_type(self, definition: ResourceDefinition, body: Resource) -> None:
         if body.get("resourceType") != definition.type:
@@ -388,6 +455,7 @@ class FhirStore:
         current: ResourceRow | None,
         *,
         method: str,
+        authorize: WriteCheck | None,
     ) -> WriteResult:
         resource = dict(body)
         resource["id"] = resource_id
@@ -401,6 +469,8 @@ class FhirStore:
         previous = None
         if current is not None and not current.deleted:
             previous = self.read(definition.type, resource_id, session=session).resource()
+        if authorize is not None:
+            authorize(definition, session, resource, previous)
         warnings = definition.on_write(session, resource, previous) if definition.on_write else []
         if current is None:
             current = ResourceRow(resource_type=definition.type, id=resource_id)
@@ -423,7 +493,9 @@ class FhirStore:
         self._clear_index(session, definition.type, resource_id)
         session.add_all(index_rows(definition, resource_id, resource, self.base_url))
         session.flush()
-        return WriteResult(Version.of(row), created=method == "create", warnings=warnings)
+        return WriteResult(
+            Version.of(row, current.patient_id), created=method == "create", warnings=warnings
+        )
 
     def _clear_index(self, session: Session, resource_type: str, resource_id: str) -> None:
         for table in INDEX_TABLES:
@@ -432,6 +504,10 @@ class FhirStore:
                     table.resource_type == resource_type, table.resource_id == resource_id
                 )
             )
+
+
+def _condition(visible: Visibility | None, resource_type: str) -> ColumnElement[bool]:
+    return visible(resource_type) if visible is not None else true()
 
 
 def _now(previous: datetime | None) -> datetime:

@@ -1,0 +1,389 @@
+"""Writing, verifying and searching the audit trail.
+
+Each event is an AuditEvent resource in the IHE Basic Audit Log Patterns (BALP) shape. Rows are
+appended under one lock (a PostgreSQL advisory lock; SQLite's single writer), each row's hash
+covering its position, the previous row's hash and its canonical JSON, so a changed, removed
+or inserted row breaks the chain at that row (GB/T 22239-2019 8.1.4.3: records are protected
+from deletion, modification and overwriting).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
+from alliance.db import named_lock
+from alliance.fhir.values import instant
+
+AUDIT_LOCK = "audit-chain"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL = "http://hl7.org/fhir/restful-interaction"
+USER_SYSTEM = "https://fhir.yzxy-alliance.cn/sid/user"
+HOSPITAL_EXTENSION = "https://fhir.yzxy-alliance.cn/StructureDefinition/agent-organization"
+ROLE_SYSTEM = "https://fhir.yzxy-alliance.cn/CodeSystem/user-role"
+
+#: Event types: (system, code, display). `rest` is FHIR's; the rest are DICOM's (PS3.15 A.5).
+EVENT_TYPES = {
+    "rest": (AUDIT_TYPE, "rest", "Restful Operation"),
+    "login": (DCM, "110114", "User Authentication"),
+    "export": (DCM, "110106", "Export"),
+    "query": (DCM, "110112", "Query"),
+    "security": (DCM, "110113", "Security Alert"),
+}
+#: Outcome codes of AuditEvent.outcome (FHIR R4 valueset-audit-event-outcome).
+SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = "0", "4", "8", "12"
+
+
+def outcome_for_status(status: int) -> str:
+    if status < 400:
+        return SUCCESS
+    return MINOR_FAILURE if status < 500 else SERIOUS_FAILURE
+
+
+@dataclass(frozen=True)
+class Actor:
+    username: str
+    hospital_id: str | None = None
+    role: str | None = None
+    practitioner_id: str | None = None
+    kind: str = "user"
+
+
+@dataclass
+class AuditInput:
+    """What happened; `build_event` turns it into the AuditEvent resource."""
+
+    type: str  # a key of EVENT_TYPES
+    subtype: str  # read, vread, history, search, create, update, delete, login, ...
+    action: str  # C R U D E
+    outcome: str
+    actor: Actor | None
+    client_address: str | None = None
+    entity: str | None = None
+    patient_id: str | None = None
+    query: str | None = None
+    description: str | None = None
+    user_agent: str | None = None
+    extra_entities: list[str] = field(default_factory=list)
+
+
+def build_event(
+    event: AuditInput, *, event_id: str, recorded: datetime, server: str
+) -> dict[str, Any]:
+    system, code, display = EVENT_TYPES[event.type]
+    subtype_system = RESTFUL if event.type == "rest" else DCM
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": event_id,
+        "type": {"system": system, "code": code, "display": display},
+        "subtype": [{"system": subtype_system, "code": event.subtype}],
+        "action": event.action,
+        "recorded": instant(recorded),
+        "outcome": event.outcome,
+    }
+    if event.description:
+        resource["outcomeDesc"] = event.description
+    agents: list[dict[str, Any]] = []
+    user: dict[str, Any] = {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                    "code": "IRCP",
+                    "display": "information recipient",
+                }
+            ]
+        },
+        "requestor": True,
+    }
+    if event.actor is not None:
+        who: dict[str, Any] = {
+            "identifier": {"system": USER_SYSTEM, "value": event.actor.username},
+            "display": event.actor.username,
+        }
+        if event.actor.practitioner_id:
+            who["reference"] = f"Practitioner/{event.actor.practitioner_id}"
+        user["who"] = who
+        if event.actor.role:
+            user["role"] = [{"coding": [{"system": ROLE_SYSTEM, "code": event.actor.role}]}]
+        if event.actor.hospital_id:
+            user["extension"] = [
+                {
+                    "url": HOSPITAL_EXTENSION,
+                    "valueReference": {"reference": f"Organization/{event.actor.hospital_id}"},
+                }
+            ]
+    else:
+        user["who"] = {"display": "anonymous"}
+    if event.client_address:
+        user["network"] = {"address": event.client_address, "type": "2"}
+    if event.user_agent:
+        user["name"] = event.user_agent[:200]
+    agents.append(user)
+    agents.append(
+        {
+            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+            "who": {"display": server},
+            "requestor": False,
+            "network": {"address": server, "type": "5"},
+        }
+    )
+    resource["agent"] = agents
+    resource["source"] = {
+        "observer": {"display": server},
+        "type": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4",
+                "display": "Application Server",
+            }
+        ],
+    }
+    entities: list[dict[str, Any]] = []
+    if event.patient_id:
+        entities.append(
+            {
+                "what": {"reference": f"Patient/{event.patient_id}"},
+                "type": _entity_type("1", "Person"),
+                "role": _object_role("1", "Patient"),
+            }
+        )
+    for ref in [event.entity, *event.extra_entities]:
+        if ref and ref != f"Patient/{event.patient_id}":
+            entities.append(
+                {
+                    "what": {"reference": ref},
+                    "type": _entity_type("2", "System Object"),
+                    "role": _object_role("4", "Domain Resource"),
+                }
+            )
+    if event.query is not None:
+        entities.append(
+            {
+                "type": _entity_type("2", "System Object"),
+                "role": _object_role("24", "Query"),
+                "query": base64.b64encode(event.query.encode()).decode(),
+            }
+        )
+    if entities:
+        resource["entity"] = entities
+    return resource
+
+
+def _entity_type(code: str, display: str) -> dict[str, str]:
+    return {
+        "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+        "code": code,
+        "display": display,
+    }
+
+
+def _object_role(code: str, display: str) -> dict[str, str]:
+    return {
+        "system": "http://terminology.hl7.org/CodeSystem/object-role",
+        "code": code,
+        "display": display,
+    }
+
+
+def canonical(resource: dict[str, Any]) -> str:
+    return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(seq: int, prev_hash: str, content: str) -> str:
+    return hashlib.sha256(f"{seq}\n{prev_hash}\n{content}".encode()).hexdigest()
+
+
+def append(session: Session, events: list[AuditInput], *, server: str) -> list[AuditRecord]:
+    """Append events to the chain in the caller's transaction (they commit with it)."""
+    if not events:
+        return []
+    named_lock(session, AUDIT_LOCK)
+    last = session.execute(
+        select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+    ).first()
+    seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
+    recorded = datetime.now(UTC)
+    rows = []
+    for event in events:
+        seq += 1
+        resource = build_event(event, event_id=str(uuid.uuid4()), recorded=recorded, server=server)
+        content = canonical(resource)
+        digest = chain_hash(seq, prev, content)
+        row = AuditRecord(
+            seq=seq,
+            id=resource["id"],
+            recorded=recorded,
+            content=content,
+            prev_hash=prev,
+            hash=digest,
+            **_columns(resource),
+        )
+        rows.append(row)
+        prev = digest
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def _columns(resource: dict[str, Any]) -> dict[str, Any]:
+    """The searchable columns, derived from the AuditEvent (and re-derived by `verify`)."""
+    user = resource["agent"][0]
+    who = user.get("who", {})
+    hospital = None
+    for ext in user.get("extension", []):
+        if ext["url"] == HOSPITAL_EXTENSION:
+            hospital = ext["valueReference"]["reference"].removeprefix("Organization/")
+    role = user.get("role", [{}])[0].get("coding", [{}])[0].get("code") if "role" in user else None
+    patient = None
+    entity = None
+    for e in resource.get("entity", []):
+        ref = e.get("what", {}).get("reference")
+        if ref is None:
+            continue
+        if e["role"]["code"] == "1":
+            patient = ref.removeprefix("Patient/")
+        elif entity is None:
+            entity = ref
+    return {
+        "type": resource["type"]["code"],
+        "subtype": resource["subtype"][0]["code"],
+        "action": resource["action"],
+        "outcome": resource["outcome"],
+        "username": who.get("identifier", {}).get("value"),
+        "hospital_id": hospital,
+        "role": role,
+        "practitioner_id": (who.get("reference") or "").removeprefix("Practitioner/") or None,
+        "client_address": user.get("network", {}).get("address"),
+        "entity": entity or (f"Patient/{patient}" if patient else None),
+        "patient_id": patient,
+    }
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify(session: Session, *, batch: int = 5000) -> VerifyResult:
+    """Walk the chain from the start; name the first row that does not match."""
+    expected_seq, prev, checked = 1, GENESIS_HASH, 0
+    for row in _rows_in_order(session, batch):
+        problem = None
+        if row.seq != expected_seq:
+            problem = f"row {expected_seq} is missing (found {row.seq} next)"
+            bad = expected_seq
+        elif row.prev_hash != prev:
+            problem = "its previous-hash does not match the row before it"
+        elif chain_hash(row.seq, row.prev_hash, row.content) != row.hash:
+            problem = "its content does not match its hash"
+        else:
+            try:
+                derived = _columns(json.loads(row.content))
+            except (ValueError, KeyError, IndexError, TypeError):
+                derived = {}
+            changed = [c for c in AUDIT_COLUMNS if getattr(row, c) != derived.get(c)]
+            if changed:
+                problem = f"its column(s) {', '.join(changed)} do not match its content"
+        if problem:
+            return VerifyResult(
+                False, checked, row.seq if row.seq == expected_seq else bad, problem
+            )
+        checked += 1
+        expected_seq += 1
+        prev = row.hash
+    return VerifyResult(True, checked)
+
+
+def _rows_in_order(session: Session, batch: int) -> Iterator[AuditRecord]:
+    after = 0
+    while True:
+        rows = list(
+            session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.seq > after)
+                .order_by(AuditRecord.seq)
+                .limit(batch)
+            )
+        )
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1].seq
+        session.expunge_all()
+
+
+@dataclass
+class AuditFilter:
+    """A search of the trail; every field narrows it (None: any)."""
+
+    username: str | None = None
+    practitioner_id: str | None = None
+    hospital_id: str | None = None
+    role: str | None = None
+    patient_id: str | None = None
+    entity: str | None = None
+    subtype: list[str] | None = None
+    outcome: list[str] | None = None
+    action: list[str] | None = None
+    type: list[str] | None = None
+    address: str | None = None
+    conditions: list[Any] = field(default_factory=list)  # extra SQL, e.g. date ranges
+
+
+def search_events(
+    session: Session,
+    flt: AuditFilter,
+    *,
+    newest_first: bool = True,
+    limit: int | None = None,
+    offset: int = 0,
+    count: bool = False,
+) -> tuple[list[AuditRecord], int | None]:
+    """Matching rows, newest first by default, and their number when `count` is asked."""
+    query = select(AuditRecord)
+    equal = {
+        AuditRecord.username: flt.username,
+        AuditRecord.practitioner_id: flt.practitioner_id,
+        AuditRecord.hospital_id: flt.hospital_id,
+        AuditRecord.role: flt.role,
+        AuditRecord.patient_id: flt.patient_id,
+        AuditRecord.entity: flt.entity,
+        AuditRecord.client_address: flt.address,
+    }
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(column == value)
+    listed = {
+        AuditRecord.subtype: flt.subtype,
+        AuditRecord.outcome: flt.outcome,
+        AuditRecord.action: flt.action,
+        AuditRecord.type: flt.type,
+    }
+    for column, values in listed.items():
+        if values:
+            query = query.where(column.in_(values))
+    for condition in flt.conditions:
+        query = query.where(condition)
+    total = None
+    if count:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    order = AuditRecord.seq.desc() if newest_first else AuditRecord.seq.asc()
+    query = query.order_by(order).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query)), total

@@ -1,0 +1,1 @@
+"""Accounts, tokens, scopes and who may see what (alliance/security/access.py)."""

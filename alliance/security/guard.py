@@ -1,0 +1,186 @@
+"""One guarded unit of work per interaction, for every face (FHIR, DICOMweb, portal).
+
+It authenticates the bearer token, loads the principal, runs the work with the principal's
+access rules, and writes the audit trail: a write's AuditEvents commit in the write's own
+transaction; a read's are committed, in a transaction of their own, before the response
+leaves; a denied or failed interaction is audited too. If the trail cannot be written, the
+interaction fails with 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+
+from alliance.audit.service import Actor, AuditInput, append, outcome_for_status
+from alliance.config import Settings
+from alliance.db import Database
+from alliance.errors import AllianceError, Unavailable
+from alliance.fhir.registry import Registry
+from alliance.fhir.store import Visibility, WriteCheck
+from alliance.security.access import Principal, check_write, visibility
+from alliance.security.service import principal_for
+from alliance.security.tokens import TokenClaims, missing_token, verify_token
+
+log = logging.getLogger("alliance.audit")
+T = TypeVar("T")
+
+#: BALP subtype and DICOM action code of each interaction.
+ACTIONS = {
+    "read": "R",
+    "vread": "R",
+    "history": "R",
+    "search": "E",
+    "create": "C",
+    "update": "U",
+    "delete": "D",
+    "retrieve": "R",
+    "store": "C",
+    "export": "R",
+}
+
+
+@dataclass(frozen=True)
+class Touched:
+    """A record an interaction touched: audited as the entity, with its patient."""
+
+    entity: str | None
+    patient_id: str | None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the work of an interaction may use of the caller."""
+
+    principal: Principal
+    visible: Visibility
+    authorize: WriteCheck
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """What is being done, for the audit trail."""
+
+    subtype: str  # read, vread, history, search, create, update, delete, ...
+    entity: str | None = None  # Type/id asked for, when there is one
+    query: str | None = None  # a search's query string
+    type: str = "rest"
+
+
+class Guard:
+    def __init__(self, db: Database, settings: Settings, registry: Registry) -> None:
+        self.db = db
+        self.settings = settings
+        self.registry = registry
+
+    def claims(self, request: HTTPConnection) -> TokenClaims:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise missing_token()
+        return verify_token(self.settings, token.strip())
+
+    async def run(
+        self,
+        request: HTTPConnection,
+        interaction: Interaction,
+        work: Callable[[Session, Context], T],
+        touched: Callable[[T], list[Touched]],
+        *,
+        write: bool,
+        check: Callable[[Principal], None] | None = None,
+    ) -> T:
+        """Run `work` for the request's principal and audit it; see the module docstring."""
+        address = request.client.host if request.client else None
+        agent = request.headers.get("user-agent")
+
+        def event(
+            actor: Actor | None, outcome: str, target: Touched, why: str | None
+        ) -> AuditInput:
+            return AuditInput(
+                type=interaction.type,
+                subtype=interaction.subtype,
+                action=ACTIONS.get(interaction.subtype, "E"),
+                outcome=outcome,
+                actor=actor,
+                client_address=address,
+                entity=target.entity,
+                patient_id=target.patient_id,
+                query=interaction.query,
+                description=why,
+                user_agent=agent,
+            )
+
+        def unit() -> T:
+            actor: Actor | None = None
+            try:
+                claims = self.claims(request)
+                actor = Actor(
+                    claims.username,
+                    claims.hospital_id,
+                    claims.role,
+                    claims.practitioner_id,
+                    claims.kind,
+                )
+                with self.db.transaction(write=write) as session:
+                    principal = principal_for(session, claims)
+                    if check is not None:
+                        check(principal)
+                    ctx = Context(
+                        principal,
+                        visibility(principal, self.registry.get),
+                        partial(check_write, principal),
+                    )
+                    value = work(session, ctx)
+                    events = [
+                        event(actor, "0", t, None)
+                        for t in touched(value) or [Touched(interaction.entity, None)]
+                    ]
+                    if write:
+                        self._append(session, events)
+                if not write:
+                    with self.db.transaction(write=True) as audit_session:
+                        self._append(audit_session, events)
+                return value
+            except AllianceError as exc:
+                if not isinstance(exc, Unavailable) or "audit" not in exc.message:
+                    self._record_failure(
+                        event(
+                            actor,
+                            outcome_for_status(exc.status),
+                            Touched(interaction.entity, None),
+                            exc.message,
+                        )
+                    )
+                raise
+            except Exception as exc:
+                self._record_failure(
+                    event(actor, "8", Touched(interaction.entity, None), f"internal error: {exc}")
+                )
+                raise
+
+        return await run_in_threadpool(unit)
+
+    def _append(self, session: Session, events: list[AuditInput]) -> None:
+        try:
+            append(session, events, server=self.settings.base_url)
+        except AllianceError:
+            raise
+        except Exception as exc:
+            log.exception("the audit trail cannot be written")
+            raise Unavailable("the audit trail cannot be written; nothing was done") from exc
+
+    def _record_failure(self, failed: AuditInput) -> None:
+        try:
+            with self.db.transaction(write=True) as session:
+                self._append(session, [failed])
+        except Exception:
+            # The interaction already failed; its own error is what the client hears.
+            log.exception("could not audit a failed interaction: %s", failed)

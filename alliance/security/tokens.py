@@ -1,0 +1,102 @@
+"""Signed JWT access tokens (RFC 7519, RFC 9068 claims): iss, sub, aud, exp, iat, jti, and
+the alliance's hospital, role and scope. HS256 with keys chosen by `kid`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+
+from alliance.config import Settings
+from alliance.errors import Unauthorized
+
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    subject: str
+    username: str
+    kind: str  # "user" or "client"
+    hospital_id: str
+    role: str
+    scope: str
+    practitioner_id: str | None
+    token_id: str
+
+
+def invalid_token(message: str) -> Unauthorized:
+    """401 with the RFC 6750 challenge that tells the client the token is the problem."""
+    challenge = f'Bearer error="invalid_token", error_description="{message}"'
+    return Unauthorized(message, headers={"WWW-Authenticate": challenge})
+
+
+def missing_token() -> Unauthorized:
+    return Unauthorized(
+        "a bearer token is required (POST /auth/token)", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def issue_token(settings: Settings, claims: TokenClaims) -> tuple[str, int]:
+    kid, secret = settings.signing_keys[0]
+    now = datetime.now(UTC)
+    payload: dict[str, Any] = {
+        "iss": settings.token_issuer,
+        "sub": claims.subject,
+        "aud": settings.fhir_base,
+        "iat": now,
+        "exp": now + timedelta(seconds=settings.token_lifetime),
+        "jti": claims.token_id or str(uuid.uuid4()),
+        "preferred_username": claims.username,
+        "kind": claims.kind,
+        "hospital": claims.hospital_id,
+        "role": claims.role,
+        "scope": claims.scope,
+    }
+    if claims.practitioner_id:
+        payload["fhirUser"] = f"Practitioner/{claims.practitioner_id}"
+    token = jwt.encode(payload, secret, algorithm=ALGORITHM, headers={"kid": kid})
+    return token, settings.token_lifetime
+
+
+def verify_token(settings: Settings, token: str) -> TokenClaims:
+    """The claims of a valid token; anything else raises 401 invalid_token."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise invalid_token("the token is not a JWT") from None
+    if header.get("alg") != ALGORITHM:
+        raise invalid_token(f"tokens are signed with {ALGORITHM}, not {header.get('alg')}")
+    keys = dict(settings.signing_keys)
+    secret = keys.get(str(header.get("kid")))
+    if secret is None:
+        raise invalid_token("the token's signing key is not known")
+    try:
+        payload = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            audience=settings.fhir_base,
+            issuer=settings.token_issuer,
+            options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise invalid_token("the token has expired") from None
+    except jwt.InvalidAudienceError:
+        raise invalid_token("the token is not for this server") from None
+    except jwt.PyJWTError as exc:
+        raise invalid_token(f"the token is not valid: {exc}") from None
+    fhir_user = str(payload.get("fhirUser") or "")
+    return TokenClaims(
+        subject=str(payload["sub"]),
+        username=str(payload.get("preferred_username", payload["sub"])),
+        kind=str(payload.get("kind", "user")),
+        hospital_id=str(payload.get("hospital", "")),
+        role=str(payload.get("role", "")),
+        scope=str(payload.get("scope", "")),
+        practitioner_id=fhir_user.removeprefix("Practitioner/") or None,
+        token_id=str(payload["jti"]),
+    )
