@@ -13,10 +13,10 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from alliance.audit.models import AuditRecord
-from alliance.audit.service import AuditFilter, search_events
-from alliance.errors import BadRequest, Issue, NotFound
+from alliance.audit.service import AuditFilter, audit_filter, search_events
+from alliance.errors import BadRequest, NotFound
 from alliance.fhir.registry import ResourceDefinition, SearchParam
-from alliance.fhir.search import SearchSpec, date_condition, split_values
+from alliance.fhir.search import SearchSpec
 from alliance.fhir.store import SearchResult, Version
 
 _PARAMS = [
@@ -33,59 +33,10 @@ _PARAMS = [
     SearchParam("type", "token", "type", "rest, 110114 (login), 110106 (export), ..."),
     SearchParam("address", "string", "agent.network.address", "The client's network address"),
 ]
-_RESULT = {"_count", "_sort", "_total", "_page_offset", "_format", "_pretty"}
 
 
 def _version(row: AuditRecord) -> Version:
     return Version("AuditEvent", row.id, 1, row.recorded, "create", row.content)
-
-
-def _last(value: str, prefix: str) -> str:
-    return value.split("|")[-1].removeprefix(prefix)
-
-
-def audit_filter(
-    params: list[tuple[str, str]], *, lenient: bool = False
-) -> tuple[AuditFilter, list[tuple[str, str]], list[Issue]]:
-    """The filter a search asks for, the parameters applied, and what was ignored."""
-    flt = AuditFilter()
-    applied: list[tuple[str, str]] = []
-    warnings: list[Issue] = []
-    for name, value in params:
-        if name in _RESULT or not value:
-            continue
-        values = split_values(value)
-        if name == "_id":
-            flt.conditions.append(AuditRecord.id.in_(values))
-        elif name in ("date", "_lastUpdated"):
-            flt.conditions.append(date_condition(value, AuditRecord.recorded, AuditRecord.recorded))
-        elif name == "agent":
-            if value.startswith("Practitioner/"):
-                flt.practitioner_id = value.removeprefix("Practitioner/")
-            else:
-                flt.username = value
-        elif name == "altid":
-            flt.username = _last(value, "")
-        elif name == "agent-role":
-            flt.role = _last(value, "")
-        elif name == "hospital":
-            flt.hospital_id = value.removeprefix("Organization/")
-        elif name == "entity":
-            flt.entity = value
-        elif name == "patient":
-            flt.patient_id = value.removeprefix("Patient/")
-        elif name in ("subtype", "outcome", "action", "type"):
-            setattr(flt, name, [_last(v, "") for v in values])
-        elif name == "address":
-            flt.address = value
-        else:
-            message = f"unknown search parameter {name!r} for AuditEvent"
-            if not lenient:
-                raise BadRequest(message, expression=[name])
-            warnings.append(Issue(f"{message} (ignored)", "not-supported", "warning"))
-            continue
-        applied.append((name, value))
-    return flt, applied, warnings
 
 
 class AuditProvider:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alliance.audit.router import audit_router
 from alliance.config import Settings, get_settings
 from alliance.db import Database
 from alliance.errors import AllianceError, Issue, MethodNotAllowed, NotFound, Unavailable
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _face_error(request, error)
 
     app.include_router(auth_router(services.db, settings))
+    app.include_router(audit_router(services.guard))
     app.include_router(FhirApi(services.fhir, services.guard, settings).router())
 
     @app.get("/healthz", tags=["operations"])

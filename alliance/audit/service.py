@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session
 
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
 from alliance.db import named_lock
+from alliance.errors import BadRequest, Issue
+from alliance.fhir.search import date_condition, split_values
 from alliance.fhir.values import instant
 
 AUDIT_LOCK = "audit-chain"
@@ -387,3 +389,55 @@ def search_events(
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query)), total
+
+
+#: Paging and transport parameters a search of the trail may carry besides its filters.
+RESULT_PARAMS = {"_count", "_sort", "_total", "_page_offset", "_format", "_pretty"}
+
+
+def _last(value: str, prefix: str) -> str:
+    return value.split("|")[-1].removeprefix(prefix)
+
+
+def audit_filter(
+    params: list[tuple[str, str]], *, lenient: bool = False
+) -> tuple[AuditFilter, list[tuple[str, str]], list[Issue]]:
+    """The filter a search asks for, the parameters applied, and what was ignored."""
+    flt = AuditFilter()
+    applied: list[tuple[str, str]] = []
+    warnings: list[Issue] = []
+    for name, value in params:
+        if name in RESULT_PARAMS or not value:
+            continue
+        values = split_values(value)
+        if name == "_id":
+            flt.conditions.append(AuditRecord.id.in_(values))
+        elif name in ("date", "_lastUpdated"):
+            flt.conditions.append(date_condition(value, AuditRecord.recorded, AuditRecord.recorded))
+        elif name == "agent":
+            if value.startswith("Practitioner/"):
+                flt.practitioner_id = value.removeprefix("Practitioner/")
+            else:
+                flt.username = value
+        elif name == "altid":
+            flt.username = _last(value, "")
+        elif name == "agent-role":
+            flt.role = _last(value, "")
+        elif name == "hospital":
+            flt.hospital_id = value.removeprefix("Organization/")
+        elif name == "entity":
+            flt.entity = value
+        elif name == "patient":
+            flt.patient_id = value.removeprefix("Patient/")
+        elif name in ("subtype", "outcome", "action", "type"):
+            setattr(flt, name, [_last(v, "") for v in values])
+        elif name == "address":
+            flt.address = value
+        else:
+            message = f"unknown search parameter {name!r} for AuditEvent"
+            if not lenient:
+                raise BadRequest(message, expression=[name])
+            warnings.append(Issue(f"{message} (ignored)", "not-supported", "warning"))
+            continue
+        applied.append((name, value))
+    return flt, applied, warnings

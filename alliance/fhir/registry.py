@@ -77,6 +77,9 @@ class ResourceDefinition:
 
     @property
     def includes(self) -> list[str]:
+        """`_include` values served: every reference parameter of a generically kept type."""
+        if self.provider is not None:
+            return []
         return [f"{self.type}:{p.name}" for p in self.search_params if p.type == "reference"]
 
 

@@ -12,7 +12,6 @@ from alembic import op
 
 import alliance.db
 
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -141,8 +140,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("username", name=op.f("uq_security_user_username")),
     )
 
-
-
     if op.get_bind().dialect.name == "postgresql":
         # The audit trail is append-only (GB/T 22239-2019): the database itself refuses to
         # change, delete or truncate its rows, whoever asks.
@@ -192,4 +189,3 @@ def downgrade() -> None:
         batch_op.drop_index("ix_audit_event_entity")
 
     op.drop_table("audit_event")
-

@@ -1,0 +1,97 @@
+"""The auditor's HTTP face beyond FHIR AuditEvent search: a CSV export of a search of the
+trail, and verification of the hash chain. Both are audited themselves."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from alliance.audit.service import VerifyResult, audit_filter, search_events, verify
+from alliance.errors import Forbidden, PayloadTooLarge
+from alliance.security.access import Principal
+from alliance.security.guard import Guard, Interaction, Touched
+
+#: The most records one export holds; a larger one asks the auditor to narrow the period.
+MAX_EXPORT_ROWS = 100_000
+CSV_COLUMNS = (
+    "seq",
+    "recorded",
+    "type",
+    "subtype",
+    "action",
+    "outcome",
+    "username",
+    "hospital_id",
+    "role",
+    "client_address",
+    "entity",
+    "patient_id",
+    "hash",
+)
+
+
+def _auditors_only(principal: Principal) -> None:
+    if "audit" not in principal.capabilities:
+        raise Forbidden("only alliance auditors read the audit trail")
+
+
+def audit_router(guard: Guard) -> APIRouter:
+    router = APIRouter(prefix="/api/audit", tags=["audit"])
+
+    @router.get("/events.csv")
+    async def export_csv(request: Request) -> Response:
+        """The AuditEvents matching a search (the parameters of `GET /fhir/AuditEvent`:
+        date, agent, altid, hospital, patient, entity, subtype, outcome, ...), oldest first, as
+        UTF-8 CSV with a byte-order mark so spreadsheet programs read Chinese correctly."""
+        params = list(request.query_params.multi_items())
+        flt, _applied, _ignored = audit_filter(params)
+
+        def work(session: Any, _ctx: Any) -> str:
+            rows, _ = search_events(session, flt, newest_first=False, limit=MAX_EXPORT_ROWS + 1)
+            if len(rows) > MAX_EXPORT_ROWS:
+                raise PayloadTooLarge(
+                    f"more than {MAX_EXPORT_ROWS} records match; narrow the period"
+                )
+            out = io.StringIO()
+            out.write("\ufeff")
+            writer = csv.writer(out)
+            writer.writerow(CSV_COLUMNS)
+            for row in rows:
+                values = [getattr(row, c) for c in CSV_COLUMNS]
+                values[1] = row.recorded.isoformat()
+                writer.writerow(["" if v is None else v for v in values])
+            return out.getvalue()
+
+        body = await guard.run(
+            request,
+            Interaction("export", query=request.url.query, type="export"),
+            work,
+            lambda _body: [Touched(None, None)],
+            write=False,
+            check=_auditors_only,
+        )
+        return Response(
+            body.encode(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="audit-events.csv"'},
+        )
+
+    @router.get("/verify")
+    async def verify_chain(request: Request) -> JSONResponse:
+        """Walk the hash chain: `{ok, checked, first_bad_seq, problem}`."""
+        result: VerifyResult = await guard.run(
+            request,
+            Interaction("audit-verify", type="security"),
+            lambda session, _ctx: verify(session),
+            lambda r: [Touched(None, None)],
+            write=False,
+            check=_auditors_only,
+        )
+        return JSONResponse(asdict(result))
+
+    return router

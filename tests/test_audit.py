@@ -1,0 +1,236 @@
+"""The audit trail: what is recorded, that it is tamper-evident, and that it holds under load."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.auditevent import AuditEvent
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from alliance.audit.service import verify
+from alliance.config import Settings
+from alliance.db import Database
+from server.cli import main
+from tests.conftest import free_port, mint_token
+from tests.factories import patient
+
+
+def events(auditor: TestClient, **params: str) -> list[dict]:
+    r = auditor.get("/fhir/AuditEvent", params={**params, "_count": "200"})
+    assert r.status_code == 200, r.text
+    return [e["resource"] for e in r.json().get("entry", [])]
+
+
+def test_a_read_is_found_by_patient_with_user_action_and_outcome(
+    as_user: Callable[[str], TestClient],
+) -> None:
+    doctor, auditor = as_user("dr.xinyuan.people"), as_user("auditor")
+    assert doctor.get("/fhir/Patient/demo-aygul").status_code == 200
+    found = events(auditor, patient="Patient/demo-aygul", subtype="read")
+    assert len(found) == 1
+    event = found[0]
+    AuditEvent.model_validate(event)  # a valid FHIR AuditEvent
+    assert event["type"]["code"] == "rest" and event["action"] == "R" and event["outcome"] == "0"
+    user = event["agent"][0]
+    assert user["requestor"] is True
+    assert user["who"]["identifier"]["value"] == "dr.xinyuan.people"
+    assert user["who"]["reference"] == "Practitioner/dr-xinyuan-people"
+    assert user["role"][0]["coding"][0]["code"] == "county-doctor"
+    assert user["extension"][0]["valueReference"]["reference"] == "Organization/xy-people"
+    assert user["network"]["address"]
+    assert event["agent"][1]["requestor"] is False  # the server
+    assert {"what": {"reference": "Patient/demo-aygul"}}.items() <= event["entity"][0].items()
+
+
+def test_a_denied_read_is_recorded_as_a_failure(as_user: Callable[[str], TestClient]) -> None:
+    doctor, auditor = as_user("dr.xinyuan.people"), as_user("auditor")
+    assert doctor.get("/fhir/Patient/demo-ma-xiulan").status_code == 404
+    found = events(auditor, entity="Patient/demo-ma-xiulan", altid="dr.xinyuan.people")
+    assert [e["outcome"] for e in found] == ["4"]
+    assert "not known" in found[0]["outcomeDesc"]
+    # So is an attempt without a token.
+    doctor.get("/fhir/Patient/demo-aygul", headers={"Authorization": ""})
+    anonymous = events(auditor, entity="Patient/demo-aygul", outcome="4")
+    assert anonymous and anonymous[0]["agent"][0]["who"]["display"] == "anonymous"
+
+
+def test_a_search_records_one_event_per_patient(as_user: Callable[[str], TestClient]) -> None:
+    doctor, auditor = as_user("dr.xinyuan.people"), as_user("auditor")
+    bundle = doctor.get("/fhir/Patient", params={"organization": "xy-people"}).json()
+    returned = {e["resource"]["id"] for e in bundle["entry"]}
+    assert len(returned) >= 3
+    searches = events(auditor, subtype="search", altid="dr.xinyuan.people")
+    assert {e["entity"][0]["what"]["reference"] for e in searches} == {
+        f"Patient/{p}" for p in returned
+    }
+    query = next(e for e in searches[0]["entity"] if e["role"]["code"] == "24")["query"]
+    assert "organization=xy-people" in base64.b64decode(query).decode()
+
+
+def test_a_write_and_its_audit_commit_together(as_user: Callable[[str], TestClient]) -> None:
+    doctor, auditor = as_user("dr.xinyuan.people"), as_user("auditor")
+    created = doctor.post("/fhir/Patient", json=patient("审计测试")).json()
+    found = events(auditor, entity=f"Patient/{created['id']}", subtype="create")
+    assert len(found) == 1 and found[0]["action"] == "C"
+    refused = doctor.post("/fhir/Patient", json=patient(number="654125199001010016"))
+    assert refused.status_code == 422
+    failed = events(auditor, subtype="create", outcome="4")
+    assert failed and "checksum" in failed[0]["outcomeDesc"]
+
+
+def test_no_audit_no_interaction(settings: Settings, as_user: Callable[[str], TestClient]) -> None:
+    """When the trail cannot be written, the interaction fails with 503 and changes nothing."""
+    doctor = as_user("dr.xinyuan.people")
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:  # a real fault: the audit table is gone
+        conn.execute(text("ALTER TABLE audit_event RENAME TO audit_event_away"))
+    try:
+        r = doctor.post("/fhir/Patient", json=patient("不应保存"))
+        assert r.status_code == 503, r.text
+        assert doctor.get("/fhir/Patient/demo-aygul").status_code == 503
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE audit_event_away RENAME TO audit_event"))
+        engine.dispose()
+    assert doctor.get("/fhir/Patient", params={"name": "不应保存"}).json().get("entry") == []
+
+
+def test_verify_finds_the_altered_row(
+    settings: Settings, as_user: Callable[[str], TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doctor, auditor = as_user("dr.xinyuan.people"), as_user("auditor")
+    for _ in range(3):
+        doctor.get("/fhir/Patient/demo-aygul")
+    assert auditor.get("/api/audit/verify").json()["ok"] is True
+    monkeypatch.setenv("ALLIANCE_DATABASE_URL", settings.database_url)
+    from alliance.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert main(["audit", "verify"]) == 0
+        engine = create_engine(settings.database_url)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # a DBA with the power to lift the guard
+                conn.execute(text("ALTER TABLE audit_event DISABLE TRIGGER USER"))
+            conn.execute(
+                text(
+                    "UPDATE audit_event SET content = replace(content, 'demo-aygul', 'x') "
+                    "WHERE seq = 2"
+                )
+            )
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("ALTER TABLE audit_event ENABLE TRIGGER USER"))
+        engine.dispose()
+        assert main(["audit", "verify"]) == 1
+    finally:
+        get_settings.cache_clear()
+    db = Database(settings.database_url)
+    with db.transaction() as s:
+        result = verify(s)
+    db.dispose()
+    assert not result.ok and result.first_bad_seq == 2 and result.checked == 1
+    answer = auditor.get("/api/audit/verify").json()
+    assert answer["ok"] is False and answer["first_bad_seq"] == 2
+
+
+def test_postgresql_refuses_changes_to_the_trail(
+    settings: Settings, as_user: Callable[[str], TestClient]
+) -> None:
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("the append-only trigger is PostgreSQL's (SQLite has no triggers on TRUNCATE)")
+    as_user("dr.xinyuan.people").get("/fhir/Patient/demo-aygul")
+    engine = create_engine(settings.database_url)
+    for statement in (
+        "UPDATE audit_event SET outcome = '0'",
+        "DELETE FROM audit_event",
+        "TRUNCATE audit_event",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(text(statement))
+    engine.dispose()
+
+
+def test_csv_export_for_auditors_only(as_user: Callable[[str], TestClient]) -> None:
+    doctor, auditor = as_user("dr.xinyuan.people"), as_user("auditor")
+    doctor.get("/fhir/Patient/demo-memet")
+    r = auditor.get("/api/audit/events.csv", params={"patient": "demo-memet"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/csv")
+    lines = r.content.decode("utf-8-sig").splitlines()
+    assert lines[0].startswith("seq,recorded,type,subtype")
+    assert len(lines) == 2 and "dr.xinyuan.people" in lines[1] and "demo-memet" in lines[1]
+    assert doctor.get("/api/audit/events.csv").status_code == 403
+    assert doctor.get("/api/audit/verify").status_code == 403
+
+
+# ---- concurrency: several API workers, several client processes -------------------------------
+
+
+@pytest.fixture
+def served(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """`alliance serve --workers 2` in a process of its own, on the test database."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "ALLIANCE_DATABASE_URL": settings.database_url,
+        "ALLIANCE_STORAGE_URL": settings.storage_url,
+        "ALLIANCE_BASE_URL": "http://testserver",  # tokens minted for the test settings
+        "ALLIANCE_DEMO": "true",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError((tmp_path / "serve.log").read_text())
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _reads(url: str, token: str, count: int) -> list[int]:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(headers=headers, timeout=60) as client, ThreadPoolExecutor(count) as pool:
+        return list(
+            pool.map(
+                lambda _: client.get(f"{url}/fhir/Patient/demo-aygul").status_code, range(count)
+            )
+        )
+
+
+def test_concurrent_audited_reads_keep_the_chain(settings: Settings, served: str) -> None:
+    token = mint_token(settings, "dr.xinyuan.people")
+    with get_context("spawn").Pool(4) as pool:
+        statuses = [s for batch in pool.starmap(_reads, [(served, token, 8)] * 4) for s in batch]
+    assert statuses == [200] * 32
+    db = Database(settings.database_url)
+    with db.transaction() as s:
+        result = verify(s)
+    db.dispose()
+    assert result.ok, result
+    assert result.checked >= 32
