@@ -10,6 +10,7 @@ guarantee from `named_lock`, a transaction-scoped advisory lock.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -78,6 +79,10 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA synchronous=NORMAL")
+        # String-search columns hold case-folded text and needles are folded the same way, so
+        # a case-sensitive LIKE matches the same rows and lets SQLite use the index for the
+        # prefix match of FHIR string search.
+        cur.execute("PRAGMA case_sensitive_like=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -107,6 +112,10 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        # SQLite has one writer. Threads of this process queue here for it, in order, instead
+        # of polling for the database lock with back-off (which gives long tail latencies);
+        # other processes still wait through busy_timeout.
+        self._writer = threading.Lock() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -119,6 +128,10 @@ class Database:
         `write=True` on SQLite takes the writer lock at the start (see the module docstring);
         read units of work may still write (an audit row), they just take the lock later.
         """
+        queued = write and self._writer is not None
+        if queued:
+            assert self._writer is not None
+            self._writer.acquire()
         session = self._sessions()
         try:
             if write:
@@ -137,6 +150,9 @@ class Database:
             raise
         finally:
             session.close()
+            if queued:
+                assert self._writer is not None
+                self._writer.release()
 
     def ping(self) -> None:
         try:

@@ -1,23 +1,38 @@
-"""FHIR read and search over real HTTP, against the same SQL issued directly: what does the web
-stack cost per request?
+"""FHIR read and search over real HTTP, with and without the security guard, against the same
+SQL issued directly: what do the web stack, and the authentication and audit on top of it, cost
+per request?
 
-Measured, for concurrency 1 and 16, each for a fixed time after a short warm-up:
+Measured, for concurrency 1 and 16, each for a fixed time after a short warm-up, in one run:
 
-- HTTP: `GET /fhir/Patient/{id}` (read, FHIR R4 http.html#read) and
-  `GET /fhir/Patient?name=<prefix>&_count=20` (search, FHIR R4 search.html) against the app
-  served by uvicorn (1 worker) in a separate process, so the load generator does not share the
-  server's GIL. Clients are threads, each with its own keep-alive `httpx.Client`. Every response
-  must be 2xx; any other answer aborts the run.
+- Audited HTTP: `GET /fhir/Patient/{id}` (read, FHIR R4 http.html#read) and
+  `GET /fhir/Patient?name=<prefix>&_count=20` (search, FHIR R4 search.html) against the app as
+  it ships, served by uvicorn (1 worker) in a separate process so the load generator does not
+  share the server's GIL, as a county doctor with one bearer token: every request verifies the
+  token, loads the principal, checks the scope, filters the queries by the access rules and
+  appends a hash-chained AuditEvent in a write transaction of its own
+  (`alliance.security.guard.Guard.run`).
+- Unaudited HTTP: the same requests against a second server process running the same app with
+  `UnauditedGuard`, defined in this file and patched over `server.app.Guard` in that process
+  only: the foundation's unit of work from before security existed (one
+  `Database.transaction`, no token check, no principal, no access filter, no audit). It
+  exists only in this benchmark, as the "unaudited figure" to compare with; the app has no
+  switch to turn auditing off, and must not have one.
 - Baseline: the same SQL work issued through SQLAlchemy in this process, no HTTP, one unit of
   work (`Database.transaction`, the same engine set-up the app uses) per operation: for read,
   the current `ResourceRow` and its `ResourceVersion` by primary key, as `FhirStore.read` does;
   for search, `parse_search` + `page_query` joined to the current version, as
   `FhirStore.search` builds it.
 
+Clients are threads, each with its own keep-alive `httpx.Client`. Every response must be 2xx;
+any other answer aborts the run. Both servers serve the same database; for each case the
+audited server, the unaudited server and the baseline are measured one after the other.
+
 Why this baseline: the database work is the floor that no web stack can go under, and it is the
 same on every machine that runs the same database; the ratio HTTP / baseline throughput is
 therefore the share of the database's capacity that survives the HTTP, ASGI, routing, threadpool
 and serialisation layers, and it is comparable across machines where raw requests/s are not.
+The ratio audited / unaudited is what the guard (authentication, access rules, audit) leaves of
+the unguarded throughput; issue 3 aims for at least two thirds on read.
 
 Run: `.venv/bin/python bench/fhir_read.py [--patients 2000] [--seconds 5] [--database-url URL]`.
 The figures go to stdout and to `bench/results/fhir_read.json`. Nothing here asserts on speed.
@@ -39,7 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -50,6 +65,9 @@ import sqlalchemy
 import uvicorn
 from sqlalchemy import and_, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from alliance.codes import HOSPITAL_MRN, LANGUAGE_EXTENSION, RESIDENT_ID
 from alliance.config import Settings
@@ -58,6 +76,8 @@ from alliance.directory.identity import check_character
 from alliance.fhir.models import ResourceRow, ResourceVersion
 from alliance.fhir.search import page_query, parse_search
 from alliance.fhir.store import FhirStore
+from alliance.security.access import Principal
+from alliance.security.guard import Context, Guard, Interaction, Touched
 from fhir_mappings import build_registry
 from server.migrate import upgrade
 
@@ -214,10 +234,50 @@ def access_token(base_url: str) -> str:
 
 # ---- the server, in its own process ------------------------------------------------------
 
+#: Who the unaudited server says is asking; nothing reads it on the Patient read and search path.
+NOBODY = Principal(
+    subject="bench",
+    username="bench",
+    kind="user",
+    hospital_id=HOSPITAL,
+    role="none",
+    capabilities=frozenset(),
+    scopes=(),
+)
 
-def _serve(database_url: str, storage_url: str, port: int) -> None:
-    """Child process: the app as `alliance serve` runs it, one uvicorn worker."""
+
+class UnauditedGuard(Guard):
+    """The foundation's unit of work, before security existed: no token check, no principal,
+    no scope check, no access filter, no audit. It exists only here, to measure what the
+    guard costs; the app itself has no way to switch auditing off."""
+
+    async def run(
+        self,
+        request: HTTPConnection,
+        interaction: Interaction,
+        work: Callable[[Session, Context], Any],
+        touched: Callable[[Any], list[Touched]],
+        *,
+        write: bool,
+        check: Callable[[Principal], None] | None = None,
+    ) -> Any:
+        ctx = Context(NOBODY, lambda _t: sqlalchemy.true(), lambda *_: None)
+
+        def unit() -> Any:
+            with self.db.transaction(write=write) as session:
+                return work(session, ctx)
+
+        return await run_in_threadpool(unit)
+
+
+def _serve(database_url: str, storage_url: str, port: int, audited: bool) -> None:
+    """Child process: the app as `alliance serve` runs it, one uvicorn worker; with the
+    `UnauditedGuard` in place of the real one when `audited` is false (this process only)."""
+    import server.app
     from server.app import create_app
+
+    if not audited:
+        server.app.Guard = UnauditedGuard  # type: ignore[attr-defined]
 
     settings = Settings(
         database_url=database_url,
@@ -243,11 +303,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(database_url: str, storage_url: str) -> Iterator[tuple[str, int]]:
+def served(database_url: str, storage_url: str, *, audited: bool) -> Iterator[tuple[str, int]]:
     """The app on a free 127.0.0.1 port in a spawned process; yields (base URL, pid)."""
     port = free_port()
     proc = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(database_url, storage_url, port), daemon=True
+        target=_serve, args=(database_url, storage_url, port, audited), daemon=True
     )
     proc.start()
     url = f"http://127.0.0.1:{port}"
@@ -255,7 +315,8 @@ def served(database_url: str, storage_url: str) -> Iterator[tuple[str, int]]:
         deadline = time.monotonic() + 60
         while True:
             if not proc.is_alive():
-                raise SystemExit(f"the server process exited with code {proc.exitcode}")
+                which = "audited" if audited else "unaudited"
+                raise SystemExit(f"the {which} server process exited with code {proc.exitcode}")
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
@@ -499,26 +560,52 @@ def _cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _pair(a: float | None, b: float | None) -> str:
+    return f"{_cpu(a)}/{_cpu(b)}"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
-        f"{'interaction':<11} {'conc':>4} {'HTTP req/s':>10} {'HTTP p50 ms':>11} "
-        f"{'HTTP p95 ms':>11} {'base ops/s':>10} {'base p50 ms':>11} {'HTTP/base':>9} "
-        f"{'srv CPU%':>8} {'load CPU%':>9}"
+        f"{'interaction':<11} {'conc':>4} {'aud req/s':>9} {'aud p50':>7} {'aud p95':>7} "
+        f"{'unaud req/s':>11} {'unaud p50':>9} {'base ops/s':>10} {'aud/unaud':>9} "
+        f"{'aud/base':>8} {'unaud/base':>10} {'srv CPU%':>8} {'load CPU%':>9}"
     )
     print(head)
     print("-" * len(head))
     for row in rows:
-        h, b = row["http"], row["baseline"]
+        a, u, b, r = row["audited"], row["unaudited"], row["baseline"], row["ratios"]
         print(
-            f"{row['interaction']:<11} {row['concurrency']:>4} {h['per_second']:>10.0f} "
-            f"{h['median_ms']:>11.2f} {h['p95_ms']:>11.2f} {b['per_second']:>10.0f} "
-            f"{b['median_ms']:>11.2f} {row['ratio']:>9.3f} "
-            f"{_cpu(h['server_cpu_percent']):>8} {_cpu(h['own_cpu_percent']):>9}"
+            f"{row['interaction']:<11} {row['concurrency']:>4} {a['per_second']:>9.0f} "
+            f"{a['median_ms']:>7.2f} {a['p95_ms']:>7.2f} {u['per_second']:>11.0f} "
+            f"{u['median_ms']:>9.2f} {b['per_second']:>10.0f} {r['audited/unaudited']:>9.3f} "
+            f"{r['audited/baseline']:>8.3f} {r['unaudited/baseline']:>10.3f} "
+            f"{_pair(a['server_cpu_percent'], u['server_cpu_percent']):>8} "
+            f"{_pair(a['own_cpu_percent'], u['own_cpu_percent']):>9}"
         )
     print(
-        "srv CPU% / load CPU%: CPU of the server process / of this load-generating process "
-        "during the HTTP window, in % of one core."
+        "aud = HTTP to the app as it ships (token, principal, access filter, AuditEvent per\n"
+        "request); unaud = HTTP to the same app with the benchmark's UnauditedGuard (the\n"
+        "foundation's bare unit of work); base = the same SQL through SQLAlchemy in-process.\n"
+        "Latencies in ms. srv CPU% / load CPU%: CPU of the server process / of this load-\n"
+        "generating process during the HTTP window, audited/unaudited, in % of one core."
     )
+
+
+def closing_note(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 3's figure: audited vs unaudited read throughput, measured in this run."""
+    lines = []
+    for row in rows:
+        if row["interaction"] != "read":
+            continue
+        a, u = row["audited"]["per_second"], row["unaudited"]["per_second"]
+        ratio = row["ratios"]["audited/unaudited"]
+        verdict = "met" if ratio >= 2 / 3 else "NOT met"
+        lines.append(
+            f"read x{row['concurrency']}: audited {a:.0f} req/s, unaudited {u:.0f} req/s, "
+            f"ratio {ratio:.3f}\n  (security and audit cost {100 * (1 - ratio):.0f}% of the "
+            f"throughput; aim: less than a third, {verdict})"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -562,28 +649,44 @@ def main(argv: list[str] | None = None) -> int:
                 f"case; HTTP {who}"
             )
             rows: list[dict[str, Any]] = []
-            with served(url, storage_url) as (base_url, pid):
+            with ExitStack() as servers:
+                # Both servers stay up; the idle one costs nothing. For every case the audited
+                # server, the unaudited one and the baseline are measured one after the other.
+                audited_url, audited_pid = servers.enter_context(
+                    served(url, storage_url, audited=True)
+                )
+                unaudited_url, unaudited_pid = servers.enter_context(
+                    served(url, storage_url, audited=False)
+                )
                 headers = {"Accept": "application/fhir+json"}
                 if authenticated:
-                    headers["Authorization"] = f"Bearer {access_token(base_url)}"
-                preflight(base_url, headers, ids, prefixes)
+                    headers["Authorization"] = f"Bearer {access_token(audited_url)}"
+                # The same request bytes to both; the unaudited server ignores the token.
+                preflight(audited_url, headers, ids, prefixes)
+                preflight(unaudited_url, headers, ids, prefixes)
                 for interaction in INTERACTIONS:
                     for conc in CONCURRENCIES:
-                        http = run_load(
-                            http_op(base_url, headers, interaction, ids, prefixes),
-                            conc,
-                            warmup=args.warmup,
-                            seconds=args.seconds,
-                            server_pid=pid,
-                        )
-                        if http.errors:
-                            sample = "\n  ".join(http.errors[:5])
-                            print(
-                                f"FAILED: {len(http.errors)} non-2xx or failed requests in "
-                                f"{interaction} x{conc}, e.g.:\n  {sample}",
-                                file=sys.stderr,
+                        measured: dict[str, Measurement] = {}
+                        for name, base_url, pid in (
+                            ("audited", audited_url, audited_pid),
+                            ("unaudited", unaudited_url, unaudited_pid),
+                        ):
+                            http = run_load(
+                                http_op(base_url, headers, interaction, ids, prefixes),
+                                conc,
+                                warmup=args.warmup,
+                                seconds=args.seconds,
+                                server_pid=pid,
                             )
-                            return 1
+                            if http.errors:
+                                sample = "\n  ".join(http.errors[:5])
+                                print(
+                                    f"FAILED: {len(http.errors)} non-2xx or failed requests in "
+                                    f"{interaction} x{conc} ({name} server), e.g.:\n  {sample}",
+                                    file=sys.stderr,
+                                )
+                                return 1
+                            measured[name] = http
                         base = run_load(
                             sql_op(db, store, interaction, ids, prefixes),
                             conc,
@@ -593,13 +696,23 @@ def main(argv: list[str] | None = None) -> int:
                         if base.errors:
                             print(f"FAILED baseline: {base.errors[:5]}", file=sys.stderr)
                             return 1
+                        aud, unaud = measured["audited"], measured["unaudited"]
                         rows.append(
                             {
                                 "interaction": interaction,
                                 "concurrency": conc,
-                                "http": http.summary(),
+                                "audited": aud.summary(),
+                                "unaudited": unaud.summary(),
                                 "baseline": base.summary(),
-                                "ratio": round(http.per_second / base.per_second, 4),
+                                "ratios": {
+                                    "audited/unaudited": round(
+                                        aud.per_second / unaud.per_second, 4
+                                    ),
+                                    "audited/baseline": round(aud.per_second / base.per_second, 4),
+                                    "unaudited/baseline": round(
+                                        unaud.per_second / base.per_second, 4
+                                    ),
+                                },
                             }
                         )
         finally:
@@ -607,13 +720,19 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print_table(rows)
+    closing = closing_note(rows)
+    print()
+    print("\n".join(closing))
     total = time.perf_counter() - started
     print(f"\ntotal run time {total:.0f} s")
     report = {
         "benchmark": "fhir_read",
         "measured": (
             "HTTP GET /fhir/Patient/{id} and /fhir/Patient?name=<prefix>&_count=20 against "
-            "uvicorn (1 worker, separate process) vs the same SQL through SQLAlchemy in-process"
+            "uvicorn (1 worker, separate process) serving the app as it ships (audited: token, "
+            "principal, access filter, AuditEvents) and the same app with the benchmark-only "
+            "UnauditedGuard (unaudited: the foundation's bare unit of work), vs the same SQL "
+            "through SQLAlchemy in-process (baseline)"
         ),
         "machine": facts,
         "parameters": {
@@ -627,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_seconds": round(total, 1),
         },
         "results": rows,
+        "closing_note": closing,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from sqlalchemy import text as sql
+
 from alliance.codes import (
     AFFILIATION_ROLE,
     DEPARTMENT,
@@ -480,6 +482,10 @@ def seed_demo(settings: Settings) -> dict[str, int]:
                     practitioner_id=practitioner,
                 )
                 created["account"] += 1
+        if created and not db.is_sqlite:
+            # Fresh statistics, so the planner does not pick nested loops over empty guesses.
+            with db.transaction(write=True) as session:
+                session.execute(sql("ANALYZE"))
     finally:
         db.dispose()
     return dict(created)

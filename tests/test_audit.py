@@ -120,19 +120,10 @@ def test_verify_finds_the_altered_row(
     get_settings.cache_clear()
     try:
         assert main(["audit", "verify"]) == 0
-        engine = create_engine(settings.database_url)
-        with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":  # a DBA with the power to lift the guard
-                conn.execute(text("ALTER TABLE audit_event DISABLE TRIGGER USER"))
-            conn.execute(
-                text(
-                    "UPDATE audit_event SET content = replace(content, 'demo-aygul', 'x') "
-                    "WHERE seq = 2"
-                )
-            )
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("ALTER TABLE audit_event ENABLE TRIGGER USER"))
-        engine.dispose()
+        tamper(
+            settings.database_url,
+            "UPDATE audit_event SET content = replace(content, 'demo-aygul', 'x') WHERE seq = 2",
+        )
         assert main(["audit", "verify"]) == 1
     finally:
         get_settings.cache_clear()
@@ -145,18 +136,38 @@ def test_verify_finds_the_altered_row(
     assert answer["ok"] is False and answer["first_bad_seq"] == 2
 
 
-def test_postgresql_refuses_changes_to_the_trail(
+def tamper(url: str, statement: str) -> None:
+    """What a database administrator with the power to lift the append-only guard could do."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_event DISABLE TRIGGER USER"))
+            conn.execute(text(statement))
+            conn.execute(text("ALTER TABLE audit_event ENABLE TRIGGER USER"))
+        else:
+            triggers = conn.execute(
+                text(
+                    "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'audit_event' "
+                    "AND type = 'trigger'"
+                )
+            ).all()
+            for name, _ in triggers:
+                conn.execute(text(f"DROP TRIGGER {name}"))
+            conn.execute(text(statement))
+            for _, sql in triggers:
+                conn.execute(text(sql))
+    engine.dispose()
+
+
+def test_the_database_refuses_changes_to_the_trail(
     settings: Settings, as_user: Callable[[str], TestClient]
 ) -> None:
-    if not settings.database_url.startswith("postgresql"):
-        pytest.skip("the append-only trigger is PostgreSQL's (SQLite has no triggers on TRUNCATE)")
     as_user("dr.xinyuan.people").get("/fhir/Patient/demo-aygul")
     engine = create_engine(settings.database_url)
-    for statement in (
-        "UPDATE audit_event SET outcome = '0'",
-        "DELETE FROM audit_event",
-        "TRUNCATE audit_event",
-    ):
+    statements = ["UPDATE audit_event SET outcome = '0'", "DELETE FROM audit_event"]
+    if engine.dialect.name == "postgresql":
+        statements.append("TRUNCATE audit_event")  # SQLite has no TRUNCATE
+    for statement in statements:
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text(statement))
     engine.dispose()

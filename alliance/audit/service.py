@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
@@ -207,36 +207,37 @@ def chain_hash(seq: int, prev_hash: str, content: str) -> str:
     return hashlib.sha256(f"{seq}\n{prev_hash}\n{content}".encode()).hexdigest()
 
 
-def append(session: Session, events: list[AuditInput], *, server: str) -> list[AuditRecord]:
-    """Append events to the chain in the caller's transaction (they commit with it)."""
+def append(session: Session, events: list[AuditInput], *, server: str) -> int:
+    """Append events to the chain in the caller's transaction (they commit with it); returns
+    the position of the last one. The lock is held until that transaction ends."""
     if not events:
-        return []
+        return 0
     named_lock(session, AUDIT_LOCK)
     last = session.execute(
         select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
     ).first()
     seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
     recorded = datetime.now(UTC)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for event in events:
         seq += 1
         resource = build_event(event, event_id=str(uuid.uuid4()), recorded=recorded, server=server)
         content = canonical(resource)
         digest = chain_hash(seq, prev, content)
-        row = AuditRecord(
-            seq=seq,
-            id=resource["id"],
-            recorded=recorded,
-            content=content,
-            prev_hash=prev,
-            hash=digest,
-            **_columns(resource),
+        rows.append(
+            {
+                "seq": seq,
+                "id": resource["id"],
+                "recorded": recorded,
+                "content": content,
+                "prev_hash": prev,
+                "hash": digest,
+                **_columns(resource),
+            }
         )
-        rows.append(row)
         prev = digest
-    session.add_all(rows)
-    session.flush()
-    return rows
+    session.execute(insert(AuditRecord), rows)
+    return seq
 
 
 def _columns(resource: dict[str, Any]) -> dict[str, Any]:

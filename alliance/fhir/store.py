@@ -130,10 +130,24 @@ class FhirStore:
             return definition.provider.read(
                 session, resource_id, _condition(visible, resource_type)
             )
-        row = self._current(session, resource_type, resource_id, visible)
-        version = session.get(ResourceVersion, (resource_type, resource_id, row.version))
-        assert version is not None
-        result = Version.of(version, row.patient_id)
+        query = (
+            select(ResourceRow.patient_id, ResourceVersion)
+            .join(
+                ResourceVersion,
+                and_(
+                    ResourceVersion.resource_type == ResourceRow.resource_type,
+                    ResourceVersion.id == ResourceRow.id,
+                    ResourceVersion.version == ResourceRow.version,
+                ),
+            )
+            .where(ResourceRow.resource_type == resource_type, ResourceRow.id == resource_id)
+        )
+        if visible is not None:
+            query = query.where(visible(resource_type))
+        found = session.execute(query).first()
+        if found is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        result = Version.of(found[1], found[0])
         if result.deleted:
             raise Gone(f"{resource_type}/{resource_id} was deleted")
         return result

@@ -140,6 +140,12 @@ def upgrade() -> None:
         sa.UniqueConstraint("username", name=op.f("uq_security_user_username")),
     )
 
+    if op.get_bind().dialect.name == "sqlite":
+        for action in ("UPDATE", "DELETE"):
+            op.execute(
+                f"CREATE TRIGGER audit_event_no_{action.lower()} BEFORE {action} ON audit_event "
+                f"BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: {action} refused'); END"
+            )
     if op.get_bind().dialect.name == "postgresql":
         # The audit trail is append-only (GB/T 22239-2019): the database itself refuses to
         # change, delete or truncate its rows, whoever asks.
@@ -164,6 +170,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("DROP TRIGGER IF EXISTS audit_event_no_update")
+        op.execute("DROP TRIGGER IF EXISTS audit_event_no_delete")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS audit_event_no_truncate ON audit_event")
         op.execute("DROP TRIGGER IF EXISTS audit_event_no_update_delete ON audit_event")
