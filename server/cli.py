@@ -113,7 +113,6 @@ def _user(args: argparse.Namespace) -> int:
                         f"user-{args.user_command}", f"user/{args.username}", message.split(";")[0]
                     )
                 ],
-                server=settings.base_url,
             )
     except AllianceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -143,7 +142,6 @@ def _client(args: argparse.Namespace) -> int:
                         "client-register", f"client/{args.client_id}", "partner system registered"
                     )
                 ],
-                server=settings.base_url,
             )
     except AllianceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -256,6 +256,12 @@ def test_grant_opens_only_what_it_names_and_closes(
     with services.db.transaction(write=True) as s:
         assert close_grants(session=s, reason="ServiceRequest/test-referral", why="cancelled") == 1
     assert specialist.get("/fhir/Patient/demo-aygul").status_code == 404
+    # Opening and closing are disclosures of the patient's data: both are in the trail.
+    trail = as_user("auditor").get(
+        "/fhir/AuditEvent", params={"entity": "ServiceRequest/test-referral"}
+    )
+    subtypes = [e["resource"]["subtype"][0]["code"] for e in trail.json()["entry"]]
+    assert subtypes == ["grant-close", "grant-open"]
     # A grant whose period has ended closes by itself, without a background job.
     with services.db.transaction(write=True) as s:
         open_grant(
@@ -268,3 +274,33 @@ def test_grant_opens_only_what_it_names_and_closes(
             valid_until=datetime.now(UTC) - timedelta(days=10),
         )
     assert specialist.get("/fhir/Patient/demo-aygul").status_code == 404
+
+
+def test_user_commands(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, client: TestClient
+) -> None:
+    import io
+
+    from alliance.config import get_settings
+    from server.cli import main
+
+    monkeypatch.setenv("ALLIANCE_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("ALLIANCE_DEMO", "true")
+    get_settings.cache_clear()
+    try:
+        assert (
+            main(["user", "create", "dr.new", "--hospital", "xy-mch", "--role", "county-doctor"])
+            == 0
+        )
+        assert login(client, "dr.new", "anything-at-all").status_code == 400  # no password yet
+        monkeypatch.setattr("sys.stdin", io.StringIO("a-new-password-42\n"))
+        assert main(["user", "reset-password", "dr.new", "--password-stdin"]) == 0
+        assert login(client, "dr.new", "a-new-password-42").status_code == 200
+        assert main(["user", "lock", "dr.new"]) == 0
+        assert login(client, "dr.new", "a-new-password-42").status_code == 400
+        assert main(["user", "unlock", "dr.new"]) == 0
+        assert login(client, "dr.new", "a-new-password-42").status_code == 200
+        assert main(["user", "create", "dr.new", "--hospital", "xy-mch", "--role", "x"]) == 2
+        assert main(["user", "create", "dr.x", "--hospital", "nowhere", "--role", "auditor"]) == 2
+    finally:
+        get_settings.cache_clear()

@@ -207,7 +207,11 @@ def chain_hash(seq: int, prev_hash: str, content: str) -> str:
     return hashlib.sha256(f"{seq}\n{prev_hash}\n{content}".encode()).hexdigest()
 
 
-def append(session: Session, events: list[AuditInput], *, server: str) -> int:
+#: How the server names itself in the AuditEvents it writes (agent and source).
+SERVER_NAME = "alliance"
+
+
+def append(session: Session, events: list[AuditInput], *, server: str = SERVER_NAME) -> int:
     """Append events to the chain in the caller's transaction (they commit with it); returns
     the position of the last one. The lock is held until that transaction ends."""
     if not events:

@@ -170,7 +170,7 @@ class Guard:
 
     def _append(self, session: Session, events: list[AuditInput]) -> None:
         try:
-            append(session, events, server=self.settings.base_url)
+            append(session, events)
         except AllianceError:
             raise
         except Exception as exc:

@@ -102,7 +102,6 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
                     append(
                         session,
                         [_login_event(actor, MINOR_FAILURE, failure.reason, address, agent)],
-                        server=settings.base_url,
                     )
                     if grant_type == "client_credentials":
                         return ("invalid_client", "client authentication failed", 401)
@@ -119,7 +118,6 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
                 append(
                     session,
                     [_login_event(actor, SUCCESS, f"token issued: {claims.scope}", address, agent)],
-                    server=settings.base_url,
                 )
                 access_token, expires_in = issue_token(settings, claims)
                 return {

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from alliance.audit.service import Actor, AuditInput, append
 from alliance.config import Settings
 from alliance.errors import BadRequest, Conflict, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
@@ -291,8 +292,10 @@ def open_grant(
     resources: Iterable[tuple[str, str]],
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
+    actor: Actor | None = None,
 ) -> AccessGrant:
-    """Open `resources` (type, id) of one patient to a hospital, for `reason`."""
+    """Open `resources` (type, id) of one patient to a hospital, for `reason`; audited (a
+    disclosure, PIPL art. 23) in the same transaction."""
     grant = AccessGrant(
         id=str(uuid.uuid4()),
         patient_id=patient_id,
@@ -306,11 +309,32 @@ def open_grant(
     ]
     session.add(grant)
     session.flush()
+    opened = ", ".join(f"{r.resource_type}/{r.resource_id}" for r in grant.resources)
+    until = valid_until.isoformat() if valid_until else "further notice"
+    append(
+        session,
+        [
+            _grant_event(
+                "grant-open",
+                actor,
+                reason,
+                patient_id,
+                f"opened to Organization/{hospital_id} until {until}: {opened}",
+            )
+        ],
+    )
     return grant
 
 
-def close_grants(*, session: Session, reason: str, why: str, at: datetime | None = None) -> int:
-    """Close every open grant made for `reason`; returns how many."""
+def close_grants(
+    *,
+    session: Session,
+    reason: str,
+    why: str,
+    at: datetime | None = None,
+    actor: Actor | None = None,
+) -> int:
+    """Close every open grant made for `reason`; returns how many. Audited."""
     grants = session.scalars(
         select(AccessGrant).where(AccessGrant.reason == reason, AccessGrant.closed_at.is_(None))
     ).all()
@@ -318,7 +342,35 @@ def close_grants(*, session: Session, reason: str, why: str, at: datetime | None
         grant.closed_at = at or datetime.now(UTC)
         grant.closed_reason = why
     session.flush()
+    append(
+        session,
+        [
+            _grant_event(
+                "grant-close",
+                actor,
+                reason,
+                g.patient_id,
+                f"closed for Organization/{g.hospital_id}: {why}",
+            )
+            for g in grants
+        ],
+    )
     return len(grants)
+
+
+def _grant_event(
+    subtype: str, actor: Actor | None, reason: str, patient_id: str, description: str
+) -> AuditInput:
+    return AuditInput(
+        type="security",
+        subtype=subtype,
+        action="E",
+        outcome="0",
+        actor=actor,
+        entity=reason,
+        patient_id=patient_id,
+        description=description,
+    )
 
 
 def grants_for(*, session: Session, reason: str) -> list[AccessGrant]:
