@@ -20,7 +20,7 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
     """Apply the migrations, then make sure the built-in roles exist (they are data)."""
     command.upgrade(alembic_config(url), revision)
     db = Database(url)
