@@ -72,7 +72,6 @@ def audit_router(guard: Guard) -> APIRouter:
             Interaction("export", query=request.url.query, type="export"),
             work,
             lambda _body: [Touched(None, None)],
-            write=False,
             check=_auditors_only,
         )
         return Response(
@@ -89,7 +88,6 @@ def audit_router(guard: Guard) -> APIRouter:
             Interaction("audit-verify", type="security"),
             lambda session, _ctx: verify(session),
             lambda r: [Touched(None, None)],
-            write=False,
             check=_auditors_only,
         )
         return JSONResponse(asdict(result))

@@ -131,7 +131,6 @@ class FhirApi:
         *,
         rtype: str,
         scope: str,
-        write: bool = False,
     ) -> T:
         """Run an interaction for the caller: scope checked (403), access rules applied inside
         the queries, and audited (alliance.security.guard)."""
@@ -140,7 +139,6 @@ class FhirApi:
             interaction,
             work,
             touched,
-            write=write,
             check=lambda principal: principal.check_scope(rtype, scope),
         )
 
@@ -372,7 +370,6 @@ class FhirApi:
             lambda r: [_touched(r.version)],
             rtype=rtype,
             scope="create",
-            write=True,
         )
         return self._write_response(request, result)
 
@@ -396,7 +393,6 @@ class FhirApi:
             lambda r: [_touched(r.version)],
             rtype=rtype,
             scope="update",
-            write=True,
         )
         return self._write_response(request, result)
 
@@ -412,7 +408,6 @@ class FhirApi:
             lambda v: [_touched(v)] if v else [],
             rtype=rtype,
             scope="delete",
-            write=True,
         )
         headers = self._headers(version) if version else {}
         return Response(None, 204, headers=headers)

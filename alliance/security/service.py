@@ -7,8 +7,9 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import null, select, update
 from sqlalchemy.orm import Session
 
 from alliance.audit.service import Actor, AuditInput, append
@@ -254,25 +255,29 @@ def token_claims(account: User | Client, requested_scope: str) -> TokenClaims:
 def principal_for(session: Session, claims: TokenClaims) -> Principal:
     """The principal a verified token speaks for. The account is looked up on every request,
     so locking it or changing its role takes effect at once, not when its tokens expire."""
-    account: User | Client | None
+    account: Any  # a Row of (active, locked_until, role, capabilities), or None
     if claims.kind == "client":
-        account = session.get(Client, claims.subject)
+        account = session.execute(
+            select(Client.active, null(), Client.role_name, Role.capabilities)
+            .join(Role, Role.name == Client.role_name)
+            .where(Client.client_id == claims.subject)
+        ).first()
     else:
-        account = session.get(User, claims.subject)
+        account = session.execute(
+            select(User.active, User.locked_until, User.role_name, Role.capabilities)
+            .join(Role, Role.name == User.role_name)
+            .where(User.id == claims.subject)
+        ).first()
     now = datetime.now(UTC)
-    if (
-        account is None
-        or not account.active
-        or (isinstance(account, User) and account.locked_until and account.locked_until > now)
-    ):
+    if account is None or not account[0] or (account[1] is not None and account[1] > now):
         raise invalid_token("the token's account is locked or no longer exists")
-    caps = account.role.capability_set
+    role_name, caps = account[2], frozenset(account[3].split())
     return Principal(
         subject=claims.subject,
         username=claims.username,
         kind=claims.kind,
         hospital_id=claims.hospital_id,
-        role=account.role_name,
+        role=role_name,
         capabilities=caps,
         scopes=tuple(parse_scopes(claims.scope)),
         practitioner_id=claims.practitioner_id,
