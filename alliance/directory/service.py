@@ -12,6 +12,7 @@ from alliance.directory.identity import IdentityNumberError, parse_identity_numb
 from alliance.directory.models import PatientIdentity
 from alliance.errors import Conflict, Invalid, Issue
 from alliance.fhir.models import ResourceRow
+from alliance.fhir.registry import WriteContext
 from alliance.fhir.values import parse_reference
 
 Resource = dict[str, Any]
@@ -29,9 +30,10 @@ def managing_hospital(patient: Resource) -> str | None:
     return reference_id(patient.get("managingOrganization"), "Organization")
 
 
-def check_patient(session: Session, patient: Resource, previous: Resource | None) -> list[Issue]:
+def check_patient(ctx: WriteContext, patient: Resource, previous: Resource | None) -> list[Issue]:
     """A Patient: a managing hospital, valid identity numbers (GB 11643), one record per
     identity number per hospital, and a full-text form on every name."""
+    session = ctx.session
     warnings: list[Issue] = []
     hospital = managing_hospital(patient)
     if hospital is None:

@@ -201,7 +201,9 @@ class FhirApi:
         version = await self._guarded(
             request,
             Interaction("read", f"{rtype}/{rid}"),
-            lambda s, ctx: self.store.read(rtype, rid, session=s, visible=ctx.visible),
+            lambda s, ctx: self.store.read(
+                rtype, rid, session=s, visible=ctx.visible, actor=ctx.principal
+            ),
             _touched_one,
             rtype=rtype,
             scope="read",
@@ -366,6 +368,7 @@ class FhirApi:
                 if_none_exist=if_none_exist,
                 visible=ctx.visible,
                 authorize=ctx.authorize,
+                actor=ctx.principal,
             ),
             lambda r: [_touched(r.version)],
             rtype=rtype,
@@ -389,6 +392,7 @@ class FhirApi:
                 if_match=if_match,
                 visible=ctx.visible,
                 authorize=ctx.authorize,
+                actor=ctx.principal,
             ),
             lambda r: [_touched(r.version)],
             rtype=rtype,

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
-    from alliance.fhir.store import ResourceProvider
+    from alliance.fhir.store import FhirStore, ResourceProvider, Version
 
 from alliance.errors import Issue, NotFound
 
@@ -37,12 +38,33 @@ class SearchParam:
     path: str
     documentation: str
     targets: tuple[str, ...] = ()
+    #: For a parameter computed from a domain's typed tables rather than indexed from the
+    #: resource (`Task?overdue=true`): the SQL condition on `ResourceRow` for a value.
+    condition: Callable[[str], ColumnElement[bool]] | None = None
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """What a domain hook gets besides the resource: the transaction, the store (to write
+    other resources, such as a Provenance), and who acts (a Principal; None for the server)."""
+
+    session: Session
+    store: FhirStore
+    actor: Any
 
 
 #: Checks beyond the base model, and typed-table upkeep, run in the write's transaction with
-#: (session, the resource as it will be stored, the current version or None). It raises
-#: `Invalid`/`Conflict` to refuse the write and returns warnings to report.
-WriteHook = Callable[[Session, Resource, Resource | None], list[Issue]]
+#: (context, the resource as it will be stored, the current version or None). It raises
+#: `Invalid`/`Conflict`/`Forbidden` to refuse the write and returns warnings to report.
+WriteHook = Callable[[WriteContext, Resource, Resource | None], list[Issue]]
+#: Run after the version is written, in the same transaction (Provenance, access grants).
+AfterWrite = Callable[[WriteContext, "Version", Resource | None], None]
+#: Run when a resource is read by id; may move it (a Task becomes `received` when its owner
+#: first opens it) and return the version to answer with.
+ReadHook = Callable[[WriteContext, "Version"], "Version"]
+#: Rewrites the served form of current versions in place (values derived at read time, such as
+#: an overdue Task's businessStatus); vread and history serve versions exactly as stored.
+Presenter = Callable[[Session, list["Version"]], None]
 
 
 def _no_owner(_resource: Resource) -> str | None:
@@ -61,10 +83,16 @@ class ResourceDefinition:
     #: (patient data: own hospital, own patients, grants), `audit` (auditors only).
     access: AccessClass = "clinical"
     on_write: WriteHook | None = None
+    after_write: AfterWrite | None = None
+    on_read: ReadHook | None = None
+    present: Presenter | None = None
     #: The Patient id whose compartment the resource is in, for access rules.
     patient_of: Callable[[Resource], str | None] = _no_owner
     #: The Organization id of the hospital that owns the resource, for access rules.
     organization_of: Callable[[Resource], str | None] = _no_owner
+    #: The hospitals whose users may write it, when more than its owner may (a referral's
+    #: Task is moved by both the sending and the receiving hospital); default: the owner.
+    writers: Callable[[Resource], set[str | None]] | None = None
     #: Serves the type from its own tables instead of the generic store (read and search).
     provider: ResourceProvider | None = None
     _by_name: dict[str, SearchParam] = field(default_factory=dict, init=False, repr=False)

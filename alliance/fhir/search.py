@@ -201,6 +201,10 @@ def _condition(
     rtype: str, param: SearchParam, modifier: str, value: str, base_url: str
 ) -> ColumnElement[bool]:
     values = split_values(value)
+    if param.condition is not None:
+        if modifier:
+            raise _Unsupported(f"modifier :{modifier} is not supported on {param.name}")
+        return or_(*(param.condition(v) for v in values))
     if param.name == "_id":
         if modifier:
             raise _Unsupported(f"modifier :{modifier} is not supported on _id")

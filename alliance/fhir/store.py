@@ -24,7 +24,7 @@ from alliance.db import named_lock
 from alliance.errors import BadRequest, Gone, Issue, NotFound, PreconditionFailed
 from alliance.fhir.indexing import INDEX_TABLES, index_rows
 from alliance.fhir.models import ReferenceIndex, ResourceRow, ResourceVersion
-from alliance.fhir.registry import Registry, Resource, ResourceDefinition
+from alliance.fhir.registry import Registry, Resource, ResourceDefinition, WriteContext
 from alliance.fhir.search import SearchSpec, matching_rows, page_query, parse_search
 from alliance.fhir.values import instant
 
@@ -124,6 +124,24 @@ class FhirStore:
         *,
         session: Session,
         visible: Visibility | None = None,
+        actor: Any = None,
+    ) -> Version:
+        """Read (FHIR R4 http.html#read). With an `actor`, the type's read hook runs (it may
+        move the resource, as a Task's owner opening it does) and its presenter applies."""
+        result = self._read(session, resource_type, resource_id, visible)
+        definition = self.registry.get(resource_type)
+        if actor is not None and definition.on_read is not None:
+            result = definition.on_read(WriteContext(session, self, actor), result)
+        if definition.present is not None:
+            definition.present(session, [result])
+        return result
+
+    def _read(
+        self,
+        session: Session,
+        resource_type: str,
+        resource_id: str,
+        visible: Visibility | None,
     ) -> Version:
         definition = self.registry.get(resource_type)
         if definition.provider is not None:
@@ -287,7 +305,18 @@ class FhirStore:
                 else ("_page_after", rows[-1].id)
             )
         included = self._included(session, spec, rows, visible) if spec.includes else []
+        for version_list in (matches, included):
+            self._present(session, version_list)
         return SearchResult(spec, matches, included, total, next_page)
+
+    def _present(self, session: Session, versions: list[Version]) -> None:
+        by_type: dict[str, list[Version]] = {}
+        for v in versions:
+            by_type.setdefault(v.resource_type, []).append(v)
+        for rtype, group in by_type.items():
+            presenter = self.registry.get(rtype).present
+            if presenter is not None:
+                presenter(session, group)
 
     def _contents(self, session: Session, rows: list[ResourceRow]) -> list[Version]:
         """The stored JSON of the current version of each row, in the rows' order."""
@@ -352,6 +381,7 @@ class FhirStore:
         resource_id: str | None = None,
         visible: Visibility | None = None,
         authorize: WriteCheck | None = None,
+        actor: Any = None,
     ) -> WriteResult:
         """Create (FHIR R4 http.html#create); with `if_none_exist`, conditional create.
 
@@ -385,7 +415,14 @@ class FhirStore:
         if not ID_RE.match(new_id):
             raise BadRequest(f"{new_id!r} is not a valid FHIR id")
         return self._write(
-            definition, session, new_id, body, None, method="create", authorize=authorize
+            definition,
+            session,
+            new_id,
+            body,
+            None,
+            method="create",
+            authorize=authorize,
+            actor=actor,
         )
 
     def update(
@@ -398,6 +435,7 @@ class FhirStore:
         if_match: str | None = None,
         visible: Visibility | None = None,
         authorize: WriteCheck | None = None,
+        actor: Any = None,
     ) -> WriteResult:
         """Update (FHIR R4 http.html#update); `if_match` is the version id the client last saw
         (version-aware update: a stale one answers 412)."""
@@ -415,7 +453,14 @@ class FhirStore:
                 f'W/"{current.version}" of {resource_type}/{resource_id}'
             )
         return self._write(
-            definition, session, resource_id, body, current, method="update", authorize=authorize
+            definition,
+            session,
+            resource_id,
+            body,
+            current,
+            method="update",
+            authorize=authorize,
+            actor=actor,
         )
 
     def delete(
@@ -434,7 +479,7 @@ class FhirStore:
         if current.deleted:
             return None
         if authorize is not None:
-            previous = self.read(resource_type, resource_id, session=session).resource()
+            previous = self._read(session, resource_type, resource_id, None).resource()
             authorize(definition, session, previous, previous)
         now = _now(current.last_updated)
         current.version += 1
@@ -470,6 +515,7 @@ class FhirStore:
         *,
         method: str,
         authorize: WriteCheck | None,
+        actor: Any,
     ) -> WriteResult:
         resource = dict(body)
         resource["id"] = resource_id
@@ -482,10 +528,11 @@ class FhirStore:
         validate(definition, resource)
         previous = None
         if current is not None and not current.deleted:
-            previous = self.read(definition.type, resource_id, session=session).resource()
+            previous = self._read(session, definition.type, resource_id, None).resource()
         if authorize is not None:
             authorize(definition, session, resource, previous)
-        warnings = definition.on_write(session, resource, previous) if definition.on_write else []
+        ctx = WriteContext(session, self, actor)
+        warnings = definition.on_write(ctx, resource, previous) if definition.on_write else []
         if current is None:
             current = ResourceRow(resource_type=definition.type, id=resource_id)
             session.add(current)
@@ -507,9 +554,10 @@ class FhirStore:
         self._clear_index(session, definition.type, resource_id)
         session.add_all(index_rows(definition, resource_id, resource, self.base_url))
         session.flush()
-        return WriteResult(
-            Version.of(row, current.patient_id), created=method == "create", warnings=warnings
-        )
+        written = Version.of(row, current.patient_id)
+        if definition.after_write is not None:
+            definition.after_write(ctx, written, previous)
+        return WriteResult(written, created=method == "create", warnings=warnings)
 
     def _clear_index(self, session: Session, resource_type: str, resource_id: str) -> None:
         for table in INDEX_TABLES:

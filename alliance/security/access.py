@@ -120,15 +120,16 @@ def check_write(
     owner = definition.organization_of(resource)
     if owner is None and definition.access != "audit":
         raise Invalid(f"the {definition.type} does not name the hospital that keeps it")
-    owners = {owner}
+    writers = definition.writers or (lambda r: {definition.organization_of(r)})
+    allowed = writers(resource)
     if previous is not None:
-        owners.add(definition.organization_of(previous))
+        allowed &= writers(previous)
     if definition.access == "audit":
         raise Forbidden("the audit trail is written by the server only")
     if definition.access == "directory":
         if "administer" not in caps:
             raise Forbidden(f"only hospital administrators change {definition.type} records")
-        if owners != {hospital}:
+        if hospital not in allowed:
             raise Forbidden(f"administrators change their own hospital's {definition.type} only")
         return
     if "clinical" not in caps:
@@ -146,7 +147,7 @@ def check_write(
         )
         if patient_visible is None:
             raise NotFound(f"Patient/{patient_id} is not known")
-    if owners != {hospital}:
+    if hospital not in allowed:
         raise Forbidden(
             f"this {definition.type} belongs to another hospital; "
             f"records are written by the hospital that keeps them"
