@@ -33,6 +33,20 @@ AFFILIATION_ROLE = f"{ALLIANCE_BASE}/CodeSystem/affiliation-role"
 LANGUAGE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/language"
 #: The hospital whose staff a Practitioner is (who administers the record).
 PRACTITIONER_HOSPITAL = f"{ALLIANCE_BASE}/StructureDefinition/practitioner-hospital"
+#: The hospital that keeps a clinical record (wrote it, answers for it); set by the server.
+RECORD_KEEPER = f"{ALLIANCE_BASE}/StructureDefinition/record-keeper"
+#: The patient a record is about, where the resource has no subject element (Provenance).
+RECORD_PATIENT = f"{ALLIANCE_BASE}/StructureDefinition/record-patient"
+#: Where an attachment's bytes live and their SHA-256 (FHIR's Attachment.hash is SHA-1).
+ATTACHMENT_SHA256 = f"{ALLIANCE_BASE}/StructureDefinition/attachment-sha256"
+#: Category of a ServiceRequest: up-referral, down-referral, teleconsult.
+REQUEST_CATEGORY = f"{ALLIANCE_BASE}/CodeSystem/request-category"
+#: Task.businessStatus codes (overdue, ...).
+TASK_BUSINESS_STATUS = f"{ALLIANCE_BASE}/CodeSystem/task-business-status"
+#: Reasons to decline a referral or consult (Task.statusReason).
+DECLINE_REASON = f"{ALLIANCE_BASE}/CodeSystem/decline-reason"
+#: Moves of the referral workflow, as Provenance.activity.
+WORKFLOW_MOVE = f"{ALLIANCE_BASE}/CodeSystem/workflow-move"
 HL7_ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 
 PROFESSIONAL_TITLES = {

@@ -43,9 +43,57 @@ class Settings(BaseSettings):
     max_failed_logins: int = 5
     lockout_seconds: int = 900
 
+    #: Hours the owner hospital has to accept or decline a referral, per priority.
+    deadline_hours: dict[str, float] = Field(
+        default_factory=lambda: {"stat": 2.0, "urgent": 2.0, "asap": 12.0, "routine": 48.0}
+    )
+    #: Days a completed referral keeps the shared records open to the hospital that took it.
+    grant_days_after_completion: int = 90
+    #: Largest uploaded attachment (scanned consent, report), in bytes.
+    max_attachment_bytes: int = 20 * 1024 * 1024
+
+    #: DICOM C-STORE receiver (PS3.4 Annex B): its TCP port (None: not started by `serve`),
+    #: the address it listens on, and its own AE title.
+    dicom_port: int | None = None
+    dicom_host: str = "127.0.0.1"
+    dicom_ae_title: str = "ALLIANCE"
+    #: Calling AE titles allowed to store, each with its hospital, as `AE=hospital-id` pairs
+    #: separated by commas ("XYPEOPLE_CT=xy-people,XYTCM_US=xy-tcm"). Any other calling AE is
+    #: refused at association. Empty outside demo mode means nobody may associate.
+    dicom_calling_aes: str = ""
+    #: Largest STOW-RS request body, in bytes (413 beyond it, before reading it all).
+    max_stow_bytes: int = 2 * 1024 * 1024 * 1024
+    #: Browser origins of DICOMweb viewers allowed by CORS on /dicomweb, separated by commas.
+    viewer_origins: str = ""
+
     @property
     def fhir_base(self) -> str:
         return self.base_url.rstrip("/") + "/fhir"
+
+    @property
+    def dicomweb_base(self) -> str:
+        return self.base_url.rstrip("/") + "/dicomweb"
+
+    @property
+    def calling_ae_hospitals(self) -> dict[str, str]:
+        """Calling AE title -> hospital id of the C-STORE peers allowed to associate."""
+        pairs = [p.strip() for p in self.dicom_calling_aes.split(",") if p.strip()]
+        if not pairs and self.demo:
+            pairs = ["XYPEOPLE=xy-people", "XYTCM=xy-tcm", "XYMCH=xy-mch"]
+        found: dict[str, str] = {}
+        for pair in pairs:
+            ae, sep, hospital = (x.strip() for x in pair.partition("="))
+            if not sep or not ae or not hospital or len(ae) > 16:
+                raise ValueError(
+                    "ALLIANCE_DICOM_CALLING_AES holds AE=hospital-id pairs (AE titles of at "
+                    "most 16 characters)"
+                )
+            found[ae] = hospital
+        return found
+
+    @property
+    def viewer_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.viewer_origins.split(",") if o.strip()]
 
     @property
     def token_issuer(self) -> str:

@@ -628,7 +628,10 @@ def main(argv: list[str] | None = None) -> int:
         storage_url = (Path(tmp) / "blobs").as_uri()
         upgrade(url)
         db = Database(url)
-        store = FhirStore(build_registry(), base_url="http://127.0.0.1/fhir")
+        store = FhirStore(
+            build_registry(Settings(database_url=url, demo=True)),
+            base_url="http://127.0.0.1/fhir",
+        )
         try:
             facts = machine_facts(db)
             print(

@@ -3,10 +3,13 @@ base model (fhir.resources R4B), and pure derivations. No I/O of its own."""
 
 from __future__ import annotations
 
+from alliance.config import Settings
 from alliance.fhir.registry import Registry
-from fhir_mappings import audit, directory
+from fhir_mappings import audit, directory, referral
 
 
-def build_registry() -> Registry:
+def build_registry(settings: Settings) -> Registry:
     """Every resource type the service serves."""
-    return Registry([*directory.definitions(), *audit.definitions()])
+    return Registry(
+        [*directory.definitions(), *audit.definitions(), *referral.definitions(settings)]
+    )

@@ -21,6 +21,7 @@ from alliance.security.guard import Guard
 from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
 from fhir_mappings import build_registry
+from referral.router import referral_router
 from server.metrics import Metrics, MetricsMiddleware
 
 log = logging.getLogger("alliance")
@@ -41,7 +42,7 @@ def build_services(settings: Settings) -> Services:
     settings.signing_keys  # noqa: B018 -- refuse to start without token keys outside demo mode
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     blobs = open_blob_store(settings.storage_url)
-    registry = build_registry()
+    registry = build_registry(settings)
     return Services(
         settings,
         db,
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(auth_router(services.db, settings))
     app.include_router(audit_router(services.guard))
+    app.include_router(referral_router(services.guard, services.blobs, settings))
     app.include_router(FhirApi(services.fhir, services.guard, settings).router())
 
     @app.get("/healthz", tags=["operations"])

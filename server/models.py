@@ -4,7 +4,4 @@ from __future__ import annotations
 
 
 def import_all_models() -> None:
-    import alliance.audit.models
-    import alliance.directory.models
-    import alliance.fhir.models
-    import alliance.security.models  # noqa: F401
+    import referral.models  # noqa: F401

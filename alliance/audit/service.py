@@ -42,6 +42,8 @@ EVENT_TYPES = {
     "export": (DCM, "110106", "Export"),
     "query": (DCM, "110112", "Query"),
     "security": (DCM, "110113", "Security Alert"),
+    # DICOMweb and DIMSE stores and retrievals (PS3.15 A.5.3.13).
+    "transfer": (DCM, "110104", "DICOM Instances Transferred"),
 }
 #: Outcome codes of AuditEvent.outcome (FHIR R4 valueset-audit-event-outcome).
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = "0", "4", "8", "12"

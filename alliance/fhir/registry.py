@@ -57,6 +57,9 @@ class WriteContext:
 #: (context, the resource as it will be stored, the current version or None). It raises
 #: `Invalid`/`Conflict`/`Forbidden` to refuse the write and returns warnings to report.
 WriteHook = Callable[[WriteContext, Resource, Resource | None], list[Issue]]
+#: Fills the fields the server manages (who keeps the record, timestamps, deadlines) before
+#: the write is authorised and checked; it may change the resource in place.
+Prepare = Callable[[WriteContext, Resource, Resource | None], None]
 #: Run after the version is written, in the same transaction (Provenance, access grants).
 AfterWrite = Callable[[WriteContext, "Version", Resource | None], None]
 #: Run when a resource is read by id; may move it (a Task becomes `received` when its owner
@@ -82,6 +85,7 @@ class ResourceDefinition:
     #: How access rules treat it: `directory` (shared across the alliance), `clinical`
     #: (patient data: own hospital, own patients, grants), `audit` (auditors only).
     access: AccessClass = "clinical"
+    prepare: Prepare | None = None
     on_write: WriteHook | None = None
     after_write: AfterWrite | None = None
     on_read: ReadHook | None = None

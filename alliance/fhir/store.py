@@ -529,9 +529,12 @@ class FhirStore:
         previous = None
         if current is not None and not current.deleted:
             previous = self._read(session, definition.type, resource_id, None).resource()
+        ctx = WriteContext(session, self, actor)
+        if definition.prepare is not None:
+            definition.prepare(ctx, resource, previous)
+            validate(definition, resource)
         if authorize is not None:
             authorize(definition, session, resource, previous)
-        ctx = WriteContext(session, self, actor)
         warnings = definition.on_write(ctx, resource, previous) if definition.on_write else []
         if current is None:
             current = ResourceRow(resource_type=definition.type, id=resource_id)

@@ -363,6 +363,33 @@ def close_grants(
     return len(grants)
 
 
+def end_grants(
+    *, session: Session, reason: str, until: datetime, actor: Actor | None = None
+) -> int:
+    """Set when the open grants made for `reason` end (a completed referral keeps its records
+    open for a while, then they close by themselves); returns how many. Audited."""
+    grants = session.scalars(
+        select(AccessGrant).where(AccessGrant.reason == reason, AccessGrant.closed_at.is_(None))
+    ).all()
+    for grant in grants:
+        grant.valid_until = until
+    session.flush()
+    append(
+        session,
+        [
+            _grant_event(
+                "grant-end",
+                actor,
+                reason,
+                g.patient_id,
+                f"open to Organization/{g.hospital_id} until {until.isoformat()}",
+            )
+            for g in grants
+        ],
+    )
+    return len(grants)
+
+
 def _grant_event(
     subtype: str, actor: Actor | None, reason: str, patient_id: str, description: str
 ) -> AuditInput:

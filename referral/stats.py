@@ -1,0 +1,123 @@
+"""The alliance's referral figures (DOMAIN.md "Figures the alliance reports"): referrals up
+and down per hospital pair and month, decisions, decline reasons, turnaround, overdue."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from referral.models import Referral
+from referral.workflow import AWAITING_DECISION
+
+#: Months are Beijing-time months: a referral sent at 00:30 on the 1st (Beijing) counts there.
+REPORT_TZ = ZoneInfo("Asia/Shanghai")
+DIRECTIONS = {"up-referral": "up", "down-referral": "down"}
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def of_days(cls, first: date, last: date) -> Period:
+        """From the start of `first` to the end of `last`, Beijing time."""
+        start = datetime.combine(first, datetime.min.time(), REPORT_TZ)
+        end = datetime.combine(last + timedelta(days=1), datetime.min.time(), REPORT_TZ)
+        return cls(start.astimezone(UTC), end.astimezone(UTC))
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile: the smallest value with at least `fraction` of values at or
+    below it (so p90 of ten values is the ninth)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def _hours(pairs: list[tuple[datetime, datetime]]) -> dict[str, Any]:
+    values = [(b - a).total_seconds() / 3600 for a, b in pairs]
+    return {
+        "count": len(values),
+        "median_hours": round(statistics.median(values), 3) if values else None,
+        "p90_hours": round(p, 3) if (p := percentile(values, 0.9)) is not None else None,
+    }
+
+
+def referral_figures(
+    session: Session, period: Period, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """The figures of referrals sent (requested) within `period`, by month of sending."""
+    now = now or datetime.now(UTC)
+    rows = session.scalars(
+        select(Referral).where(
+            Referral.category.in_(DIRECTIONS),
+            Referral.requested_at >= period.start,
+            Referral.requested_at < period.end,
+        )
+    ).all()
+    pairs: dict[tuple[str, str, str, str], Counter[str]] = {}
+    reasons: Counter[tuple[str | None, str]] = Counter()
+    to_accept: list[tuple[datetime, datetime]] = []
+    to_complete: list[tuple[datetime, datetime]] = []
+    for r in rows:
+        assert r.requested_at is not None
+        month = r.requested_at.astimezone(REPORT_TZ).strftime("%Y-%m")
+        key = (month, DIRECTIONS[r.category], r.placer_org, r.owner_org)
+        counts = pairs.setdefault(key, Counter())
+        counts["sent"] += 1
+        if r.accepted_at is not None:
+            counts["accepted"] += 1
+            to_accept.append((r.requested_at, r.accepted_at))
+        if r.rejected_at is not None:
+            counts["rejected"] += 1
+            reasons[(r.status_reason_code, r.status_reason or "")] += 1
+        if r.completed_at is not None:
+            counts["completed"] += 1
+            to_complete.append((r.requested_at, r.completed_at))
+        if r.status == "cancelled":
+            counts["cancelled"] += 1
+    overdue = session.scalar(
+        select(func.count()).where(
+            Referral.category.in_(DIRECTIONS),
+            Referral.status.in_(AWAITING_DECISION),
+            Referral.deadline < now,
+        )
+    )
+    return {
+        "from": period.start.isoformat(),
+        "to": period.end.isoformat(),
+        "granularity": "month",
+        "timezone": "Asia/Shanghai",
+        "pairs": [
+            {
+                "month": month,
+                "direction": direction,
+                "from": placer,
+                "to": owner,
+                **{
+                    k: counts.get(k, 0)
+                    for k in ("sent", "accepted", "rejected", "completed", "cancelled")
+                },
+            }
+            for (month, direction, placer, owner), counts in sorted(pairs.items())
+        ],
+        "rejection_reasons": [
+            {"code": code, "reason": text, "count": n}
+            for (code, text), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0][1]))
+        ],
+        "turnaround": {
+            "request_to_acceptance": _hours(to_accept),
+            "request_to_completion": _hours(to_complete),
+        },
+        "overdue_now": overdue or 0,
+    }
