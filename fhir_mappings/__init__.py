@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from alliance.config import Settings
 from alliance.fhir.registry import Registry
-from fhir_mappings import audit, directory, referral
+from fhir_mappings import audit, directory, imaging, referral
 
 
 def build_registry(settings: Settings) -> Registry:
     """Every resource type the service serves."""
     return Registry(
-        [*directory.definitions(), *audit.definitions(), *referral.definitions(settings)]
+        [
+            *directory.definitions(),
+            *audit.definitions(),
+            *referral.definitions(settings),
+            *imaging.definitions(),
+        ]
     )

@@ -193,6 +193,7 @@ def definitions(settings: Settings) -> list[ResourceDefinition]:
             patient_of=_subject("for"),
             organization_of=keeper_of,
             writers=_task_writers,
+            versioned_updates=True,
         ),
         ResourceDefinition(
             "DocumentReference",

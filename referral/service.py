@@ -178,7 +178,8 @@ class ReferralRules:
             raise Invalid(
                 "a referral Task's focus is its ServiceRequest", expression=["Task.focus"]
             )
-        if ctx.actor is not None:
+        if ctx.actor is not None and previous is None:
+            # Who creates a Task must see its request; who moves one needs only see the Task.
             sr = self._visible_record(
                 ctx, {"reference": f"ServiceRequest/{sr_id}"}, "Task.focus"
             ).resource()
@@ -362,12 +363,14 @@ class ReferralRules:
             return
         reason = f"ServiceRequest/{row.service_request_id}"
         actor = _audit_actor(ctx.actor)
-        if after == "requested":
+        if after == "requested" and before in (None, "draft"):
+            # The hospital asked sees the Task (its worklist item) from now on, whatever
+            # becomes of it; the records it shares open only on acceptance.
             open_grant(
                 session=ctx.session,
                 patient_id=row.patient_id,
                 hospital_id=row.owner_org,
-                reason=reason,
+                reason=f"Task/{row.task_id}",
                 resources=[("Task", row.task_id)],
                 actor=actor,
             )
@@ -397,7 +400,7 @@ class ReferralRules:
         """What acceptance opens: the request, what it lists in supportingInfo, the consents
         naming the receiving hospital, and the patient's demographics. Nothing else."""
         sr = ctx.store.read("ServiceRequest", row.service_request_id, session=ctx.session)
-        shared = [("ServiceRequest", sr.id), ("Patient", row.patient_id), ("Task", row.task_id)]
+        shared = [("ServiceRequest", sr.id), ("Patient", row.patient_id)]
         for info in sr.resource().get("supportingInfo") or []:
             ref = info.get("reference", "")
             if ref.count("/") == 1:

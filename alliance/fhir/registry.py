@@ -97,6 +97,9 @@ class ResourceDefinition:
     #: The hospitals whose users may write it, when more than its owner may (a referral's
     #: Task is moved by both the sending and the receiving hospital); default: the owner.
     writers: Callable[[Resource], set[str | None]] | None = None
+    #: Updates must be based on the current version: a body whose meta.versionId is older
+    #: answers 409 even without If-Match (a workflow resource must not lose a move).
+    versioned_updates: bool = False
     #: Serves the type from its own tables instead of the generic store (read and search).
     provider: ResourceProvider | None = None
     _by_name: dict[str, SearchParam] = field(default_factory=dict, init=False, repr=False)

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, and_, delete, func, select, true, tuple_
 from sqlalchemy.orm import Session
 
 from alliance.db import named_lock
-from alliance.errors import BadRequest, Gone, Issue, NotFound, PreconditionFailed
+from alliance.errors import BadRequest, Conflict, Gone, Issue, NotFound, PreconditionFailed
 from alliance.fhir.indexing import INDEX_TABLES, index_rows
 from alliance.fhir.models import ReferenceIndex, ResourceRow, ResourceVersion
 from alliance.fhir.registry import Registry, Resource, ResourceDefinition, WriteContext
@@ -451,6 +451,12 @@ class FhirStore:
             raise PreconditionFailed(
                 f'If-Match W/"{if_match}" does not match the current version '
                 f'W/"{current.version}" of {resource_type}/{resource_id}'
+            )
+        claimed = (body.get("meta") or {}).get("versionId")
+        if definition.versioned_updates and claimed is not None and claimed != str(current.version):
+            raise Conflict(
+                f"{resource_type}/{resource_id} changed since version {claimed} (it is at "
+                f"version {current.version}); read it again and retry"
             )
         return self._write(
             definition,

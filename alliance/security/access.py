@@ -135,7 +135,10 @@ def check_write(
     if "clinical" not in caps:
         raise Forbidden(f"the role {principal.role} does not write clinical records")
     patient_id = definition.patient_of(resource)
-    if patient_id is not None and definition.type != "Patient":
+    # A new record about a patient (or one moved to another patient) must be about a patient
+    # the writer can see; an update of a record the writer can see needs no more.
+    about_new_patient = previous is None or definition.patient_of(previous) != patient_id
+    if patient_id is not None and definition.type != "Patient" and about_new_patient:
         patient_visible = session.scalar(
             select(ResourceRow.id).where(
                 and_(
