@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alliance.config import Settings
 from alliance.fhir.registry import Registry
-from fhir_mappings import audit, directory, imaging, referral
+from fhir_mappings import audit, directory, referral
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -15,6 +15,5 @@ def build_registry(settings: Settings) -> Registry:
             *directory.definitions(),
             *audit.definitions(),
             *referral.definitions(settings),
-            *imaging.definitions(),
         ]
     )
