@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     jwt_keys: str = ""
     #: Lifetime of access tokens, in seconds.
     token_lifetime: int = 3600
+    #: Minutes without activity after which a portal session ends.
+    portal_idle_minutes: int = 30
     #: Failed logins in a row that lock an account, and for how long (seconds).
     max_failed_logins: int = 5
     lockout_seconds: int = 900

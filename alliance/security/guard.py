@@ -10,6 +10,7 @@ interaction fails with 503.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from starlette.requests import HTTPConnection
 from alliance.audit.service import Actor, AuditInput, append, outcome_for_status
 from alliance.config import Settings
 from alliance.db import Database
-from alliance.errors import AllianceError, Unavailable
+from alliance.errors import AllianceError, Forbidden, Unavailable
 from alliance.fhir.registry import Registry
 from alliance.fhir.store import Visibility, WriteCheck
+from alliance.security import sessions
 from alliance.security.access import Principal, check_write, visibility
 from alliance.security.service import principal_for
 from alliance.security.tokens import TokenClaims, missing_token, verify_token
@@ -82,11 +84,22 @@ class Guard:
         self.registry = registry
 
     def claims(self, request: HTTPConnection) -> TokenClaims:
+        """The caller's token: a bearer token, or the portal's session cookie (same-origin
+        browser requests, such as the image viewer's). A state-changing request made with the
+        cookie must carry the session's CSRF token in the X-CSRF-Token header."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() == "bearer" and token.strip():
+            return verify_token(self.settings, token.strip())
+        session = sessions.decode(self.settings, request.cookies.get(sessions.COOKIE))
+        if session is None:
             raise missing_token()
-        return verify_token(self.settings, token.strip())
+        method = request.scope.get("method", "GET")
+        if method not in ("GET", "HEAD", "OPTIONS") and not hmac.compare_digest(
+            request.headers.get(sessions.CSRF_HEADER, ""), session.csrf
+        ):
+            raise Forbidden("the request lacks the session's CSRF token")
+        return verify_token(self.settings, session.token)
 
     async def run(
         self,
@@ -96,6 +109,7 @@ class Guard:
         touched: Callable[[T], list[Touched]],
         *,
         check: Callable[[Principal], None] | None = None,
+        claims: TokenClaims | None = None,
     ) -> T:
         """Run `work` for the request's principal and audit it; see the module docstring."""
         address = request.client.host if request.client else None
@@ -121,16 +135,12 @@ class Guard:
         def unit() -> T:
             actor: Actor | None = None
             try:
-                claims = self.claims(request)
+                who = claims or self.claims(request)
                 actor = Actor(
-                    claims.username,
-                    claims.hospital_id,
-                    claims.role,
-                    claims.practitioner_id,
-                    claims.kind,
+                    who.username, who.hospital_id, who.role, who.practitioner_id, who.kind
                 )
                 with self.db.transaction(write=True) as session:
-                    principal = principal_for(session, claims)
+                    principal = principal_for(session, who)
                     if check is not None:
                         check(principal)
                     ctx = Context(

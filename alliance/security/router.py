@@ -4,23 +4,14 @@ people, section 4.4 client credentials for partner systems). Every attempt is au
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from alliance.audit.service import MINOR_FAILURE, SUCCESS, Actor, AuditInput, append
 from alliance.config import Settings
 from alliance.db import Database
-from alliance.errors import AllianceError
-from alliance.security.service import (
-    LoginFailure,
-    authenticate,
-    authenticate_client,
-    token_claims,
-)
-from alliance.security.tokens import issue_token
+from alliance.security.login import LoginRefused, log_in
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -59,8 +50,6 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
             )
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
         grant_type = form.get("grant_type", "")
-        address = request.client.host if request.client else None
-        agent = request.headers.get("user-agent")
         if grant_type == "password":
             username, password = form.get("username", ""), form.get("password", "")
             if not username or not password:
@@ -73,78 +62,26 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
             return _oauth_error(
                 "unsupported_grant_type", "grant_type is password or client_credentials"
             )
-        scope = form.get("scope", "")
-
-        def work() -> dict[str, Any] | tuple[str, str, int]:
-            with db.transaction(write=True) as session:
-                try:
-                    if grant_type == "password":
-                        account: Any = authenticate(
-                            session=session,
-                            settings=settings,
-                            username=username,
-                            password=password,
-                        )
-                    else:
-                        account = authenticate_client(
-                            session=session, client_id=username, secret=password
-                        )
-                    claims = token_claims(account, scope)
-                except LoginFailure as failure:
-                    user = failure.user
-                    actor = Actor(
-                        failure.username,
-                        user.hospital_id if user else None,
-                        user.role_name if user else None,
-                        user.practitioner_id if user else None,
-                        "client" if grant_type == "client_credentials" else "user",
-                    )
-                    append(
-                        session,
-                        [_login_event(actor, MINOR_FAILURE, failure.reason, address, agent)],
-                    )
-                    if grant_type == "client_credentials":
-                        return ("invalid_client", "client authentication failed", 401)
-                    return ("invalid_grant", "wrong user name or password, or locked", 400)
-                except AllianceError as exc:
-                    return ("invalid_scope", exc.message.removeprefix("invalid_scope: "), 400)
-                actor = Actor(
-                    claims.username,
-                    claims.hospital_id,
-                    claims.role,
-                    claims.practitioner_id,
-                    claims.kind,
-                )
-                append(
-                    session,
-                    [_login_event(actor, SUCCESS, f"token issued: {claims.scope}", address, agent)],
-                )
-                access_token, expires_in = issue_token(settings, claims)
-                return {
-                    "access_token": access_token,
-                    "token_type": "Bearer",
-                    "expires_in": expires_in,
-                    "scope": claims.scope,
-                }
-
-        result = await run_in_threadpool(work)
-        if isinstance(result, tuple):
-            return _oauth_error(*result)
-        return JSONResponse(result, headers=_NO_STORE)
+        try:
+            issued = await run_in_threadpool(
+                log_in,
+                db,
+                settings,
+                grant_type=grant_type,
+                username=username,
+                secret=password,
+                scope=form.get("scope", ""),
+                address=request.client.host if request.client else None,
+                agent=request.headers.get("user-agent"),
+            )
+        except LoginRefused as refused:
+            return _oauth_error(refused.error, refused.description, refused.status)
+        body = {
+            "access_token": issued.token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+            "scope": issued.claims.scope,
+        }
+        return JSONResponse(body, headers=_NO_STORE)
 
     return router
-
-
-def _login_event(
-    actor: Actor, outcome: str, description: str, address: str | None, agent: str | None
-) -> AuditInput:
-    return AuditInput(
-        type="login",
-        subtype="110122",  # DCM Login
-        action="E",
-        outcome=outcome,
-        actor=actor,
-        client_address=address,
-        description=description,
-        user_agent=agent,
-    )
