@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
+PACKAGES := alliance fhir_mappings server referral imaging teleconsult portal
 
 .PHONY: run test install install-dev lint typecheck bench clean
 
@@ -33,14 +34,15 @@ test: install-dev lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check alliance fhir_mappings server migrations tests bench
-	$(BIN)/ruff format --check alliance fhir_mappings server migrations tests bench
+	$(BIN)/ruff check $(PACKAGES) migrations tests bench
+	$(BIN)/ruff format --check $(PACKAGES) migrations tests bench
 
 typecheck: install-dev
 	$(BIN)/mypy
 
 bench: install-dev
 	$(PY) bench/fhir_read.py
+	$(PY) bench/imaging.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     #: Largest uploaded attachment (scanned consent, report), in bytes.
     max_attachment_bytes: int = 20 * 1024 * 1024
 
+    #: Seconds a teleconsult hold ($hold) keeps its time before it frees by itself.
+    teleconsult_hold_seconds: int = 600
+    #: The video room of a booked teleconsult: a URL template with `{room}` where the random,
+    #: unguessable room id goes (a self-hosted Jitsi, for example), and the kind of service.
+    teleconsult_room_url: str = "https://meet.yzxy-alliance.cn/{room}"
+    teleconsult_room_channel: str = "jitsi"
+    #: Longest window `$find` and Slot searches look through, in days.
+    teleconsult_find_max_days: int = 92
+
     #: DICOM C-STORE receiver (PS3.4 Annex B): its TCP port (None: not started by `serve`),
     #: the address it listens on, and its own AE title.
     dicom_port: int | None = None

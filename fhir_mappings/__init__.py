@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from alliance.config import Settings
 from alliance.fhir.registry import Registry
-from fhir_mappings import audit, directory, referral
+from fhir_mappings import audit, directory, imaging, referral, teleconsult
 
 
 def build_registry(settings: Settings) -> Registry:
     """Every resource type the service serves."""
-    return Registry(
+    registry = Registry(
         [
             *directory.definitions(),
             *audit.definitions(),
             *referral.definitions(settings),
+            *imaging.definitions(),
+            *teleconsult.definitions(settings),
         ]
     )
+    teleconsult.follow_tasks(registry, settings)
+    return registry

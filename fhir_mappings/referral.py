@@ -13,8 +13,10 @@ from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
+from sqlalchemy import ColumnElement
 
 from alliance.config import Settings
+from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import (
     ALL_INTERACTIONS,
     Resource,
@@ -36,6 +38,10 @@ def _subject(path: str) -> Any:
         return reference_id(resource.get(path), "Patient")
 
     return patient_of
+
+
+def _kept_by(value: str) -> ColumnElement[bool]:
+    return ResourceRow.organization_id == value.removeprefix("Organization/")
 
 
 def _task_writers(task: Resource) -> set[str | None]:
@@ -171,6 +177,14 @@ def definitions(settings: Settings) -> list[ResourceDefinition]:
                     "date",
                     "restriction.period.end",
                     "When the owner must accept or decline by (sort by it: overdue first)",
+                ),
+                SearchParam(
+                    "placer",
+                    "reference",
+                    "extension",
+                    "The hospital that sent it (which keeps the Task)",
+                    ("Organization",),
+                    condition=_kept_by,
                 ),
                 SearchParam(
                     "overdue",

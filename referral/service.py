@@ -380,7 +380,7 @@ class ReferralRules:
                 patient_id=row.patient_id,
                 hospital_id=row.owner_org,
                 reason=reason,
-                resources=self._shared_records(ctx, row),
+                resources=self.shared_records(ctx, row),
                 actor=actor,
             )
         elif after in ("rejected", "cancelled"):
@@ -396,9 +396,10 @@ class ReferralRules:
                 body["status"] = status
                 ctx.store.update("ServiceRequest", sr.id, body, session=ctx.session, actor=None)
 
-    def _shared_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
-        """What acceptance opens: the request, what it lists in supportingInfo, the consents
-        naming the receiving hospital, and the patient's demographics. Nothing else."""
+    def shared_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
+        """What acceptance (and a teleconsult's booking, teleconsult.service) opens: the
+        request, what it lists in supportingInfo, the consents naming the receiving hospital,
+        and the patient's demographics. Nothing else."""
         sr = ctx.store.read("ServiceRequest", row.service_request_id, session=ctx.session)
         shared = [("ServiceRequest", sr.id), ("Patient", row.patient_id)]
         for info in sr.resource().get("supportingInfo") or []:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,7 +21,10 @@ from alliance.security.guard import Guard
 from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
 from fhir_mappings import build_registry
+from imaging.router import DicomwebApi, DicomwebCors
+from portal.router import Portal
 from referral.router import referral_router
+from server.dicom import build_imaging
 from server.metrics import Metrics, MetricsMiddleware
 
 log = logging.getLogger("alliance")
@@ -52,9 +55,23 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+_API_PREFIXES = ("/fhir", "/api", "/auth", "/dicomweb", "/healthz", "/readyz", "/metrics")
+
+
 def _face_error(request: Request, error: AllianceError) -> Response:
     if request.url.path.startswith("/fhir"):
         return error_response(error)
+    if not request.url.path.startswith(_API_PREFIXES) and "text/html" in request.headers.get(
+        "accept", ""
+    ):
+        # A person typing an address: a readable page, in both languages.
+        body = (
+            '<!doctype html><html lang="zh-CN"><meta charset="utf-8">'
+            '<link rel="stylesheet" href="/static/portal.css"><main>'
+            f"<h1>未找到该页面或记录 · Nothing to show here</h1><p>{error.status}</p>"
+            '<p><a href="/">返回首页 · Back to the start page</a></p></main></html>'
+        )
+        return HTMLResponse(body, error.status)
     return JSONResponse(
         {"error": error.code, "message": error.message}, error.status, headers=error.headers
     )
@@ -104,6 +121,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router(services.guard))
     app.include_router(referral_router(services.guard, services.blobs, settings))
     app.include_router(FhirApi(services.fhir, services.guard, settings).router())
+    portal = Portal(settings, services.db, services.guard, services.fhir, services.blobs)
+    app.include_router(portal.router())
+    app.mount("/static", portal.static(), name="static")
+    imaging = build_imaging(settings, services.db, services.blobs, services.fhir)
+    app.state.imaging = imaging
+    app.include_router(DicomwebApi(imaging, services.guard, settings).router())
+    app.add_middleware(DicomwebCors, origins=settings.viewer_origin_list)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

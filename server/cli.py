@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from alliance.audit.service import Actor, AuditInput
-from alliance.config import get_settings
+from alliance.config import Settings, get_settings
 from alliance.errors import AllianceError
 
 
@@ -19,8 +19,13 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"Serving the alliance at http://{args.host}:{args.port}/")
     print(f"  FHIR R4:  http://{args.host}:{args.port}/fhir/metadata")
     print(f"  API docs: http://{args.host}:{args.port}/docs")
+    print(f"  DICOMweb: http://{args.host}:{args.port}/dicomweb")
     if settings.demo:
         print("  Demo accounts (password alliance-demo): dr.xinyuan.people, sp.subei, auditor, ...")
+    if settings.dicom_port is not None:
+        # One receiver per deployment, in this (the supervising) process: with --workers N,
+        # uvicorn's N worker processes could not all listen on the DICOM port.
+        _start_scp(settings, settings.dicom_host, settings.dicom_port, block=False)
     uvicorn.run(
         "server.app:create_app",
         factory=True,
@@ -30,6 +35,25 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
         log_level="info",
     )
+    return 0
+
+
+def _start_scp(settings: Settings, host: str, port: int, *, block: bool) -> None:
+    from server.dicom import build_scp
+
+    scp = build_scp(settings)
+    peers = ", ".join(f"{ae} ({h})" for ae, h in settings.calling_ae_hospitals.items()) or "none"
+    print(f"  DICOM C-STORE: {settings.dicom_ae_title}@{host}:{port}; calling AE titles: {peers}")
+    scp.start(host, port, block=block)
+
+
+def _dicom_scp(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    port = args.port if args.port is not None else settings.dicom_port
+    if port is None:
+        print("error: give --port or set ALLIANCE_DICOM_PORT", file=sys.stderr)
+        return 2
+    _start_scp(settings, args.host or settings.dicom_host, port, block=True)
     return 0
 
 
@@ -44,8 +68,11 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
 
 def _seed_demo(_args: argparse.Namespace) -> int:
     from server.demo import seed_demo
+    from server.dicom import seed_demo_imaging
 
-    counts = seed_demo(get_settings())
+    settings = get_settings()
+    counts = seed_demo(settings)
+    counts["DICOM instance"] = seed_demo_imaging(settings)
     print("demo alliance seeded: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     return 0
 
@@ -229,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub.add_parser(
         "verify", help="walk the hash chain; exit 1 naming the first record that does not match"
     ).set_defaults(func=_audit_verify)
+    scp = sub.add_parser(
+        "dicom-scp", help="run the DICOM C-STORE receiver alone (PACS and modalities send here)"
+    )
+    scp.add_argument("--host", help="address to listen on (default ALLIANCE_DICOM_HOST)")
+    scp.add_argument("--port", type=int, help="TCP port (default ALLIANCE_DICOM_PORT)")
+    scp.set_defaults(func=_dicom_scp)
     return parser
 
 

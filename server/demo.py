@@ -31,6 +31,7 @@ from alliance.errors import NotFound
 from alliance.fhir.store import FhirStore
 from alliance.security.service import create_user, get_user
 from fhir_mappings import build_registry
+from teleconsult.service import TEMPLATE_EXTENSION, TIME_ZONE_EXTENSION
 
 Resource = dict[str, Any]
 
@@ -426,6 +427,101 @@ def demo_resources() -> list[tuple[str, str, Resource]]:
                     "birthDate": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
                     "address": [{"city": "新源县", "state": "新疆维吾尔自治区"}],
                     "managingOrganization": _ref("Organization", hid),
+                },
+            )
+        )
+    out += teleconsult_calendars()
+    return out
+
+
+# Teleconsult calendars: each hospital's working hours in the zone it keeps (hours as
+# (days, start, end)), a holiday, and the city specialists' consult templates, so the demo
+# offers consult times where both sites are open.
+YANGZHOU_HOURS = [
+    ("mon tue wed thu fri", "08:00", "12:00"),
+    ("mon tue wed thu fri", "14:00", "17:30"),
+]
+CALENDARS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "subei": ("Asia/Shanghai", YANGZHOU_HOURS),
+    "yz-tcm": ("Asia/Shanghai", YANGZHOU_HOURS),
+    "yz-mch": ("Asia/Shanghai", YANGZHOU_HOURS),
+    # Xinjiang hours (10:00-19:00 Beijing time), and a site that keeps Beijing hours.
+    "xy-people": ("Asia/Urumqi", [("mon tue wed thu fri", "08:00", "17:00")]),
+    "xy-tcm": (
+        "Asia/Shanghai",
+        [("mon tue wed thu fri", "10:00", "14:00"), ("mon tue wed thu fri", "16:00", "19:30")],
+    ),
+    "xy-mch": (
+        "Asia/Urumqi",
+        [("mon tue wed thu fri", "08:30", "12:30"), ("mon tue wed thu fri", "14:30", "17:30")],
+    ),
+}
+# (practitioner, [(days, start, end)]) of the specialists who take teleconsults, 30-minute slots.
+CONSULT_TEMPLATES = [
+    (
+        "sp-subei",
+        [("mon tue wed thu fri", "08:00", "12:00"), ("mon tue wed thu fri", "14:00", "17:30")],
+    ),
+    ("subei-resp", [("tue thu", "14:00", "17:00")]),
+    ("sp-yz-tcm", [("mon wed fri", "09:00", "11:30"), ("mon wed fri", "14:30", "17:00")]),
+    ("sp-yz-mch", [("tue wed thu fri", "08:30", "11:30"), ("tue wed thu fri", "14:00", "16:30")]),
+]
+
+
+def teleconsult_calendars() -> list[tuple[str, str, Resource]]:
+    out: list[tuple[str, str, Resource]] = []
+    names = {hid: zh for hid, zh, *_ in HOSPITALS}
+    for hid, (zone, hours) in CALENDARS.items():
+        out.append(
+            (
+                "HealthcareService",
+                f"{hid}-teleconsult",
+                {
+                    "resourceType": "HealthcareService",
+                    "extension": [{"url": TIME_ZONE_EXTENSION, "valueCode": zone}],
+                    "active": True,
+                    "providedBy": _ref("Organization", hid),
+                    "name": f"{names[hid]}远程会诊",
+                    "availableTime": [
+                        {
+                            "daysOfWeek": days.split(),
+                            "availableStartTime": f"{start}:00",
+                            "availableEndTime": f"{end}:00",
+                        }
+                        for days, start, end in hours
+                    ],
+                    "notAvailable": [
+                        {
+                            "description": "元旦",
+                            "during": {"start": "2027-01-01", "end": "2027-01-01"},
+                        }
+                    ],
+                },
+            )
+        )
+    for pid, sessions in CONSULT_TEMPLATES:
+        out.append(
+            (
+                "Schedule",
+                f"{pid}-consult",
+                {
+                    "resourceType": "Schedule",
+                    "extension": [
+                        {
+                            "url": TEMPLATE_EXTENSION,
+                            "extension": [
+                                *({"url": "daysOfWeek", "valueCode": d} for d in days.split()),
+                                {"url": "availableStartTime", "valueTime": f"{start}:00"},
+                                {"url": "availableEndTime", "valueTime": f"{end}:00"},
+                                {"url": "slotMinutes", "valuePositiveInt": 30},
+                            ],
+                        }
+                        for days, start, end in sessions
+                    ],
+                    "active": True,
+                    "actor": [_ref("PractitionerRole", f"{pid}-role")],
+                    "planningHorizon": {"start": "2026-11-01"},
+                    "comment": "远程会诊",
                 },
             )
         )

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+
+MODEL_MODULES = (
+    "alliance.audit.models",
+    "alliance.directory.models",
+    "alliance.fhir.models",
+    "alliance.security.models",
+    "imaging.models",
+    "referral.models",
+    "teleconsult.models",
+)
+
 
 def import_all_models() -> None:
-    import referral.models  # noqa: F401
+    for name in MODEL_MODULES:
+        import_module(name)

@@ -158,7 +158,7 @@ def test_metadata_is_truthful(client: TestClient, as_user: Callable[[str], TestC
         user = auditor if res["type"] == "AuditEvent" else doctor
         for p in res["searchParam"]:
             value = {"date": "2020", "reference": "Organization/x"}.get(p["type"], "x")
-            value = {"overdue": "true"}.get(p["name"], value)
+            value = {"overdue": "true", "upcoming": "24"}.get(p["name"], value)
             r = user.get(f"/fhir/{res['type']}", params={p["name"]: value})
             assert r.status_code == 200, (res["type"], p["name"], r.text)
 

@@ -3,12 +3,16 @@ and two users' tokens from /auth/token."""
 
 from __future__ import annotations
 
+import io
+
 import httpx
+import pydicom
 import pytest
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import ResourceNotFound
 
 from tests.conftest import LiveServer
+from tests.imaging_data import AYGUL, ct_series, multipart, stow_headers
 from tests.referrals import (
     CONSULT_NOTE,
     DISCHARGE,
@@ -61,11 +65,21 @@ def test_referral_up_and_back_down(live_server: LiveServer) -> None:
     consent = county.resource("Consent", **consent_body("demo-aygul", form))
     consent.save()
     summary = document(county, county_http, "demo-aygul", "34133-9", "病历摘要")
+    # ...uploads her CT (STOW-RS), linked to her by the identity number in PatientID...
+    slices = ct_series(4, patient_id=AYGUL)
+    stored = county_http.post(
+        "/dicomweb/studies", content=multipart(slices), headers=stow_headers()
+    )
+    assert stored.status_code == 200, stored.text
+    study_uid = pydicom.dcmread(io.BytesIO(slices[0])).StudyInstanceUID
 
-    # ...and sends the referral up to 苏北人民医院's cardiology department.
+    # ...and sends the referral up to 苏北人民医院's cardiology department, sharing both.
     sr = county.resource(
         "ServiceRequest",
-        **request_body("demo-aygul", supporting=[f"DocumentReference/{summary.id}"]),
+        **request_body(
+            "demo-aygul",
+            supporting=[f"DocumentReference/{summary.id}", f"ImagingStudy/{study_uid}"],
+        ),
     )
     sr.save()
     task = county.resource("Task", **task_body(sr.serialize(), "subei"))
@@ -81,6 +95,7 @@ def test_referral_up_and_back_down(live_server: LiveServer) -> None:
     assert task.id in {t.id for t in worklist}
     with pytest.raises(ResourceNotFound):
         city.reference("Patient", "demo-aygul").to_resource()
+    assert city_http.get(f"/dicomweb/studies/{study_uid}/metadata").status_code == 404
 
     # Opening it receives it; accepting opens the shared records.
     mine = city.reference("Task", task.id).to_resource()
@@ -92,6 +107,10 @@ def test_referral_up_and_back_down(live_server: LiveServer) -> None:
     assert city.reference("DocumentReference", summary.id).to_resource()["subject"]
     url = summary["content"][0]["attachment"]["url"]
     assert city_http.get(url).content == PDF
+    # ...the images too, through DICOMweb.
+    found = city_http.get("/dicomweb/studies", params={"StudyInstanceUID": study_uid})
+    assert [s["0020000D"]["Value"][0] for s in found.json()] == [study_uid]
+    assert len(city_http.get(f"/dicomweb/studies/{study_uid}/metadata").json()) == 4
 
     # The specialist sees the patient, then completes with the opinion.
     mine["status"] = "in-progress"

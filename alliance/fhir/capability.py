@@ -37,6 +37,11 @@ def capability_statement(registry: Registry, *, base_url: str, software: str) ->
                 ],
             }
         )
+        if d.operations:
+            resources[-1]["operation"] = [
+                {"name": op.name, "definition": op.definition, "documentation": op.documentation}
+                for op in d.operations.values()
+            ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -21,10 +21,12 @@ from alliance.errors import (
     Issue,
     MethodNotAllowed,
     NotAcceptable,
+    NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
 from alliance.fhir.capability import capability_statement
+from alliance.fhir.registry import Operation, OperationContext
 from alliance.fhir.store import FhirStore, SearchResult, Version, WriteResult
 from alliance.fhir.values import instant
 from alliance.security.guard import Context, Guard, Interaction, Touched
@@ -174,6 +176,9 @@ class FhirApi:
     def router(self) -> APIRouter:
         r = APIRouter(prefix="/fhir")
         r.add_api_route("/metadata", self.metadata, methods=["GET"])
+        # Before the instance routes, so `Appointment/$find` is not read as an id.
+        r.add_api_route("/{rtype}/${name}", self.operate, methods=["POST"])
+        r.add_api_route("/{rtype}/${name}", self.operate_get, methods=["GET"])
         r.add_api_route("/{rtype}", self.search, methods=["GET"])
         r.add_api_route("/{rtype}/_search", self.search_post, methods=["POST"])
         r.add_api_route("/{rtype}", self.create, methods=["POST"], status_code=201)
@@ -310,6 +315,7 @@ class FhirApi:
                 max_count=self.settings.max_page_size,
                 lenient=lenient,
                 visible=ctx.visible,
+                actor=ctx.principal,
             ),
             _touched_by_search,
             rtype=rtype,
@@ -399,6 +405,55 @@ class FhirApi:
             scope="update",
         )
         return self._write_response(request, result)
+
+    async def operate(self, request: Request, rtype: str, name: str) -> Response:
+        """A type-level operation (FHIR R4 operations.html): a Parameters resource in, the
+        resource of its `return` parameter out."""
+        _negotiate(request)
+        body = await _read_json(request, self.settings.max_body_bytes)
+        if body.get("resourceType") != "Parameters":
+            raise BadRequest(f"${name} takes a Parameters resource")
+        return await self._operate(request, rtype, name, body)
+
+    async def operate_get(self, request: Request, rtype: str, name: str) -> Response:
+        """An operation that changes nothing, with its parameters in the query string."""
+        _negotiate(request)
+        operation = self._operation(rtype, name)
+        if operation.affects_state:
+            raise MethodNotAllowed(f"${name} changes data: POST a Parameters resource")
+        params = [
+            {"name": k, "valueString": v}
+            for k, v in request.query_params.multi_items()
+            if k not in _TRANSPORT_PARAMS
+        ]
+        return await self._operate(
+            request, rtype, name, {"resourceType": "Parameters", "parameter": params}
+        )
+
+    def _operation(self, rtype: str, name: str) -> Operation:
+        operation = self.store.registry.get(rtype).operations.get(name)
+        if operation is None:
+            raise NotFound(f"the operation ${name} is not defined on {rtype}")
+        return operation
+
+    async def _operate(
+        self, request: Request, rtype: str, name: str, parameters: dict[str, Any]
+    ) -> Response:
+        operation = self._operation(rtype, name)
+        result = await self._guarded(
+            request,
+            Interaction("operation", f"{rtype}/${name}"),
+            lambda s, ctx: operation.run(
+                OperationContext(s, self.store, ctx.principal, ctx.visible, ctx.authorize),
+                parameters,
+            ),
+            lambda r: [Touched(entity, patient) for entity, patient in r.touched],
+            rtype=rtype,
+            scope=operation.interaction,
+        )
+        return Response(
+            json.dumps(result.resource, ensure_ascii=False).encode(), media_type=FHIR_JSON
+        )
 
     async def delete(self, request: Request, rtype: str, rid: str) -> Response:
         _negotiate(request)

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
-    from alliance.fhir.store import FhirStore, ResourceProvider, Version
+    from alliance.fhir.store import FhirStore, ResourceProvider, Version, Visibility, WriteCheck
 
 from alliance.errors import Issue, NotFound
 
@@ -68,6 +68,48 @@ ReadHook = Callable[[WriteContext, "Version"], "Version"]
 #: Rewrites the served form of current versions in place (values derived at read time, such as
 #: an overdue Task's businessStatus); vread and history serve versions exactly as stored.
 Presenter = Callable[[Session, list["Version"]], None]
+#: The same for one reader (the Principal reading): what only some readers may see, or what is
+#: shown in the reader's own terms. Runs after `Presenter` on reads and searches that know who
+#: reads; whatever it adds is never stored, so vread and history cannot leak it.
+ReaderPresenter = Callable[[Session, Any, list["Version"]], None]
+
+
+@dataclass(frozen=True)
+class OperationContext:
+    """What a type-level operation gets: the transaction, the store, who calls (a Principal),
+    what they may see (`visible`) and the write check to pass to the store's writes."""
+
+    session: Session
+    store: FhirStore
+    actor: Any
+    visible: Visibility
+    authorize: WriteCheck
+
+
+@dataclass
+class OperationResult:
+    """What an operation answers: the resource of its `return` parameter (a Bundle, an
+    Appointment, ...), and the records it touched as (Type/id, patient id) for the audit."""
+
+    resource: Resource
+    touched: list[tuple[str | None, str | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A type-level operation, `POST [base]/{type}/${name}` with a Parameters body (FHIR R4
+    operations.html). The router runs it through the Guard like any interaction: the token's
+    scope must allow `interaction` on the type, and the call is audited."""
+
+    name: str
+    #: Canonical URL of the OperationDefinition it implements (listed in the capabilities).
+    definition: str
+    documentation: str
+    #: The interaction whose permission the caller's scope needs (search-type, create, ...).
+    interaction: str
+    run: Callable[[OperationContext, Resource], OperationResult]
+    #: An operation that changes nothing may also be invoked with GET and query parameters.
+    affects_state: bool = True
 
 
 def _no_owner(_resource: Resource) -> str | None:
@@ -102,6 +144,9 @@ class ResourceDefinition:
     versioned_updates: bool = False
     #: Serves the type from its own tables instead of the generic store (read and search).
     provider: ResourceProvider | None = None
+    present_to: ReaderPresenter | None = None
+    #: Type-level operations by name (without the `$`).
+    operations: dict[str, Operation] = field(default_factory=dict)
     _by_name: dict[str, SearchParam] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:

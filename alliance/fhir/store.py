@@ -134,6 +134,8 @@ class FhirStore:
             result = definition.on_read(WriteContext(session, self, actor), result)
         if definition.present is not None:
             definition.present(session, [result])
+        if actor is not None and definition.present_to is not None:
+            definition.present_to(session, actor, [result])
         return result
 
     def _read(
@@ -256,7 +258,9 @@ class FhirStore:
         max_count: int,
         lenient: bool = False,
         visible: Visibility | None = None,
+        actor: Any = None,
     ) -> SearchResult:
+        """Search (FHIR R4 search.html); with an `actor`, each type's reader presenter applies."""
         definition = self.registry.get(resource_type)
         if definition.provider is not None:
             return definition.provider.search(
@@ -306,17 +310,19 @@ class FhirStore:
             )
         included = self._included(session, spec, rows, visible) if spec.includes else []
         for version_list in (matches, included):
-            self._present(session, version_list)
+            self._present(session, version_list, actor)
         return SearchResult(spec, matches, included, total, next_page)
 
-    def _present(self, session: Session, versions: list[Version]) -> None:
+    def _present(self, session: Session, versions: list[Version], actor: Any = None) -> None:
         by_type: dict[str, list[Version]] = {}
         for v in versions:
             by_type.setdefault(v.resource_type, []).append(v)
         for rtype, group in by_type.items():
-            presenter = self.registry.get(rtype).present
-            if presenter is not None:
-                presenter(session, group)
+            definition = self.registry.get(rtype)
+            if definition.present is not None:
+                definition.present(session, group)
+            if actor is not None and definition.present_to is not None:
+                definition.present_to(session, actor, group)
 
     def _contents(self, session: Session, rows: list[ResourceRow]) -> list[Version]:
         """The stored JSON of the current version of each row, in the rows' order."""

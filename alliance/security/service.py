@@ -41,7 +41,8 @@ BUILTIN_ROLES = [
         "Hospital administrator: staff accounts, departments, consult calendars",
         "administer",
         "user/Organization.cruds user/OrganizationAffiliation.rs user/Practitioner.cruds "
-        "user/PractitionerRole.cruds user/Schedule.cruds user/Slot.cruds",
+        "user/PractitionerRole.cruds user/Schedule.cruds user/Slot.cruds "
+        "user/HealthcareService.cruds",
     ),
     (
         "auditor",

@@ -1,0 +1,605 @@
+"""Reading a DICOM PS3.10 file safely, checking it, and deriving what the index keeps.
+
+Input comes from other hospitals' PACS and modalities and from anyone with a token, so it is
+treated as hostile. Before pydicom sees a file, `scan` walks its structure (PS3.5 section 7)
+reading only tags and lengths: every declared length must fit in the file, sequences may nest
+at most `MAX_DEPTH` deep, undefined lengths are allowed only where PS3.5 7.5 and A.4 allow them,
+and the file must end exactly where its last element does. A truncated file, a huge declared
+length or a sequence bomb is refused there, at the cost of one pass over the headers, with no
+value read into memory. pydicom then parses the attributes with large values deferred and
+without the pixel data, which the scan has located and checked against the image attributes.
+
+Text is decoded by the Specific Character Set (PS3.3 C.12.1.1.2, PS3.5 6.1): GB18030, GBK and
+ISO_IR 192 (UTF-8) as the standard names them, and the spellings Chinese devices are known to
+write instead ("GB2312", "UTF-8", lower case), which are read as the standard term they mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+#: Deepest sequence nesting accepted. Real objects (SR trees, RT plans) stay well below 16.
+MAX_DEPTH = 24
+#: Most data elements accepted in one file, counted through every sequence item.
+MAX_ELEMENTS = 500_000
+#: Binary values larger than this are left out of metadata and served as bulk data
+#: (PS3.18 8.6.1.2, BulkDataURI).
+BULK_THRESHOLD = 1024
+#: Stands for the DICOMweb base URL inside stored metadata; replaced when it is served, so a
+#: change of the public URL does not invalidate what was built at ingest.
+BASE_MARK = "@@dicomweb@@"
+
+PIXEL_DATA = 0x7FE00010
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_VR_RE = re.compile(rb"[A-Z]{2}")
+_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+_DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"})
+#: Video transfer syntaxes: one stream for all frames, so fragments need not cover frames.
+_VIDEO_PREFIX = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11")
+
+#: Specific Character Set spellings seen from devices, and the defined term each one means.
+CHARSET_ALIASES = {
+    "GB2312": "GBK",  # GBK is a superset of GB2312 with the same byte values
+    "GB 2312": "GBK",
+    "CP936": "GBK",
+    "GB-18030": "GB18030",
+    "UTF-8": "ISO_IR 192",
+    "UTF8": "ISO_IR 192",
+    "ISO_IR192": "ISO_IR 192",
+    "ISO-IR 192": "ISO_IR 192",
+    "ISO IR 192": "ISO_IR 192",
+}
+_KNOWN_CHARSETS = frozenset(pydicom.charset.python_encoding)
+
+# DIMSE status / STOW-RS FailureReason codes (PS3.4 B.2.3, PS3.7 C.4.2.1.4, PS3.18 10.5.3).
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+SYNTAX_NOT_SUPPORTED = 0xC122
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_INSTANCE = 0x0111
+NOT_AUTHORISED = 0x0124
+
+
+class Rejected(Exception):
+    """An instance that is not stored, with the status that says why (see the codes above)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def valid_uid(value: object) -> bool:
+    """A UID as PS3.5 9.1 defines it: dot-separated numbers without leading zeros, <= 64."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID_RE.fullmatch(value))
+
+
+# ---- the structural scan ---------------------------------------------------------------------
+
+
+@dataclass
+class Structure:
+    """What the scan found: the transfer syntax, and where the pixel data is."""
+
+    transfer_syntax: str
+    dataset_offset: int
+    pixel_offset: int | None = None
+    #: Length of native pixel data; None when encapsulated or absent.
+    pixel_length: int | None = None
+    pixel_vr: str = "OW"
+    #: Number of fragments of encapsulated pixel data, the Basic Offset Table not counted.
+    fragments: int | None = None
+    elements: int = 0
+
+
+class _Scanner:
+    def __init__(self, buf: Any, little: bool, explicit: bool) -> None:
+        self.buf = buf
+        self.little = little
+        self.explicit = explicit
+        self.elements = 0
+        self.u16 = struct.Struct("<H" if little else ">H").unpack_from
+        self.u32 = struct.Struct("<I" if little else ">I").unpack_from
+        self.tag = struct.Struct("<HH" if little else ">HH").unpack_from
+
+    def _tag(self, pos: int, end: int) -> int:
+        if pos + 8 > end:
+            raise Rejected(CANNOT_UNDERSTAND, f"the file is truncated at byte {pos}")
+        group, elem = self.tag(self.buf, pos)
+        return int((group << 16) | elem)
+
+    def dataset(self, pos: int, end: int, depth: int, in_item: bool, found: Structure) -> int:
+        """Scan elements from `pos`; in an undefined-length item, up to its delimiter."""
+        while pos < end:
+            tag = self._tag(pos, end)
+            if tag == _ITEM_END:
+                if not in_item:
+                    raise Rejected(CANNOT_UNDERSTAND, f"an item delimiter outside an item at {pos}")
+                return pos + 8
+            if tag >> 16 == 0xFFFE:
+                raise Rejected(CANNOT_UNDERSTAND, f"an unexpected item tag at byte {pos}")
+            self.elements += 1
+            if self.elements > MAX_ELEMENTS:
+                raise Rejected(CANNOT_UNDERSTAND, f"more than {MAX_ELEMENTS} data elements")
+            vr: bytes | None = None
+            if self.explicit:
+                vr = bytes(self.buf[pos + 4 : pos + 6])
+                if not _VR_RE.fullmatch(vr):
+                    raise Rejected(CANNOT_UNDERSTAND, f"no valid VR at byte {pos}")
+                if vr in _LONG_VRS:
+                    if pos + 12 > end:
+                        raise Rejected(CANNOT_UNDERSTAND, f"the file is truncated at byte {pos}")
+                    length = self.u32(self.buf, pos + 8)[0]
+                    pos += 12
+                else:
+                    length = self.u16(self.buf, pos + 6)[0]
+                    pos += 8
+            else:
+                length = self.u32(self.buf, pos + 4)[0]
+                pos += 8
+            if tag == PIXEL_DATA and depth == 0:
+                pos = self._pixels(pos, end, length, vr, found)
+                continue
+            if self._is_sequence(tag, vr, length):
+                if depth + 1 > MAX_DEPTH:
+                    raise Rejected(
+                        CANNOT_UNDERSTAND, f"sequences nest deeper than {MAX_DEPTH} levels"
+                    )
+                # An undefined-length UN is a sequence in Implicit VR Little Endian (PS3.5 6.2.2).
+                inner = self
+                if vr == b"UN":
+                    inner = _Scanner(self.buf, True, False)
+                    inner.elements = self.elements
+                if length == _UNDEFINED:
+                    pos = inner.items(pos, end, depth + 1, True, found)
+                else:
+                    stop = self._fits(pos, length, end)
+                    if inner.items(pos, stop, depth + 1, False, found) != stop:
+                        raise Rejected(
+                            CANNOT_UNDERSTAND, f"a sequence overruns its length at {pos}"
+                        )
+                    pos = stop
+                self.elements = inner.elements
+                continue
+            if length == _UNDEFINED:
+                raise Rejected(
+                    CANNOT_UNDERSTAND, f"undefined length on a non-sequence element at {pos}"
+                )
+            pos = self._fits(pos, length, end)
+        if in_item:
+            raise Rejected(CANNOT_UNDERSTAND, "the file ends inside a sequence item")
+        return pos
+
+    def items(self, pos: int, end: int, depth: int, undefined: bool, found: Structure) -> int:
+        while True:
+            if pos >= end:
+                if undefined:
+                    raise Rejected(CANNOT_UNDERSTAND, "the file ends inside a sequence")
+                return pos
+            tag = self._tag(pos, end)
+            length = self.u32(self.buf, pos + 4)[0]
+            if tag == _SEQ_END:
+                if not undefined:
+                    raise Rejected(CANNOT_UNDERSTAND, f"a stray sequence delimiter at {pos}")
+                return pos + 8
+            if tag != _ITEM:
+                raise Rejected(CANNOT_UNDERSTAND, f"a sequence holds a non-item at byte {pos}")
+            pos += 8
+            if length == _UNDEFINED:
+                pos = self.dataset(pos, end, depth, True, found)
+            else:
+                stop = self._fits(pos, length, end)
+                if self.dataset(pos, stop, depth, False, found) != stop:
+                    raise Rejected(CANNOT_UNDERSTAND, f"an item overruns its length at {pos}")
+                pos = stop
+
+    def _pixels(self, pos: int, end: int, length: int, vr: bytes | None, found: Structure) -> int:
+        found.pixel_offset = pos
+        found.pixel_vr = vr.decode() if vr else "OW"
+        if length != _UNDEFINED:
+            found.pixel_length = length
+            return self._fits(pos, length, end)
+        # Encapsulated (PS3.5 A.4): items (the Basic Offset Table, then fragments), then the
+        # sequence delimiter; fragments are only counted here, never read.
+        items = 0
+        while True:
+            tag = self._tag(pos, end)
+            size = self.u32(self.buf, pos + 4)[0]
+            pos += 8
+            if tag == _SEQ_END:
+                break
+            if tag != _ITEM or size == _UNDEFINED:
+                raise Rejected(CANNOT_UNDERSTAND, "encapsulated pixel data holds a non-fragment")
+            pos = self._fits(pos, size, end)
+            items += 1
+        found.fragments = max(items - 1, 0)
+        return pos
+
+    def _is_sequence(self, tag: int, vr: bytes | None, length: int) -> bool:
+        if vr is not None:
+            return vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED)
+        if length == _UNDEFINED:
+            return True
+        try:
+            return bool(dictionary_VR(tag) == "SQ")
+        except KeyError:
+            return False
+
+    def _fits(self, pos: int, length: int, end: int) -> int:
+        if pos + length > end:
+            raise Rejected(
+                CANNOT_UNDERSTAND,
+                f"an element at byte {pos} declares {length} bytes; only {end - pos} follow",
+            )
+        return pos + length
+
+
+def scan(buf: Any) -> Structure:
+    """Check the structure of a PS3.10 file in `buf` (bytes or mmap); see the module docstring."""
+    size = len(buf)
+    if size < 132 or bytes(buf[128:132]) != b"DICM":
+        raise Rejected(CANNOT_UNDERSTAND, "not a DICOM PS3.10 file (no DICM prefix)")
+    meta = _Scanner(buf, True, True)
+    pos = 132
+    transfer_syntax: str | None = None
+    while pos + 8 <= size and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+        tag = meta._tag(pos, size)
+        vr = bytes(buf[pos + 4 : pos + 6])
+        if not _VR_RE.fullmatch(vr):
+            raise Rejected(CANNOT_UNDERSTAND, "the file meta information is malformed")
+        if vr in _LONG_VRS:
+            length = struct.unpack_from("<I", buf, pos + 8)[0]
+            pos += 12
+        else:
+            length = struct.unpack_from("<H", buf, pos + 6)[0]
+            pos += 8
+        end = meta._fits(pos, length, size)
+        if tag == 0x00020010:
+            transfer_syntax = bytes(buf[pos:end]).decode("ascii", "replace").strip("\x00 ")
+        pos = end
+    if not transfer_syntax:
+        raise Rejected(CANNOT_UNDERSTAND, "the file meta information names no transfer syntax")
+    if not valid_uid(transfer_syntax):
+        raise Rejected(CANNOT_UNDERSTAND, f"malformed Transfer Syntax UID {transfer_syntax!r}")
+    uid = UID(transfer_syntax)
+    if transfer_syntax in _DEFLATED or not uid.is_transfer_syntax:
+        raise Rejected(
+            SYNTAX_NOT_SUPPORTED, f"transfer syntax {transfer_syntax} is not supported here"
+        )
+    found = Structure(transfer_syntax, pos)
+    scanner = _Scanner(buf, transfer_syntax != EXPLICIT_VR_BE, transfer_syntax != IMPLICIT_VR_LE)
+    end = scanner.dataset(pos, size, 0, False, found)
+    if end != size:
+        raise Rejected(CANNOT_UNDERSTAND, f"{size - end} unexplained bytes after the data set")
+    if found.pixel_offset is not None:
+        if uid.is_compressed and found.pixel_length is not None:
+            raise Rejected(DOES_NOT_MATCH, "compressed transfer syntax but native pixel data")
+        if not uid.is_compressed and found.fragments is not None:
+            raise Rejected(DOES_NOT_MATCH, "native transfer syntax but encapsulated pixel data")
+    found.elements = scanner.elements
+    return found
+
+
+@contextmanager
+def mapped(path: Path) -> Iterator[Any]:
+    """The file as a read-only buffer, paged in by the OS rather than read into memory."""
+    with path.open("rb") as handle:
+        if path.stat().st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            yield view
+
+
+# ---- parsing and deriving ----------------------------------------------------------------
+
+
+@dataclass
+class Parsed:
+    """What the index, the FHIR ImagingStudy and the metadata need of one instance."""
+
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    specific_character_set: str | None
+    patient_name: str | None
+    name_groups: tuple[str | None, str | None, str | None]
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+    other_patient_ids: list[str]
+    patient_birth_date: str | None
+    patient_sex: str | None
+    study_date: str | None
+    study_time: str | None
+    accession_number: str | None
+    study_id: str | None
+    study_description: str | None
+    referring_physician_name: str | None
+    timezone_offset: str | None
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    body_part_examined: str | None
+    series_date: str | None
+    series_time: str | None
+    instance_number: int | None
+    rows: int | None
+    columns: int | None
+    number_of_frames: int | None
+    #: DICOM JSON (PS3.18 F.2) with BASE_MARK standing for the DICOMweb base in BulkDataURIs.
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def metadata_json(self) -> bytes:
+        return json.dumps(self.metadata, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def normalize_charset(ds: Dataset) -> str | None:
+    """Make the data set's Specific Character Set one pydicom decodes; return what it is."""
+    raw = ds.get("SpecificCharacterSet")
+    if raw is None:
+        return None
+    terms = list(raw) if isinstance(raw, MultiValue | list) else [raw]
+    fixed = []
+    changed = False
+    for term in terms:
+        clean = str(term).strip()
+        upper = clean.upper()
+        new = upper if upper in _KNOWN_CHARSETS else CHARSET_ALIASES.get(upper, clean)
+        changed |= new != term
+        fixed.append(new)
+    unknown = [t for t in fixed if t and t not in _KNOWN_CHARSETS]
+    if unknown:
+        raise Rejected(DOES_NOT_MATCH, f"Specific Character Set {', '.join(unknown)} is not known")
+    if changed:
+        # Decoding of text values happens when they are first read, with the set in force then.
+        ds.SpecificCharacterSet = fixed if len(fixed) > 1 else fixed[0]
+    return "\\".join(fixed)
+
+
+def parse(path: Path, structure: Structure, *, bulk_base: str = BASE_MARK) -> Parsed:
+    """Parse a file that `scan` accepted; raise `Rejected` when it breaks a rule."""
+    try:
+        ds = pydicom.dcmread(str(path), defer_size=BULK_THRESHOLD, stop_before_pixels=True)
+    except Exception as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"the file cannot be parsed: {exc}") from None
+    try:
+        return _derive(ds, structure, bulk_base)
+    except Rejected:
+        raise
+    except RecursionError:
+        raise Rejected(CANNOT_UNDERSTAND, "sequences nest too deeply") from None
+    except Exception as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"the data set cannot be read: {exc}") from None
+
+
+def _derive(ds: Dataset, structure: Structure, bulk_base: str) -> Parsed:
+    charset = normalize_charset(ds)
+    meta = ds.file_meta
+    uids = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(ds, keyword)
+        if not value:
+            raise Rejected(DOES_NOT_MATCH, f"{keyword} is missing")
+        if not valid_uid(value):
+            raise Rejected(DOES_NOT_MATCH, f"{keyword} {value[:80]!r} is not a valid UID")
+        uids[keyword] = value
+    for meta_kw, kw in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
+        given = str(meta.get(meta_kw, "") or "").strip("\x00 ")
+        if given and given != uids[kw]:
+            raise Rejected(DOES_NOT_MATCH, f"{meta_kw} in the file meta differs from {kw}")
+    _check_pixels(ds, structure)
+    name = _text(ds, "PatientName")
+    groups = (name or "").split("=")
+    name_groups = tuple((groups[i] if i < len(groups) and groups[i] else None) for i in range(3))
+    other_ids = []
+    for item in ds.get("OtherPatientIDsSequence") or []:
+        value = _text(item, "PatientID")
+        if value:
+            other_ids.append(value)
+    rows = _int(ds, "Rows")
+    columns = _int(ds, "Columns")
+    frames = _int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else None
+    if structure.pixel_offset is not None and frames is None:
+        frames = 1
+    instance = Parsed(
+        transfer_syntax=structure.transfer_syntax,
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        specific_character_set=charset,
+        patient_name=name or None,
+        name_groups=(name_groups[0], name_groups[1], name_groups[2]),
+        patient_id=_text(ds, "PatientID"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        other_patient_ids=other_ids,
+        patient_birth_date=_date(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex"),
+        study_date=_date(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_id=_text(ds, "StudyID"),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        timezone_offset=_text(ds, "TimezoneOffsetFromUTC"),
+        modality=_text(ds, "Modality"),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
+        series_date=_date(ds, "SeriesDate"),
+        series_time=_text(ds, "SeriesTime"),
+        instance_number=_int(ds, "InstanceNumber"),
+        rows=rows,
+        columns=columns,
+        number_of_frames=frames,
+    )
+    prefix = (
+        f"{bulk_base}/studies/{instance.study_uid}/series/{instance.series_uid}"
+        f"/instances/{instance.sop_instance_uid}/bulkdata"
+    )
+    metadata = to_json(ds, prefix)
+    if structure.pixel_offset is not None:
+        metadata["7FE00010"] = {"vr": structure.pixel_vr, "BulkDataURI": f"{prefix}/7FE00010"}
+    instance.metadata = dict(sorted(metadata.items()))
+    return instance
+
+
+def _check_pixels(ds: Dataset, structure: Structure) -> None:
+    """PixelData must agree with the Image Pixel module (PS3.3 C.7.6.3, PS3.5 8.1.1, A.4)."""
+    if structure.pixel_offset is None:
+        return
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    bits = _int(ds, "BitsAllocated")
+    samples = _int(ds, "SamplesPerPixel") or 1
+    frames = _int(ds, "NumberOfFrames") or 1
+    if not rows or not columns or rows < 0 or columns < 0:
+        raise Rejected(DOES_NOT_MATCH, "PixelData without valid Rows and Columns")
+    if bits not in (1, 8, 16, 32, 64):
+        raise Rejected(DOES_NOT_MATCH, f"BitsAllocated {bits} is not valid for PixelData")
+    if samples not in (1, 3, 4) or frames < 1:
+        raise Rejected(DOES_NOT_MATCH, "SamplesPerPixel or NumberOfFrames is not valid")
+    if not _text(ds, "PhotometricInterpretation"):
+        raise Rejected(DOES_NOT_MATCH, "PixelData without PhotometricInterpretation")
+    if structure.pixel_length is not None:
+        photometric = _text(ds, "PhotometricInterpretation") or ""
+        per_pixel = 2 if photometric in ("YBR_FULL_422", "YBR_PARTIAL_422") else samples
+        expected = math.ceil(rows * columns * per_pixel * frames * bits / 8)
+        if structure.pixel_length < expected:
+            raise Rejected(
+                DOES_NOT_MATCH,
+                f"PixelData holds {structure.pixel_length} bytes; {rows}x{columns}x{per_pixel} "
+                f"at {bits} bits for {frames} frame(s) needs {expected}",
+            )
+    elif structure.fragments is not None:
+        if structure.fragments < 1:
+            raise Rejected(DOES_NOT_MATCH, "encapsulated PixelData holds no fragment")
+        video = structure.transfer_syntax.startswith(_VIDEO_PREFIX)
+        if not video and structure.fragments < frames:
+            raise Rejected(
+                DOES_NOT_MATCH,
+                f"encapsulated PixelData holds {structure.fragments} fragment(s) "
+                f"for {frames} frame(s)",
+            )
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue | list):
+        value = "\\".join(str(v) for v in value)
+    text = str(value).strip("\x00 ")
+    return text or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if isinstance(value, MultiValue | list):
+            value = value[0] if value else None
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    except Exception:
+        return None
+
+
+def _date(ds: Dataset, keyword: str) -> str | None:
+    text = _text(ds, keyword)
+    if text and re.fullmatch(r"\d{8}", text):
+        return text
+    if text and re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", text):  # ACR-NEMA style, still seen
+        return text.replace(".", "")
+    return None
+
+
+def to_json(ds: Dataset, prefix: str, path: str = "") -> dict[str, Any]:
+    """The DICOM JSON model of a data set (PS3.18 F.2), binary values over `BULK_THRESHOLD`
+    replaced by BulkDataURIs `prefix/<tag>[/<item>/<tag>...]` (PS3.18 F.2.6)."""
+    out: dict[str, Any] = {}
+    # Tags, not elements: iterating the Dataset would convert (and read) every value.
+    for tag in ds.keys():  # noqa: SIM118
+        if tag.group == 0x0002 or (tag == PIXEL_DATA and not path):
+            continue
+        key = f"{int(tag):08X}"
+        raw = ds.get_item(tag)
+        vr = _vr_of(raw, int(tag))
+        length = getattr(raw, "length", None) if isinstance(raw, RawDataElement) else None
+        here = f"{path}/{key}" if path else key
+        if vr in _BINARY_VRS and length is not None and length > BULK_THRESHOLD:
+            out[key] = {"vr": vr, "BulkDataURI": f"{prefix}/{here}"}
+            continue
+        try:
+            elem: DataElement = ds[tag]
+        except Exception:
+            continue  # a value pydicom cannot convert is left out rather than guessed
+        if elem.VR == "SQ":
+            items = [
+                to_json(item, prefix, f"{here}/{i}") for i, item in enumerate(elem.value or [])
+            ]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            continue
+        value = elem.value
+        if elem.VR in _BINARY_VRS and isinstance(value, bytes) and len(value) > BULK_THRESHOLD:
+            out[key] = {"vr": elem.VR, "BulkDataURI": f"{prefix}/{here}"}
+            continue
+        try:
+            out[key] = elem.to_json_dict(None, BULK_THRESHOLD)
+        except Exception:
+            continue
+        if int(tag) == 0x00080005 and "Value" in out[key]:
+            out[key]["Value"] = ["ISO_IR 192"]  # DICOM JSON text is UTF-8 (PS3.18 F.2)
+    return out
+
+
+def _vr_of(raw: Any, tag: int) -> str:
+    vr = getattr(raw, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def compress_json(data: bytes) -> bytes:
+    return zlib.compress(data, 6)
+
+
+def decompress_json(data: bytes) -> bytes:
+    return zlib.decompress(data)

@@ -1,0 +1,1505 @@
+"""The portal's pages. Every page runs its work through the Guard with the session's token,
+so access rules and the audit trail are exactly those of the API; the portal adds no business
+rules of its own (it calls the FHIR store and the domain services)."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from starlette.datastructures import FormData, UploadFile
+
+from alliance.audit.service import verify
+from alliance.codes import ICD10_CN, LANGUAGE_EXTENSION, REQUEST_CATEGORY, RESIDENT_ID
+from alliance.config import Settings
+from alliance.db import Database
+from alliance.errors import AllianceError, Forbidden, Invalid, NotFound, Unauthorized
+from alliance.fhir.store import FhirStore, Version
+from alliance.security import sessions
+from alliance.security.guard import Context, Guard, Interaction, Touched
+from alliance.security.login import LoginRefused, log_in
+from alliance.security.models import User
+from alliance.security.service import create_user, reset_password, set_locked
+from alliance.security.tokens import TokenClaims, issue_token, verify_token
+from alliance.storage import BlobStore
+from portal.charts import bar_chart, stacked_months
+from portal.codes import COMMON_DIAGNOSES
+from portal.i18n import translator
+from referral.documents import store_attachment
+from referral.stats import Period, referral_figures
+
+HERE = Path(__file__).parent
+T = TypeVar("T")
+BEIJING = ZoneInfo("Asia/Shanghai")
+XINJIANG = ZoneInfo("Asia/Urumqi")
+XINYUAN_HOSPITALS = ("xy-people", "xy-tcm", "xy-mch")
+SCRIPTS = [
+    ("zh-Hans", "汉字"),
+    ("kk-Cyrl", "Қазақша (кирилл)"),
+    ("kk-Arab", "قازاقشا (ارab)"),
+    ("ug-Arab", "ئۇيغۇرچە"),
+    ("ug-Latn", "Uyghur (Latin)"),
+    ("kk-Latn", "Qazaq (Latin)"),
+    ("en-Latn", "Latin"),
+]
+LOINC = "http://loinc.org"
+OPEN = ("requested", "received", "accepted", "in-progress", "on-hold")
+
+
+def when(value: str | datetime | None, hospital: str | None = None) -> str:
+    """A time as people here read it: Beijing time, with Xinjiang time beside it for users
+    at a Xinyuan hospital."""
+    if value is None:
+        return ""
+    instant = (
+        datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+    )
+    if instant.tzinfo is None:
+        return instant.isoformat()
+    bj = instant.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M")
+    if hospital in XINYUAN_HOSPITALS:
+        return f"{bj} 北京时间 (新疆时间 {instant.astimezone(XINJIANG).strftime('%H:%M')})"
+    return f"{bj} 北京时间"
+
+
+@dataclass
+class Page:
+    """What a handler hands to a template besides the common parts."""
+
+    template: str
+    context: dict[str, Any] = field(default_factory=dict)
+    status: int = 200
+
+
+class Portal:
+    def __init__(
+        self, settings: Settings, db: Database, guard: Guard, store: FhirStore, blobs: BlobStore
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.guard = guard
+        self.store = store
+        self.blobs = blobs
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.filters["when"] = when
+
+    # ---- sessions, rendering, guarded work ---------------------------------------------------
+
+    def session(self, request: Request) -> sessions.WebSession | None:
+        return sessions.decode(self.settings, request.cookies.get(sessions.COOKIE))
+
+    def claims(self, session: sessions.WebSession) -> TokenClaims:
+        return verify_token(self.settings, session.token)
+
+    def _cookie(self, response: Response, session: sessions.WebSession) -> None:
+        response.set_cookie(
+            sessions.COOKIE,
+            sessions.encode(self.settings, session),
+            httponly=True,
+            samesite="strict",
+            secure=self.settings.base_url.startswith("https://"),
+            path="/",
+        )
+
+    def render(
+        self, request: Request, page: Page, session: sessions.WebSession | None
+    ) -> HTMLResponse:
+        lang = session.lang if session else request.cookies.get("alliance_lang", "zh")
+        user = None
+        hospital_name = ""
+        if session is not None:
+            try:
+                claims = self.claims(session)
+                user = _UserView(claims, self._capabilities(claims.role))
+                hospital_name = self._hospital_name(claims.hospital_id)
+            except Unauthorized:
+                session = None
+        csrf = session.csrf if session else request.cookies.get("alliance_precsrf")
+        context = {
+            "request": request,
+            "t": translator(lang),
+            "lang": lang,
+            "user": user,
+            "csrf": csrf,
+            "hospital_name": hospital_name,
+            "notice": None,
+            **page.context,
+        }
+        response = self.templates.TemplateResponse(
+            request, page.template, context, status_code=page.status
+        )
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        if session is not None:
+            self._cookie(response, self._fresh(session))
+        return response
+
+    def _fresh(self, session: sessions.WebSession) -> sessions.WebSession:
+        """Touched now; with a new token when half the old one's life is gone."""
+        claims = self.claims(session)
+        payload = _unverified(session.token)
+        if time.time() - payload.get("iat", 0) > self.settings.token_lifetime / 2:
+            token, _ = issue_token(self.settings, claims)
+            session = sessions.WebSession(token, session.csrf, session.seen, session.lang)
+        return session.touched()
+
+    def _capabilities(self, role: str) -> frozenset[str]:
+        from alliance.security.models import Role
+
+        with self.db.transaction() as s:
+            row = s.get(Role, role)
+            return row.capability_set if row else frozenset()
+
+    def _hospital_name(self, hospital_id: str) -> str:
+        try:
+            with self.db.transaction() as s:
+                org = self.store.read("Organization", hospital_id, session=s).resource()
+            return str(org.get("name", hospital_id))
+        except AllianceError:
+            return hospital_id
+
+    async def run(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        interaction: Interaction,
+        work: Callable[[Any, Context], T],
+        touched: Callable[[T], list[Touched]] | None = None,
+        check: Callable[[Any], None] | None = None,
+    ) -> T:
+        return await self.guard.run(
+            request,
+            interaction,
+            work,
+            touched or (lambda _v: [Touched(interaction.entity, None)]),
+            check=check,
+            claims=self.claims(session),
+        )
+
+    # ---- the router ---------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        r = APIRouter(include_in_schema=False)
+        page = self._page
+        r.add_api_route("/", self.home, methods=["GET"])
+        r.add_api_route("/login", self.login_form, methods=["GET"])
+        r.add_api_route("/login", self.login, methods=["POST"])
+        r.add_api_route("/logout", page(self.logout, post=True), methods=["POST"])
+        r.add_api_route("/lang/{code}", self.language, methods=["GET"])
+        r.add_api_route("/patients", page(self.patients), methods=["GET"])
+        r.add_api_route("/patients/new", page(self.patient_form), methods=["GET"])
+        r.add_api_route("/patients/new", page(self.patient_create, post=True), methods=["POST"])
+        r.add_api_route("/patients/{patient_id}", page(self.patient), methods=["GET"])
+        r.add_api_route("/referrals", page(self.sent), methods=["GET"])
+        r.add_api_route("/referrals/new", page(self.referral_form), methods=["GET"])
+        r.add_api_route("/referrals/new", page(self.referral_create, post=True), methods=["POST"])
+        r.add_api_route("/referrals/{task_id}", page(self.referral), methods=["GET"])
+        r.add_api_route(
+            "/referrals/{task_id}/move", page(self.referral_move, post=True), methods=["POST"]
+        )
+        r.add_api_route(
+            "/referrals/{task_id}/message", page(self.referral_message, post=True), methods=["POST"]
+        )
+        r.add_api_route("/worklist", page(self.worklist), methods=["GET"])
+        r.add_api_route("/imaging/upload", page(self.upload), methods=["GET"])
+        r.add_api_route("/viewer/{study_uid}", page(self.viewer), methods=["GET"])
+        r.add_api_route("/audit", page(self.audit), methods=["GET"])
+        r.add_api_route("/audit/verify", page(self.audit_verify, post=True), methods=["POST"])
+        r.add_api_route("/dashboard", page(self.dashboard), methods=["GET"])
+        r.add_api_route("/admin/staff", page(self.staff), methods=["GET"])
+        r.add_api_route("/admin/staff", page(self.staff_create, post=True), methods=["POST"])
+        r.add_api_route(
+            "/admin/staff/{username}/{action}", page(self.staff_action, post=True), methods=["POST"]
+        )
+        return r
+
+    def static(self) -> StaticFiles:
+        return StaticFiles(directory=str(HERE / "static"))
+
+    def _page(self, handler: Callable[..., Any], *, post: bool = False) -> Callable[..., Any]:
+        """Wrap a handler: a session is required (else the login page), a form post must carry
+        the session's CSRF token (else 403), and errors become readable pages."""
+
+        async def endpoint(request: Request) -> Response:
+            params = dict(request.path_params)
+            session = self.session(request)
+            if session is None:
+                target = quote(
+                    request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                )
+                return RedirectResponse(f"/login?next={target}", 303)
+            form: FormData | None = None
+            if post:
+                form = await request.form()
+                if not secrets.compare_digest(str(form.get("csrf", "")), session.csrf):
+                    return self.render(
+                        request,
+                        Page("not_found.html", {"message": "CSRF token missing or wrong"}, 403),
+                        session,
+                    )
+            try:
+                result = (
+                    await handler(request, session, form, **params)
+                    if post
+                    else await handler(request, session, **params)
+                )
+            except Unauthorized:
+                return RedirectResponse("/login", 303)
+            except (NotFound, Forbidden) as exc:
+                status = 404 if isinstance(exc, NotFound) else 403
+                return self.render(request, Page("not_found.html", {}, status), session)
+            if isinstance(result, Response):
+                if not isinstance(result, RedirectResponse) or result.status_code != 303:
+                    return result
+                self._cookie(result, self._fresh(session))
+                return result
+            return self.render(request, result, session)
+
+        return endpoint
+
+    # ---- login ----------------------------------------------------------------------------
+
+    async def home(self, request: Request) -> Response:
+        session = self.session(request)
+        if session is None:
+            return RedirectResponse("/login", 303)
+        try:
+            claims = self.claims(session)
+        except Unauthorized:
+            return RedirectResponse("/login", 303)
+        caps = self._capabilities(claims.role)
+        if "clinical" in caps:
+            return RedirectResponse(
+                "/worklist" if claims.role == "specialist" else "/patients", 303
+            )
+        if "audit" in caps:
+            return RedirectResponse("/audit", 303)
+        return RedirectResponse("/admin/staff", 303)
+
+    async def login_form(self, request: Request, error: str | None = None) -> Response:
+        # Login CSRF: the form's token must match a cookie only this page sets (double submit).
+        token = request.cookies.get("alliance_precsrf") or secrets.token_urlsafe(16)
+        page = Page(
+            "login.html",
+            {"error": error, "next": request.query_params.get("next", "/"), "csrf": token},
+            401 if error else 200,
+        )
+        response = self.render(request, page, None)
+        response.set_cookie("alliance_precsrf", token, httponly=True, samesite="strict")
+        return response
+
+    async def login(self, request: Request) -> Response:
+        form = await request.form()
+        precsrf = request.cookies.get("alliance_precsrf", "")
+        if not precsrf or not secrets.compare_digest(str(form.get("csrf", "")), precsrf):
+            return self.render(request, Page("not_found.html", {"message": "CSRF"}, 403), None)
+        lang = request.cookies.get("alliance_lang", "zh")
+        try:
+            issued = log_in(
+                self.db,
+                self.settings,
+                grant_type="password",
+                username=str(form.get("username", "")),
+                secret=str(form.get("password", "")),
+                address=request.client.host if request.client else None,
+                agent=request.headers.get("user-agent"),
+            )
+        except LoginRefused:
+            return await self.login_form(request, translator(lang)("login_failed"))
+        target = str(form.get("next") or "/")
+        if not target.startswith("/") or target.startswith("//"):
+            target = "/"  # never redirect off the site
+        response = RedirectResponse(target, 303)
+        self._cookie(response, sessions.WebSession.start(issued.token, lang))
+        response.delete_cookie("alliance_precsrf")
+        return response
+
+    async def logout(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Response:
+        response = RedirectResponse("/login", 303)
+        response.delete_cookie(sessions.COOKIE, path="/")
+        return response
+
+    async def language(self, request: Request, code: str) -> Response:
+        lang = code if code in ("zh", "en") else "zh"
+        back = request.headers.get("referer") or "/"
+        response = RedirectResponse(
+            back if back.startswith(self.settings.base_url) or back.startswith("/") else "/", 303
+        )
+        response.set_cookie("alliance_lang", lang, samesite="strict")
+        session = self.session(request)
+        if session is not None:
+            self._cookie(
+                response, sessions.WebSession(session.token, session.csrf, session.seen, lang)
+            )
+        return response
+
+    # ---- patients -------------------------------------------------------------------------
+
+    async def patients(self, request: Request, session: sessions.WebSession) -> Page:
+        q = request.query_params.get("q", "").strip()
+        params: list[tuple[str, str]] = [("_count", "20")]
+        if q:
+            compact = q.replace(" ", "").upper()
+            if compact[:17].isdigit() and len(compact) >= 6:
+                params.append(("identifier", f"{RESIDENT_ID}|{compact}"))
+            else:
+                params.append(("name", q))
+        after = request.query_params.get("_page_after")
+        if after:
+            params.append(("_page_after", after))
+
+        def work(s: Any, ctx: Context) -> Any:
+            return self.store.search(
+                "Patient", params, session=s, default_count=20, max_count=50, visible=ctx.visible
+            )
+
+        result = await self.run(
+            request,
+            session,
+            Interaction("search", query=urlencode(params)),
+            work,
+            lambda r: [Touched(f"Patient/{v.id}", v.id) for v in r.matches],
+        )
+        patients = [_patient_view(v.resource()) for v in result.matches]
+        next_page = None
+        if result.next_page:
+            next_page = "/patients?" + urlencode({"q": q, result.next_page[0]: result.next_page[1]})
+        return Page("patients.html", {"patients": patients, "q": q, "next_page": next_page})
+
+    async def patient_form(self, request: Request, session: sessions.WebSession) -> Page:
+        return Page("patient_new.html", {"form": {}, "errors": {}, "scripts": SCRIPTS})
+
+    async def patient_create(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        values = {k: str(v).strip() for k, v in form.items() if isinstance(v, str)}
+        errors: dict[str, str] = {}
+        t = translator(session.lang)
+        for name in ("name", "identity", "birth_date"):
+            if not values.get(name):
+                errors[name] = t("required")
+        if errors:
+            return Page(
+                "patient_new.html", {"form": values, "errors": errors, "scripts": SCRIPTS}, 422
+            )
+        claims = self.claims(session)
+        names = [_name(values["name"], values.get("name_lang", "zh-Hans"), "official")]
+        if values.get("other_name"):
+            names.append(_name(values["other_name"], values.get("other_lang", "kk-Cyrl"), "usual"))
+        patient: dict[str, Any] = {
+            "resourceType": "Patient",
+            "active": True,
+            "identifier": [{"system": RESIDENT_ID, "value": values["identity"].upper()}],
+            "name": names,
+            "gender": values.get("gender", "male"),
+            "birthDate": values["birth_date"],
+            "managingOrganization": {"reference": f"Organization/{claims.hospital_id}"},
+        }
+        if values.get("phone"):
+            patient["telecom"] = [{"system": "phone", "value": values["phone"]}]
+
+        def work(s: Any, ctx: Context) -> Version:
+            return self.store.create(
+                "Patient",
+                patient,
+                session=s,
+                visible=ctx.visible,
+                authorize=ctx.authorize,
+                actor=ctx.principal,
+            ).version
+
+        try:
+            created = await self.run(
+                request,
+                session,
+                Interaction("create", "Patient"),
+                work,
+                lambda v: [Touched(f"Patient/{v.id}", v.id)],
+            )
+        except (Invalid, AllianceError) as exc:
+            if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
+                raise
+            errors[_field_of(exc)] = exc.message
+            return Page(
+                "patient_new.html",
+                {"form": values, "errors": errors, "scripts": SCRIPTS},
+                exc.status,
+            )
+        return RedirectResponse(f"/patients/{created.id}", 303)
+
+    async def patient(
+        self, request: Request, session: sessions.WebSession, patient_id: str
+    ) -> Page:
+        def work(s: Any, ctx: Context) -> dict[str, Any]:
+            patient = self.store.read("Patient", patient_id, session=s, visible=ctx.visible)
+            timeline: list[dict[str, Any]] = []
+            for rtype, date_key in (
+                ("ServiceRequest", "authoredOn"),
+                ("DocumentReference", "date"),
+                ("Task", "authoredOn"),
+            ):
+                found = self.store.search(
+                    rtype,
+                    [("patient", f"Patient/{patient_id}"), ("_count", "100")],
+                    session=s,
+                    default_count=100,
+                    max_count=100,
+                    visible=ctx.visible,
+                )
+                for v in found.matches:
+                    res = v.resource()
+                    stamp = res.get(date_key) or res["meta"]["lastUpdated"]
+                    timeline.append(_timeline_item(rtype, res, stamp))
+            if "ImagingStudy" in self.store.registry:
+                found = self.store.search(
+                    "ImagingStudy",
+                    [("patient", f"Patient/{patient_id}"), ("_count", "100")],
+                    session=s,
+                    default_count=100,
+                    max_count=100,
+                    visible=ctx.visible,
+                )
+                for v in found.matches:
+                    res = v.resource()
+                    timeline.append(
+                        _timeline_item(
+                            "ImagingStudy", res, res.get("started") or res["meta"]["lastUpdated"]
+                        )
+                    )
+            timeline.sort(key=lambda item: item["sort"], reverse=True)
+            return {"patient": _patient_view(patient.resource()), "timeline": timeline}
+
+        data = await self.run(
+            request,
+            session,
+            Interaction("read", f"Patient/{patient_id}"),
+            work,
+            lambda _d: [Touched(f"Patient/{patient_id}", patient_id)],
+        )
+        hospital = self.claims(session).hospital_id
+        for item in data["timeline"]:
+            item["when"] = when(item["sort"], hospital)
+        return Page("patient.html", data)
+
+    # ---- referrals ---------------------------------------------------------------------------
+
+    async def referral_form(self, request: Request, session: sessions.WebSession) -> Page:
+        patient_id = request.query_params.get("patient", "")
+        return await self._referral_page(request, session, patient_id, {}, {})
+
+    async def _referral_page(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        patient_id: str,
+        values: dict[str, Any],
+        errors: dict[str, str],
+        status: int = 200,
+    ) -> Page:
+        claims = self.claims(session)
+
+        def work(s: Any, ctx: Context) -> dict[str, Any]:
+            patient = self.store.read("Patient", patient_id, session=s, visible=ctx.visible)
+            orgs = self.store.search(
+                "Organization",
+                [("_count", "200"), ("active", "true")],
+                session=s,
+                default_count=200,
+                max_count=200,
+                visible=ctx.visible,
+            )
+            hospitals: dict[str, dict[str, Any]] = {}
+            departments: list[tuple[str, dict[str, Any]]] = []
+            for v in orgs.matches:
+                org = v.resource()
+                parent = (org.get("partOf") or {}).get("reference", "")
+                if parent:
+                    departments.append((parent.removeprefix("Organization/"), org))
+                elif org["id"] != claims.hospital_id:
+                    hospitals[org["id"]] = {"name": org.get("name"), "departments": []}
+            for parent, dept in departments:
+                if parent in hospitals:
+                    hospitals[parent]["departments"].append(
+                        {"id": dept["id"], "name": dept.get("name")}
+                    )
+            studies = []
+            if "ImagingStudy" in self.store.registry:
+                found = self.store.search(
+                    "ImagingStudy",
+                    [("patient", f"Patient/{patient_id}")],
+                    session=s,
+                    default_count=50,
+                    max_count=50,
+                    visible=ctx.visible,
+                )
+                studies = [_study_view(v.resource()) for v in found.matches]
+            return {
+                "patient": _patient_view(patient.resource()),
+                "hospitals": list(hospitals.values()),
+                "studies": studies,
+            }
+
+        data = await self.run(
+            request,
+            session,
+            Interaction("read", f"Patient/{patient_id}"),
+            work,
+            lambda _d: [Touched(f"Patient/{patient_id}", patient_id)],
+        )
+        return Page(
+            "referral_new.html",
+            {**data, "form": _FormValues(values), "errors": errors, "diagnoses": COMMON_DIAGNOSES},
+            status,
+        )
+
+    async def referral_create(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        t = translator(session.lang)
+        patient_id = str(form.get("patient", ""))
+        values: dict[str, Any] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        values["study"] = [v for k, v in form.multi_items() if k == "study" and isinstance(v, str)]
+        errors: dict[str, str] = {}
+        consent_file = form.get("consent_form")
+        if not isinstance(consent_file, UploadFile) or not consent_file.filename:
+            errors["consent_form"] = t("required")
+        for name in ("target", "diagnosis", "summary"):
+            if not str(form.get(name, "")).strip():
+                errors[name] = t("required")
+        consenter = str(form.get("consenter", "patient"))
+        if consenter != "patient" and not str(form.get("consenter_name", "")).strip():
+            errors["consenter_name"] = t("required")
+        if errors:
+            return await self._referral_page(request, session, patient_id, values, errors, 422)
+        assert isinstance(consent_file, UploadFile)
+        document_file = form.get("document")
+        diagnosis = str(form["diagnosis"]).strip()
+        code, _, display = diagnosis.partition(" ")
+        target_dept = str(form["target"])
+        priority = str(form.get("priority", "routine"))
+        summary = str(form["summary"]).strip()
+
+        def work(s: Any, ctx: Context) -> str:
+            principal = ctx.principal
+            dept = self.store.read(
+                "Organization", target_dept, session=s, visible=ctx.visible
+            ).resource()
+            hospital = (
+                (dept.get("partOf") or {})
+                .get("reference", f"Organization/{target_dept}")
+                .removeprefix("Organization/")
+            )
+            stored = store_attachment(
+                session=s,
+                blobs=self.blobs,
+                stream=consent_file.file,
+                content_type=consent_file.content_type or "",
+                title="知情同意书",
+                principal=principal,
+                max_bytes=self.settings.max_attachment_bytes,
+            )
+            performer: dict[str, Any] = {"reference": f"Patient/{patient_id}"}
+            if consenter != "patient":
+                performer = {
+                    "display": str(form.get("consenter_name", "")),
+                    "extension": [
+                        {
+                            "url": "https://fhir.yzxy-alliance.cn/StructureDefinition/consenter-relationship",
+                            "valueCodeableConcept": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                                        "code": consenter,
+                                    }
+                                ]
+                            },
+                        }
+                    ],
+                }
+            from referral.documents import fhir_attachment
+
+            consent = {
+                "resourceType": "Consent",
+                "status": "active",
+                "scope": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                            "code": "patient-privacy",
+                        }
+                    ]
+                },
+                "category": [{"coding": [{"system": LOINC, "code": "59284-0"}]}],
+                "patient": {"reference": f"Patient/{patient_id}"},
+                "dateTime": datetime.now(UTC).isoformat(),
+                "performer": [performer],
+                "sourceAttachment": fhir_attachment(self.settings.base_url, stored),
+                "provision": {
+                    "type": "permit",
+                    "actor": [
+                        {
+                            "role": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                        "code": "IRCP",
+                                    }
+                                ]
+                            },
+                            "reference": {"reference": f"Organization/{hospital}"},
+                        }
+                    ],
+                    "purpose": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                            "code": "TREAT",
+                        }
+                    ],
+                },
+            }
+            self._create(s, ctx, consent)
+            supporting: list[dict[str, str]] = []
+            if isinstance(document_file, UploadFile) and document_file.filename:
+                doc_att = store_attachment(
+                    session=s,
+                    blobs=self.blobs,
+                    stream=document_file.file,
+                    content_type=document_file.content_type or "",
+                    title=document_file.filename,
+                    principal=principal,
+                    max_bytes=self.settings.max_attachment_bytes,
+                )
+                doc = self._create(
+                    s,
+                    ctx,
+                    {
+                        "resourceType": "DocumentReference",
+                        "status": "current",
+                        "type": {
+                            "coding": [{"system": LOINC, "code": "34133-9", "display": "病历摘要"}]
+                        },
+                        "subject": {"reference": f"Patient/{patient_id}"},
+                        "date": datetime.now(UTC).isoformat(),
+                        "content": [
+                            {"attachment": fhir_attachment(self.settings.base_url, doc_att)}
+                        ],
+                    },
+                )
+                supporting.append({"reference": f"DocumentReference/{doc.id}"})
+            supporting += [{"reference": f"ImagingStudy/{sid}"} for sid in values["study"]]
+            requester = (
+                {"reference": f"Practitioner/{principal.practitioner_id}"}
+                if principal.practitioner_id
+                else {"display": principal.username}
+            )
+            sr = self._create(
+                s,
+                ctx,
+                {
+                    "resourceType": "ServiceRequest",
+                    "status": "draft",
+                    "intent": "order",
+                    "category": [{"coding": [{"system": REQUEST_CATEGORY, "code": "up-referral"}]}],
+                    "priority": priority,
+                    "subject": {"reference": f"Patient/{patient_id}"},
+                    "requester": requester,
+                    "performer": [{"reference": f"Organization/{target_dept}"}],
+                    "reasonCode": [
+                        {
+                            "coding": [
+                                {
+                                    "system": ICD10_CN,
+                                    "version": "2.0",
+                                    "code": code,
+                                    "display": display or code,
+                                }
+                            ]
+                        }
+                    ],
+                    "note": [{"text": summary}],
+                    "supportingInfo": supporting,
+                },
+            )
+            task = self._create(
+                s,
+                ctx,
+                {
+                    "resourceType": "Task",
+                    "status": "requested",
+                    "intent": "order",
+                    "priority": priority,
+                    "focus": {"reference": f"ServiceRequest/{sr.id}"},
+                    "for": {"reference": f"Patient/{patient_id}"},
+                    "requester": requester,
+                    "owner": {"reference": f"Organization/{hospital}"},
+                    "description": f"{display or code}：{summary[:120]}",
+                },
+            )
+            return task.id
+
+        try:
+            task_id = await self.run(
+                request,
+                session,
+                Interaction("create", "ServiceRequest"),
+                work,
+                lambda tid: [Touched(f"Task/{tid}", patient_id)],
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
+                raise
+            errors[_field_of(exc, default="form")] = exc.message
+            return await self._referral_page(
+                request, session, patient_id, values, errors, exc.status
+            )
+        return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    def _create(self, s: Any, ctx: Context, body: dict[str, Any]) -> Version:
+        return self.store.create(
+            body["resourceType"],
+            body,
+            session=s,
+            visible=ctx.visible,
+            authorize=ctx.authorize,
+            actor=ctx.principal,
+        ).version
+
+    async def sent(self, request: Request, session: sessions.WebSession) -> Page:
+        hospital = self.claims(session).hospital_id
+        return await self._task_list(
+            request,
+            session,
+            [("placer", hospital), ("_sort", "-authored-on")],
+            translator(session.lang)("sent_referrals"),
+        )
+
+    async def worklist(self, request: Request, session: sessions.WebSession) -> Page:
+        hospital = self.claims(session).hospital_id
+        status = request.query_params.get("status") or ",".join(OPEN)
+        params = [("owner", f"Organization/{hospital}"), ("status", status), ("_sort", "deadline")]
+        if request.query_params.get("priority"):
+            params.append(("priority", request.query_params["priority"]))
+        return await self._task_list(request, session, params, translator(session.lang)("worklist"))
+
+    async def _task_list(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        params: list[tuple[str, str]],
+        title: str,
+    ) -> Page:
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Any, ctx: Context) -> Any:
+            return self.store.search(
+                "Task",
+                [*params, ("_count", "100")],
+                session=s,
+                default_count=100,
+                max_count=100,
+                visible=ctx.visible,
+            )
+
+        result = await self.run(
+            request,
+            session,
+            Interaction("search", query=urlencode(params)),
+            work,
+            lambda r: [
+                Touched(f"Patient/{v.patient_id}", v.patient_id) for v in r.matches if v.patient_id
+            ],
+        )
+        rows = []
+        for v in result.matches:
+            task = v.resource()
+            overdue = (task.get("businessStatus") or {}).get("text") == "overdue"
+            deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
+            rows.append(
+                {
+                    "id": v.id,
+                    "status": task["status"],
+                    "priority": task.get("priority", "routine"),
+                    "patient": self._patient_label(task),
+                    "description": task.get("description", ""),
+                    "deadline": when(deadline, hospital),
+                    "overdue": overdue,
+                }
+            )
+        rows.sort(key=lambda r: not r["overdue"])  # overdue first
+        return Page("referrals.html", {"referrals": rows, "title": title})
+
+    def _patient_label(self, task: dict[str, Any]) -> str:
+        reference: str = (task.get("for") or {}).get("reference", "")
+        return reference.removeprefix("Patient/")
+
+    async def referral(
+        self, request: Request, session: sessions.WebSession, task_id: str, error: str | None = None
+    ) -> Page:
+        claims = self.claims(session)
+
+        def work(s: Any, ctx: Context) -> dict[str, Any]:
+            task_version = self.store.read(
+                "Task", task_id, session=s, visible=ctx.visible, actor=ctx.principal
+            )
+            task = task_version.resource()
+            sr_id = task["focus"]["reference"].removeprefix("ServiceRequest/")
+            data: dict[str, Any] = {
+                "task": task,
+                "request_resource": None,
+                "documents": [],
+                "studies": [],
+                "outputs": [],
+                "messages": [],
+            }
+            patient_id = task["for"]["reference"].removeprefix("Patient/")
+            try:
+                data["patient_name"] = " / ".join(
+                    _patient_view(
+                        self.store.read(
+                            "Patient", patient_id, session=s, visible=ctx.visible
+                        ).resource()
+                    )["names"]
+                )
+            except NotFound:
+                data["patient_name"] = "—"
+            try:
+                sr = self.store.read(
+                    "ServiceRequest", sr_id, session=s, visible=ctx.visible
+                ).resource()
+                data["request_resource"] = sr
+                for info in sr.get("supportingInfo") or []:
+                    ref = info.get("reference", "")
+                    rtype, _, rid = ref.partition("/")
+                    try:
+                        res = self.store.read(rtype, rid, session=s, visible=ctx.visible).resource()
+                    except (NotFound, AllianceError):
+                        continue
+                    if rtype == "DocumentReference":
+                        data["documents"].append(_doc_view(res))
+                    elif rtype == "ImagingStudy":
+                        data["studies"].append(_study_view(res))
+                msgs = self.store.search(
+                    "Communication",
+                    [("based-on", f"ServiceRequest/{sr_id}"), ("_sort", "sent")],
+                    session=s,
+                    default_count=100,
+                    max_count=100,
+                    visible=ctx.visible,
+                )
+                data["messages"] = [
+                    {
+                        "when": m.resource().get("sent") or m.resource()["meta"]["lastUpdated"],
+                        "who": (m.resource().get("sender") or {}).get("display", ""),
+                        "text": " ".join(
+                            p.get("contentString", "") for p in m.resource().get("payload") or []
+                        ),
+                    }
+                    for m in msgs.matches
+                ]
+            except NotFound:
+                pass
+            for out in task.get("output") or []:
+                ref = (out.get("valueReference") or {}).get("reference", "")
+                if ref.startswith("DocumentReference/"):
+                    with contextlib.suppress(NotFound):
+                        data["outputs"].append(
+                            _doc_view(
+                                self.store.read(
+                                    "DocumentReference",
+                                    ref.split("/")[1],
+                                    session=s,
+                                    visible=ctx.visible,
+                                ).resource()
+                            )
+                        )
+            return data
+
+        data = await self.run(
+            request,
+            session,
+            Interaction("read", f"Task/{task_id}"),
+            work,
+            lambda d: [
+                Touched(f"Task/{task_id}", d["task"]["for"]["reference"].removeprefix("Patient/"))
+            ],
+        )
+        task = data["task"]
+        owner = task["owner"]["reference"].removeprefix("Organization/")
+        placer = next(
+            (
+                e["valueReference"]["reference"].removeprefix("Organization/")
+                for e in task.get("extension", [])
+                if e.get("url", "").endswith("record-keeper")
+            ),
+            None,
+        )
+        actions = []
+        status = task["status"]
+        if claims.hospital_id == owner:
+            if status in ("requested", "received"):
+                actions += [
+                    {"status": "accepted", "label": "accept", "style": ""},
+                    {"status": "rejected", "label": "decline", "reason": True, "style": "danger"},
+                ]
+            elif status == "accepted":
+                actions.append({"status": "in-progress", "label": "start", "style": ""})
+            elif status == "in-progress":
+                actions.append(
+                    {"status": "completed", "label": "complete", "opinion": True, "style": ""}
+                )
+        if claims.hospital_id == placer and status in ("draft", *OPEN):
+            actions.append(
+                {"status": "cancelled", "label": "cancel", "reason": True, "style": "danger"}
+            )
+        for m in data["messages"]:
+            m["when"] = when(m["when"], claims.hospital_id)
+        deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
+        return Page(
+            "referral.html",
+            {
+                **data,
+                "actions": actions,
+                "error": error,
+                "deadline": when(deadline, claims.hospital_id),
+                "overdue": (task.get("businessStatus") or {}).get("text") == "overdue",
+                "can_message": data["request_resource"] is not None
+                and status not in ("rejected", "cancelled"),
+            },
+            422 if error else 200,
+        )
+
+    async def referral_move(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Page | Response:
+        target = str(form.get("status", ""))
+        reason = str(form.get("reason", "")).strip()
+        opinion = form.get("opinion")
+        version = str(form.get("version", ""))
+
+        def work(s: Any, ctx: Context) -> Version:
+            current = self.store.read("Task", task_id, session=s, visible=ctx.visible)
+            task = current.resource()
+            if version and version != str(current.version):
+                from alliance.errors import Conflict
+
+                raise Conflict("the referral changed while you were looking at it; see it again")
+            task["status"] = target
+            if reason:
+                task["statusReason"] = {"text": reason}
+            if target == "completed":
+                if not isinstance(opinion, UploadFile) or not opinion.filename:
+                    raise Invalid("attach the opinion (PDF) to complete")
+                stored = store_attachment(
+                    session=s,
+                    blobs=self.blobs,
+                    stream=opinion.file,
+                    content_type=opinion.content_type or "",
+                    title="诊疗意见",
+                    principal=ctx.principal,
+                    max_bytes=self.settings.max_attachment_bytes,
+                )
+                from referral.documents import fhir_attachment
+
+                doc = self._create(
+                    s,
+                    ctx,
+                    {
+                        "resourceType": "DocumentReference",
+                        "status": "current",
+                        "type": {
+                            "coding": [{"system": LOINC, "code": "11488-4", "display": "会诊意见"}]
+                        },
+                        "subject": task["for"],
+                        "date": datetime.now(UTC).isoformat(),
+                        "content": [
+                            {"attachment": fhir_attachment(self.settings.base_url, stored)}
+                        ],
+                    },
+                )
+                task["output"] = [
+                    *task.get("output", []),
+                    {
+                        "type": {"text": "opinion"},
+                        "valueReference": {"reference": f"DocumentReference/{doc.id}"},
+                    },
+                ]
+            return self.store.update(
+                "Task",
+                task_id,
+                task,
+                session=s,
+                visible=ctx.visible,
+                authorize=ctx.authorize,
+                actor=ctx.principal,
+            ).version
+
+        try:
+            await self.run(
+                request,
+                session,
+                Interaction("update", f"Task/{task_id}"),
+                work,
+                lambda v: [Touched(f"Task/{v.id}", v.patient_id)],
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Unauthorized)):
+                raise
+            return await self.referral(request, session, task_id, error=exc.message)
+        return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    async def referral_message(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Response:
+        text = str(form.get("text", "")).strip()
+
+        def work(s: Any, ctx: Context) -> Version:
+            task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
+            return self._create(
+                s,
+                ctx,
+                {
+                    "resourceType": "Communication",
+                    "status": "completed",
+                    "basedOn": [task["focus"]],
+                    "subject": task["for"],
+                    "sent": datetime.now(UTC).isoformat(),
+                    "sender": {"display": ctx.principal.username},
+                    "payload": [{"contentString": text}],
+                },
+            )
+
+        if text:
+            await self.run(
+                request,
+                session,
+                Interaction("create", "Communication"),
+                work,
+                lambda v: [Touched(f"Communication/{v.id}", v.patient_id)],
+            )
+        return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    # ---- imaging ------------------------------------------------------------------------------
+
+    async def upload(self, request: Request, session: sessions.WebSession) -> Page:
+        """Upload DICOM files or a folder; the page posts each file to STOW-RS itself."""
+        if "clinical" not in self._capabilities(self.claims(session).role):
+            raise Forbidden("clinical staff upload imaging")
+        return Page("upload.html")
+
+    async def viewer(self, request: Request, session: sessions.WebSession, study_uid: str) -> Page:
+        """The viewer reads the study through DICOMweb (with the session), where the access
+        rules and the audit apply to every request; this page only checks the study exists
+        for this user, so another hospital's study answers the not-found page."""
+
+        def work(s: Any, ctx: Context) -> Any:
+            found = self.store.search(
+                "ImagingStudy",
+                [("identifier", f"urn:oid:{study_uid}")],
+                session=s,
+                default_count=1,
+                max_count=1,
+                visible=ctx.visible,
+            )
+            if not found.matches:
+                raise NotFound(f"study {study_uid} is not known")
+            return found.matches[0]
+
+        await self.run(
+            request,
+            session,
+            Interaction("read", f"ImagingStudy/{study_uid}"),
+            work,
+            lambda v: [Touched(f"ImagingStudy/{v.id}", v.patient_id)],
+        )
+        return Page("viewer.html", {"study_uid": study_uid})
+
+    # ---- auditors ---------------------------------------------------------------------------
+
+    async def audit(
+        self, request: Request, session: sessions.WebSession, verified: Any = None
+    ) -> Page:
+        q = {k: v for k, v in request.query_params.items() if v}
+        params = [
+            (k, v)
+            for k, v in q.items()
+            if k in ("altid", "hospital", "patient", "subtype", "outcome", "_page_offset")
+        ]
+        if q.get("from"):
+            params.append(("date", f"ge{q['from']}"))
+        if q.get("to"):
+            params.append(("date", f"le{q['to']}"))
+
+        def work(s: Any, ctx: Context) -> Any:
+            return self.store.search(
+                "AuditEvent",
+                [*params, ("_count", "50")],
+                session=s,
+                default_count=50,
+                max_count=50,
+                visible=ctx.visible,
+            )
+
+        result = await self.run(
+            request,
+            session,
+            Interaction("search", query=urlencode(params)),
+            work,
+            check=_auditors_only,
+        )
+        hospital = self.claims(session).hospital_id
+        events = []
+        for v in result.matches:
+            e = v.resource()
+            agent = e["agent"][0]
+            events.append(
+                {
+                    "when": when(e["recorded"], hospital),
+                    "username": (agent.get("who") or {}).get("identifier", {}).get("value"),
+                    "hospital_id": next(
+                        (
+                            x["valueReference"]["reference"].removeprefix("Organization/")
+                            for x in agent.get("extension", [])
+                        ),
+                        "",
+                    ),
+                    "subtype": e["subtype"][0]["code"],
+                    "outcome": e["outcome"],
+                    "entity": next(
+                        (
+                            x["what"]["reference"]
+                            for x in e.get("entity", [])
+                            if "what" in x and x["role"]["code"] != "1"
+                        ),
+                        "",
+                    ),
+                    "patient_id": next(
+                        (
+                            x["what"]["reference"].removeprefix("Patient/")
+                            for x in e.get("entity", [])
+                            if "what" in x and x["role"]["code"] == "1"
+                        ),
+                        "",
+                    ),
+                }
+            )
+        next_page = None
+        if result.next_page:
+            next_page = "/audit?" + urlencode(
+                {
+                    **{k: v for k, v in q.items() if k != "_page_offset"},
+                    "_page_offset": result.next_page[1],
+                }
+            )
+        return Page(
+            "audit.html",
+            {
+                "events": events,
+                "q": q,
+                "next_page": next_page,
+                "verify": verified,
+                "csv_link": "/api/audit/events.csv?"
+                + urlencode([p for p in params if p[0] != "_page_offset"]),
+            },
+        )
+
+    async def audit_verify(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page:
+        check = _auditors_only
+        result = await self.run(
+            request,
+            session,
+            Interaction("audit-verify", type="security"),
+            lambda s, _ctx: verify(s),
+            check=check,
+        )
+        return await self.audit(request, session, verified=result)
+
+    async def dashboard(self, request: Request, session: sessions.WebSession) -> Page:
+        today = datetime.now(UTC).date()
+        first = today.replace(year=today.year - 1)
+        period = Period.of_days(first, today)
+
+        def check(principal: Any) -> None:
+            if not principal.capabilities & {"audit", "administer"}:
+                raise Forbidden("auditors and administrators only")
+
+        def work(s: Any, ctx: Context) -> dict[str, Any]:
+            figures = referral_figures(s, period)
+            names = {}
+            orgs = self.store.search(
+                "Organization",
+                [("_count", "200")],
+                session=s,
+                default_count=200,
+                max_count=200,
+                visible=ctx.visible,
+            )
+            for v in orgs.matches:
+                names[v.id] = v.resource().get("name", v.id)
+            return {"figures": figures, "names": names}
+
+        data = await self.run(
+            request,
+            session,
+            Interaction("search", query="dashboard", type="query"),
+            work,
+            check=check,
+        )
+        t = translator(session.lang)
+        figures = data["figures"]
+        data["month_chart"] = stacked_months(figures["pairs"], {"up": t("up"), "down": t("down")})
+        data["reasons_chart"] = bar_chart(
+            [(r["reason"] or r["code"] or "—", r["count"]) for r in figures["rejection_reasons"]]
+        )
+        return Page("dashboard.html", data)
+
+    # ---- administrators ------------------------------------------------------------------------
+
+    def _admins_only(self, principal: Any) -> None:
+        if "administer" not in principal.capabilities:
+            raise Forbidden("hospital administrators only")
+
+    async def staff(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        new_password: str | None = None,
+        error: str | None = None,
+        values: dict[str, str] | None = None,
+    ) -> Page:
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Any, _ctx: Context) -> list[dict[str, Any]]:
+            users = s.scalars(
+                select(User).where(User.hospital_id == hospital).order_by(User.username)
+            )
+            return [
+                {
+                    "username": u.username,
+                    "display_name": u.display_name,
+                    "role_name": u.role_name,
+                    "active": u.active,
+                }
+                for u in users
+            ]
+
+        users = await self.run(
+            request, session, Interaction("search", query="staff"), work, check=self._admins_only
+        )
+        roles = ["county-doctor", "specialist", "hospital-admin"]
+        return Page(
+            "staff.html",
+            {
+                "users": users,
+                "roles": roles,
+                "new_password": new_password,
+                "error": error,
+                "form": values or {},
+                "hospital_name": self._hospital_name(hospital),
+            },
+            422 if error else 200,
+        )
+
+    async def staff_create(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        hospital = self.claims(session).hospital_id
+        values = {k: str(v).strip() for k, v in form.items() if isinstance(v, str)}
+        role = values.get("role", "county-doctor")
+        if role not in ("county-doctor", "specialist", "hospital-admin"):
+            return await self.staff(request, session, error="role", values=values)
+
+        def work(s: Any, _ctx: Context) -> str:
+            create_user(
+                session=s,
+                username=values.get("username", ""),
+                hospital_id=hospital,
+                role=role,
+                password=None,
+                display_name=values.get("display_name") or None,
+            )
+            return reset_password(session=s, username=values.get("username", ""))
+
+        try:
+            password = await self.run(
+                request,
+                session,
+                Interaction("create", f"User/{values.get('username')}", type="security"),
+                work,
+                check=self._admins_only,
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (Forbidden, Unauthorized)):
+                raise
+            return await self.staff(request, session, error=exc.message, values=values)
+        return await self.staff(request, session, new_password=password)
+
+    async def staff_action(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        form: FormData,
+        username: str,
+        action: str,
+    ) -> Page | Response:
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Any, _ctx: Context) -> str | None:
+            user = s.scalar(
+                select(User).where(User.username == username, User.hospital_id == hospital)
+            )
+            if user is None:
+                raise NotFound(f"no account {username} at this hospital")
+            if action in ("lock", "unlock"):
+                set_locked(session=s, username=username, locked=action == "lock")
+                return None
+            if action == "reset":
+                return reset_password(session=s, username=username)
+            raise NotFound(action)
+
+        result = await self.run(
+            request,
+            session,
+            Interaction("update", f"User/{username}", type="security"),
+            work,
+            check=self._admins_only,
+        )
+        if result:
+            return await self.staff(request, session, new_password=result)
+        return RedirectResponse("/admin/staff", 303)
+
+
+# ---- views ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _UserView:
+    claims: TokenClaims
+    capabilities: frozenset[str]
+
+    @property
+    def username(self) -> str:
+        return self.claims.username
+
+
+class _FormValues(dict[str, Any]):
+    def getlist(self, key: str) -> list[str]:
+        value = self.get(key) or []
+        return value if isinstance(value, list) else [value]
+
+
+def _auditors_only(principal: Any) -> None:
+    if "audit" not in principal.capabilities:
+        raise Forbidden("the audit trail is for alliance auditors")
+
+
+def _unverified(token: str) -> dict[str, Any]:
+    import jwt
+
+    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return payload
+
+
+def _name(text: str, lang: str, use: str) -> dict[str, Any]:
+    return {"extension": [{"url": LANGUAGE_EXTENSION, "valueCode": lang}], "use": use, "text": text}
+
+
+def _patient_view(patient: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": patient["id"],
+        "names": [n.get("text", "") for n in patient.get("name") or []],
+        "identity": next(
+            (
+                i.get("value")
+                for i in patient.get("identifier") or []
+                if i.get("system") == RESIDENT_ID
+            ),
+            "",
+        ),
+        "gender": patient.get("gender"),
+        "birth_date": patient.get("birthDate", ""),
+    }
+
+
+def _doc_view(doc: dict[str, Any]) -> dict[str, str]:
+    attachment = (doc.get("content") or [{}])[0].get("attachment", {})
+    title = (
+        attachment.get("title")
+        or ((doc.get("type") or {}).get("coding") or [{}])[0].get("display")
+        or doc["id"]
+    )
+    return {"url": attachment.get("url", "#"), "title": title}
+
+
+def _study_view(study: dict[str, Any]) -> dict[str, str]:
+    uid = next(
+        (i.get("value", "").removeprefix("urn:oid:") for i in study.get("identifier") or []), ""
+    )
+    modalities = ",".join(m.get("code", "") for m in study.get("modality") or [])
+    text = f"{study.get('started', '')[:10]} {modalities} {study.get('description', '')}".strip()
+    return {"id": study["id"], "text": text or uid, "link": f"/viewer/{uid}", "uid": uid}
+
+
+def _timeline_item(rtype: str, res: dict[str, Any], stamp: str) -> dict[str, Any]:
+    if rtype == "ServiceRequest":
+        code = ((res.get("category") or [{}])[0].get("coding") or [{}])[0].get("code", "")
+        reasons = ", ".join(
+            c.get("display", c.get("code", ""))
+            for r in res.get("reasonCode") or []
+            for c in r.get("coding") or []
+        )
+        return {
+            "sort": stamp,
+            "kind": code,
+            "text": f"{reasons} · {res.get('status')}",
+            "link": None,
+        }
+    if rtype == "Task":
+        return {
+            "sort": stamp,
+            "kind": "Task",
+            "text": f"{res.get('description', '')} · {res.get('status')}",
+            "link": f"/referrals/{res['id']}",
+        }
+    if rtype == "ImagingStudy":
+        view = _study_view(res)
+        return {"sort": stamp, "kind": "影像", "text": view["text"], "link": view["link"]}
+    view = _doc_view(res)
+    return {"sort": stamp, "kind": "文档", "text": view["title"], "link": view["url"]}
+
+
+def _field_of(exc: AllianceError, default: str = "form") -> str:
+    """The form field an error is about, from its FHIR element path."""
+    paths = " ".join(p for i in exc.issues for p in i.expression)
+    for marker, name in (
+        ("identifier", "identity"),
+        ("birthDate", "birth_date"),
+        ("name", "name"),
+        ("telecom", "phone"),
+        ("gender", "gender"),
+        ("performer", "target"),
+        ("reasonCode", "diagnosis"),
+        ("sourceAttachment", "consent_form"),
+        ("Consent", "consent_form"),
+    ):
+        if marker in paths:
+            return name
+    if "attach" in exc.message or exc.status in (413, 415):
+        return "document"
+    return default

@@ -1,0 +1,490 @@
+"""The consult opinion: a DiagnosticReport (FHIR R4 diagnosticreport.html) the specialist drafts
+(status preliminary) and signs (final).
+
+Signing is an update to `final` by the specialist of the consult. In the same transaction the
+server renders the opinion as HTML (kept in the blob store, attached as presentedForm and as a
+DocumentReference), records a Provenance whose `signature` binds the signer to the SHA-256 of
+exactly the version signed (FHIR R4 provenance.html, Signature datatype), files the
+DocumentReference and the report in the consult Task's output, and completes the consult.
+
+A signed opinion never changes (DOMAIN.md "Records"): any update of a final report answers
+409, except an amendment: an update with status `amended`, the reason, signed again by the
+specialist; the server links it to the version it replaces, and both versions stay readable
+(vread), as do both renderings (the new DocumentReference `replaces` the old, which becomes
+superseded).
+
+The signature is an electronic signature attested by the server: a JWS (RFC 7515, HS256, the
+server's current signing key named by `kid`) over the signer, the time and the SHA-256 of the
+signed version's JSON. Verifying it needs that key (`verify_signature`); a signature backed by a
+certification authority (电子签名法 art. 13) would replace `_attest` and keep the same shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from sqlalchemy import select
+
+from alliance.codes import ALLIANCE_BASE, RECORD_KEEPER, RECORD_PATIENT
+from alliance.config import Settings
+from alliance.errors import Conflict, Forbidden, Invalid, NotFound
+from alliance.fhir.models import ResourceRow
+from alliance.fhir.registry import Resource, WriteContext
+from alliance.fhir.store import Version
+from alliance.records import reference_id, stamp_keeper
+from alliance.security.access import visibility
+from alliance.storage import BlobStore, open_blob_store
+from referral.documents import ATTACHMENT_PARAM, fhir_attachment
+from referral.models import Attachment, Referral
+from referral.service import category_of, check_codes
+from teleconsult.models import Booking
+from teleconsult.service import refuse
+from teleconsult.time import format_for_site
+
+LOINC = "http://loinc.org"
+CONSULT_NOTE = "11488-4"
+#: Why an amendment was made (R4 DiagnosticReport has no element for it).
+AMENDMENT_REASON = f"{ALLIANCE_BASE}/StructureDefinition/amendment-reason"
+#: The signed version an amendment replaces: `DiagnosticReport/{id}/_history/{n}`.
+REPLACES = f"{ALLIANCE_BASE}/StructureDefinition/replaces"
+#: ASTM E1762-95 signature types (FHIR R4 valueset-signature-type): author's signature.
+SIGNATURE_TYPE = "urn:iso-astm:E1762-95:2013"
+AUTHOR_SIGNATURE = "1.2.840.10065.1.12.1.1"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+_CONSULT_NOTE_CODING = {"system": LOINC, "code": CONSULT_NOTE, "display": "Consult note"}
+DRAFT = ("registered", "partial", "preliminary")
+SIGNED = ("final", "amended")
+
+
+def _ext(resource: Resource, url: str) -> Any:
+    return next((e for e in resource.get("extension") or [] if e.get("url") == url), None)
+
+
+def content_digest(content: str) -> str:
+    """The SHA-256 (hex) of a stored version's JSON text, which is what a signature covers."""
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def verify_signature(settings: Settings, provenance: Resource, content: str) -> bool:
+    """Whether the Provenance's signature is the server's over exactly `content`."""
+    for signature in provenance.get("signature") or []:
+        token = base64.b64decode(signature.get("data", "")).decode()
+        kid = str(jwt.get_unverified_header(token).get("kid"))
+        key = dict(settings.signing_keys).get(kid)
+        if key is None:
+            return False
+        try:
+            claims = jwt.decode(token, key, algorithms=["HS256"], options={"verify_aud": False})
+        except jwt.PyJWTError:
+            return False
+        return bool(claims.get("sha256") == content_digest(content))
+    return False
+
+
+class OpinionRules:
+    """The DiagnosticReport's hooks. The blob store is opened on the first signature."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._blobs: BlobStore | None = None
+
+    @property
+    def blobs(self) -> BlobStore:
+        if self._blobs is None:
+            self._blobs = open_blob_store(self.settings.storage_url)
+        return self._blobs
+
+    def prepare(self, ctx: WriteContext, report: Resource, previous: Resource | None) -> None:
+        stamp_keeper(ctx, report, previous)
+        if not report.get("code"):
+            report["code"] = {"coding": [_CONSULT_NOTE_CODING], "text": "远程会诊意见"}
+        for url in (REPLACES,):
+            report["extension"] = [e for e in report.get("extension") or [] if e.get("url") != url]
+            if not report["extension"]:
+                report.pop("extension")
+        if previous is not None and previous.get("status") in SIGNED:
+            # What the server stamped at signing is not the client's to carry over.
+            report.pop("presentedForm", None)
+
+    def check(self, ctx: WriteContext, report: Resource, previous: Resource | None) -> list[Any]:
+        """Drafts by the consult's hospital; signing and amending by its specialist."""
+        session = ctx.session
+        sr_ids = [
+            s for b in report.get("basedOn") or [] if (s := reference_id(b, "ServiceRequest"))
+        ]
+        if len(sr_ids) != 1:
+            refuse(
+                Invalid,
+                "opinion-request",
+                "a consult opinion is basedOn its teleconsult ServiceRequest",
+                "DiagnosticReport.basedOn",
+            )
+        visible = visibility(ctx.actor, ctx.store.registry.get) if ctx.actor else None
+        sr = ctx.store.read("ServiceRequest", sr_ids[0], session=session, visible=visible)
+        request = sr.resource()
+        if category_of(request) != "teleconsult":
+            refuse(Invalid, "opinion-request", f"ServiceRequest/{sr.id} is not a teleconsult")
+        row = session.scalar(
+            select(Referral)
+            .where(Referral.service_request_id == sr.id)
+            .order_by(Referral.created_at.desc())
+        )
+        if row is None:
+            raise NotFound(f"ServiceRequest/{sr.id} has no Task")
+        if ctx.actor is not None and ctx.actor.hospital_id != row.owner_org:
+            refuse(
+                Forbidden,
+                "opinion-author",
+                "the opinion is written at the hospital asked for the consult",
+            )
+        if report.get("subject") != request.get("subject"):
+            refuse(
+                Invalid,
+                "opinion-subject",
+                "the opinion is about the request's patient",
+                "DiagnosticReport.subject",
+            )
+        before = (previous or {}).get("status")
+        after = report.get("status")
+        if before in SIGNED:
+            if after != "amended":
+                refuse(
+                    Conflict,
+                    "signed-opinion-unchangeable",
+                    f"this opinion was signed ({before}) and never changes; correct it with an "
+                    "amendment: status amended, with the reason (extension "
+                    f"{AMENDMENT_REASON})",
+                    "DiagnosticReport.status",
+                )
+            reason = (_ext(report, AMENDMENT_REASON) or {}).get("valueString")
+            if not isinstance(reason, str) or not reason.strip():
+                refuse(
+                    Invalid,
+                    "amendment-reason",
+                    f"an amendment gives its reason (extension {AMENDMENT_REASON}, valueString)",
+                    "DiagnosticReport.extension",
+                )
+            current = session.scalar(
+                select(ResourceRow.version).where(
+                    ResourceRow.resource_type == "DiagnosticReport",
+                    ResourceRow.id == report["id"],
+                )
+            )
+            report.setdefault("extension", []).append(
+                {
+                    "url": REPLACES,
+                    "valueReference": {
+                        "reference": f"DiagnosticReport/{report['id']}/_history/{current}"
+                    },
+                }
+            )
+            self._sign(ctx, report, request, row)
+            return []
+        if before is not None and before not in DRAFT:
+            refuse(Conflict, "opinion-closed", f"a {before} opinion does not change")
+        if after in DRAFT or (after == "cancelled" and before is not None):
+            return []
+        if after == "final":
+            self._sign(ctx, report, request, row)
+            return []
+        refuse(
+            Invalid,
+            "opinion-status",
+            "an opinion is drafted (preliminary) and signed (final); amended corrects a signed one",
+            "DiagnosticReport.status",
+        )
+
+    def _signer(self, ctx: WriteContext, row: Referral) -> str:
+        """The specialist of the consult (of one of its bookings that was not cancelled)."""
+        specialists = set(
+            ctx.session.scalars(
+                select(Booking.practitioner_id).where(
+                    Booking.task_id == row.task_id,
+                    Booking.status.in_(("booked", "arrived", "fulfilled")),
+                )
+            )
+        )
+        own: str | None = ctx.actor.practitioner_id if ctx.actor is not None else None
+        if own is None or own not in specialists:
+            refuse(
+                Forbidden,
+                "opinion-signer",
+                "the opinion is signed by the specialist of the consult",
+            )
+        return own
+
+    def _sign(self, ctx: WriteContext, report: Resource, request: Resource, row: Referral) -> None:
+        signer = self._signer(ctx, row)
+        if row.status not in ("accepted", "in-progress", "completed"):
+            refuse(
+                Conflict,
+                "consult-not-accepted",
+                f"the consult request is {row.status}; an opinion is signed once it is accepted",
+            )
+        if not (report.get("conclusion") or "").strip():
+            refuse(
+                Invalid,
+                "opinion-conclusion",
+                "a signed opinion states its conclusion",
+                "DiagnosticReport.conclusion",
+            )
+        check_codes(report.get("conclusionCode") or [], "DiagnosticReport.conclusionCode")
+        now = datetime.now(UTC)
+        report["issued"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        report["resultsInterpreter"] = [{"reference": f"Practitioner/{signer}"}]
+        report.setdefault("performer", [{"reference": f"Organization/{ctx.actor.hospital_id}"}])
+        attachment = self._render(ctx, report, request, signer, now)
+        report["presentedForm"] = [attachment]
+
+    def _render(
+        self,
+        ctx: WriteContext,
+        report: Resource,
+        request: Resource,
+        signer: str,
+        now: datetime,
+    ) -> Resource:
+        """The opinion as a self-contained HTML page, every value escaped, kept in the blob
+        store (content-addressed) with an attachment row of the signing hospital."""
+        session = ctx.session
+        practitioner = ctx.store.read("Practitioner", signer, session=session).resource()
+        name = next((n.get("text") for n in practitioner.get("name") or []), signer)
+        title = next(
+            (
+                c.get("display")
+                for q in practitioner.get("qualification") or []
+                for c in (q.get("code") or {}).get("coding") or []
+            ),
+            "",
+        )
+        hospital = ctx.store.read("Organization", ctx.actor.hospital_id, session=session)
+        patient_id = reference_id(report.get("subject"), "Patient") or ""
+        patient = ctx.store.read("Patient", patient_id, session=session).resource()
+        patient_name = next((n.get("text") for n in patient.get("name") or []), patient_id)
+        e = html.escape
+        codes = "".join(
+            f"<li>{e(str(c.get('display') or ''))} ({e(str(c.get('code')))}, "
+            f"{e(str(c.get('system')))} {e(str(c.get('version') or ''))})</li>"
+            for concept in report.get("conclusionCode") or []
+            for c in concept.get("coding") or []
+        )
+        amended = ""
+        if report.get("status") == "amended":
+            reason = (_ext(report, AMENDMENT_REASON) or {}).get("valueString", "")
+            replaced = (_ext(report, REPLACES) or {}).get("valueReference", {}).get("reference")
+            amended = (
+                f"<p><strong>更正 Amendment</strong>: {e(reason)} (replaces {e(str(replaced))})</p>"
+            )
+        body = (
+            '<!DOCTYPE html><html lang="zh-CN"><head><meta charset="utf-8">'
+            "<title>远程会诊意见</title></head><body>"
+            "<h1>远程会诊意见 Teleconsult opinion</h1>"
+            f"<p>患者 Patient: {e(str(patient_name))} (Patient/{e(patient_id)})</p>"
+            f"<p>会诊申请 Request: ServiceRequest/{e(str(request.get('id')))}</p>"
+            f"<p>会诊医院 Consulting hospital: {e(str(hospital.resource().get('name')))}</p>"
+            f"<h2>会诊结论 Conclusion</h2><p>{e(str(report.get('conclusion')))}</p>"
+            f"<h2>诊断 Coded conclusions</h2><ul>{codes}</ul>"
+            f"{amended}"
+            f"<p>签名 Signed: {e(str(name))} {e(str(title))}, "
+            f"{e(format_for_site(now, xinjiang=False))}</p>"
+            "</body></html>"
+        ).encode()
+        stored = self.blobs.put(io.BytesIO(body), content_type="text/html")
+        row = Attachment(
+            id=str(uuid.uuid4()),
+            blob_key=stored.key,
+            sha256=stored.sha256,
+            size=stored.size,
+            content_type="text/html",
+            title="远程会诊意见",
+            hospital_id=ctx.actor.hospital_id,
+            uploaded_by=ctx.actor.username,
+            created=now,
+        )
+        session.add(row)
+        session.flush()
+        return fhir_attachment(self.settings.base_url, row)
+
+    def after(self, ctx: WriteContext, version: Version, previous: Resource | None) -> None:
+        """After a signature: the Provenance with the signature, the DocumentReference, the
+        Task's output, and the consult completed."""
+        report = version.resource()
+        before = (previous or {}).get("status")
+        signed_now = report["status"] == "amended" or (
+            report["status"] == "final" and before != "final"
+        )
+        if not signed_now:
+            return
+        assert version.content is not None
+        signer = reference_id(report["resultsInterpreter"][0], "Practitioner") or ""
+        patient_id = reference_id(report.get("subject"), "Patient") or ""
+        hospital = ctx.actor.hospital_id
+        now = datetime.now(UTC)
+        target = f"DiagnosticReport/{version.id}/_history/{version.version}"
+        token = self._attest(signer, target, version.content, now)
+        ctx.store.create(
+            "Provenance",
+            {
+                "resourceType": "Provenance",
+                "extension": [
+                    {
+                        "url": RECORD_KEEPER,
+                        "valueReference": {"reference": f"Organization/{hospital}"},
+                    },
+                    {
+                        "url": RECORD_PATIENT,
+                        "valueReference": {"reference": f"Patient/{patient_id}"},
+                    },
+                ],
+                "target": [{"reference": target}],
+                "recorded": report["issued"],
+                "activity": {
+                    "coding": [
+                        {
+                            "system": DATA_OPERATION,
+                            "code": "UPDATE" if previous is not None else "CREATE",
+                        }
+                    ],
+                    "text": "signed" if report["status"] == "final" else "amended and signed",
+                },
+                "agent": [
+                    {
+                        "type": {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/"
+                                    "provenance-participant-type",
+                                    "code": "author",
+                                }
+                            ]
+                        },
+                        "who": {"reference": f"Practitioner/{signer}"},
+                        "onBehalfOf": {"reference": f"Organization/{hospital}"},
+                    }
+                ],
+                "signature": [
+                    {
+                        "type": [{"system": SIGNATURE_TYPE, "code": AUTHOR_SIGNATURE}],
+                        "when": report["issued"],
+                        "who": {"reference": f"Practitioner/{signer}"},
+                        "targetFormat": "application/fhir+json",
+                        "sigFormat": "application/jose",
+                        "data": base64.b64encode(token.encode()).decode(),
+                    }
+                ],
+            },
+            session=ctx.session,
+            resource_id=str(uuid.uuid4()),
+        )
+        document = self._file_document(ctx, version, report, previous, signer)
+        self._complete(ctx, report, version, document)
+
+    def _attest(self, signer: str, target: str, content: str, now: datetime) -> str:
+        kid, secret = self.settings.signing_keys[0]
+        claims = {
+            "iss": self.settings.fhir_base,
+            "sub": f"Practitioner/{signer}",
+            "iat": int(now.timestamp()),
+            "target": target,
+            "sha256": content_digest(content),
+        }
+        return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": kid})
+
+    def _file_document(
+        self,
+        ctx: WriteContext,
+        version: Version,
+        report: Resource,
+        previous: Resource | None,
+        signer: str,
+    ) -> str:
+        """The rendering as a DocumentReference (LOINC 11488-4); an amendment's replaces the
+        previous rendering, which becomes superseded (FHIR R4 documentreference.html)."""
+        previous_docs = []
+        for form in (previous or {}).get("presentedForm") or []:
+            if (previous or {}).get("status") in SIGNED and form.get("url"):
+                previous_docs += ctx.store.search(
+                    "DocumentReference",
+                    [(ATTACHMENT_PARAM, form["url"]), ("status", "current")],
+                    session=ctx.session,
+                    default_count=10,
+                    max_count=10,
+                ).matches
+        doc: Resource = {
+            "resourceType": "DocumentReference",
+            "status": "current",
+            "docStatus": "amended" if report["status"] == "amended" else "final",
+            "type": {
+                "coding": [{"system": LOINC, "code": CONSULT_NOTE, "display": "Consult note"}]
+            },
+            "subject": report["subject"],
+            "date": report["issued"],
+            "author": [{"reference": f"Practitioner/{signer}"}],
+            "authenticator": {"reference": f"Practitioner/{signer}"},
+            "custodian": {"reference": f"Organization/{ctx.actor.hospital_id}"},
+            "description": "远程会诊意见",
+            "content": [{"attachment": report["presentedForm"][0]}],
+            "context": {
+                "related": [
+                    {"reference": f"DiagnosticReport/{version.id}/_history/{version.version}"},
+                    {"reference": f"DiagnosticReport/{version.id}"},
+                ]
+            },
+        }
+        if previous_docs:
+            doc["relatesTo"] = [
+                {"code": "replaces", "target": {"reference": f"DocumentReference/{d.id}"}}
+                for d in previous_docs
+            ]
+        created = ctx.store.create("DocumentReference", doc, session=ctx.session, actor=ctx.actor)
+        for old in previous_docs:
+            body = old.resource()
+            body["status"] = "superseded"
+            ctx.store.update(
+                "DocumentReference", old.id, body, session=ctx.session, actor=ctx.actor
+            )
+        return created.version.id
+
+    def _complete(
+        self, ctx: WriteContext, report: Resource, version: Version, document: str
+    ) -> None:
+        """File the opinion in the Task's output and complete the consult (referral workflow:
+        in-progress -> completed needs its output document)."""
+        sr_id = reference_id(report["basedOn"][0], "ServiceRequest")
+        row = ctx.session.scalar(
+            select(Referral)
+            .where(Referral.service_request_id == sr_id)
+            .order_by(Referral.created_at.desc())
+        )
+        assert row is not None
+        if row.status == "accepted":
+            self._move(ctx, row.task_id, "in-progress", None)
+        target = "completed" if row.status == "in-progress" else row.status
+        outputs = [
+            {
+                "type": {"text": "consult opinion"},
+                "valueReference": {"reference": f"DocumentReference/{document}"},
+            },
+            {
+                "type": {"text": "consult report"},
+                "valueReference": {
+                    "reference": f"DiagnosticReport/{version.id}/_history/{version.version}"
+                },
+            },
+        ]
+        self._move(ctx, row.task_id, target, outputs)
+
+    @staticmethod
+    def _move(ctx: WriteContext, task_id: str, status: str, outputs: list[Resource] | None) -> None:
+        task = ctx.store.read("Task", task_id, session=ctx.session).resource()
+        task["status"] = status
+        if outputs:
+            task["output"] = [*(task.get("output") or []), *outputs]
+        ctx.store.update("Task", task_id, task, session=ctx.session, actor=ctx.actor)

@@ -1,0 +1,156 @@
+"""Reading DICOM safely (imaging.dicom): character sets as Chinese devices write them, the
+structural scan against hostile files, and the metadata built at ingest. No database here."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from imaging import dicom
+from imaging.dicom import Rejected
+from tests.imaging_data import ct_slice, encode
+from tests.imaging_data import testfile as shipped_file
+
+
+def parsed(data: bytes, tmp_path: Path) -> dicom.Parsed:
+    path = tmp_path / f"{generate_uid()}.dcm"
+    path.write_bytes(data)
+    with dicom.mapped(path) as buf:
+        structure = dicom.scan(buf)
+    return dicom.parse(path, structure)
+
+
+def named(name: str, charset: str, encoding: str, description: str = "") -> bytes:
+    """A CT whose text is written in `encoding` bytes under Specific Character Set `charset`."""
+    ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1)
+    ds.SpecificCharacterSet = charset
+    data = encode(ds)
+    # Replace the patient name value by raw bytes of the chosen encoding, as a device writes it.
+    old = b"Aygul^Nurlan"
+    at = data.find(old)
+    assert at > 0
+    new = name.encode(encoding)
+    if len(new) % 2:
+        new += b" "
+    length_at = at - 2
+    out = bytearray(data[:length_at])
+    out += struct.pack("<H", len(new)) + new + data[at + len(old) :]
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("charset", "encoding", "name"),
+    [
+        ("GBK", "gbk", "Wang^Jianguo=王^建国"),
+        ("GB18030", "gb18030", "Memet^Eli=买买提^艾力"),
+        ("GB18030", "gb18030", "帕提古丽·艾合买提=پاتىگۈل"),  # 4-byte GB18030 sequences
+        ("ISO_IR 192", "utf-8", "Aygul^Nurlan=阿依古丽·努尔兰=Айгүл"),
+        ("GB2312", "gb2312", "Ma^Xiulan=马^秀兰"),  # not a defined term; means GBK's subset
+        ("UTF-8", "utf-8", "Ерлан=叶尔兰·哈布都拉"),  # ditto, means ISO_IR 192
+    ],
+)
+def test_names_are_decoded_by_their_character_set(
+    charset: str, encoding: str, name: str, tmp_path: Path
+) -> None:
+    instance = parsed(named(name, charset, encoding), tmp_path)
+    assert instance.patient_name == name
+    groups = name.split("=")
+    assert instance.name_groups[0] == groups[0]
+    assert instance.name_groups[1] == (groups[1] if len(groups) > 1 else None)
+    assert instance.metadata["00100010"]["Value"][0]["Alphabetic"] == groups[0]
+    assert instance.metadata["00080005"]["Value"] == ["ISO_IR 192"]
+
+
+def test_an_unknown_character_set_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(Rejected) as refused:
+        parsed(named("X^Y", "KLINGON", "ascii"), tmp_path)
+    assert refused.value.status == dicom.DOES_NOT_MATCH
+
+
+def test_metadata_keeps_small_values_and_links_bulk_data(tmp_path: Path) -> None:
+    ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1)
+    item = Dataset()
+    item.add_new(0x00091010, "OB", b"\x01" * 5000)  # large binary inside a sequence
+    item.add_new(0x00091011, "OB", b"\x02" * 10)  # small binary inline
+    ds.ReferencedImageSequence = [item]
+    instance = parsed(encode(ds), tmp_path)
+    meta = instance.metadata
+    prefix = (
+        f"{dicom.BASE_MARK}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/bulkdata"
+    )
+    assert meta["7FE00010"] == {"vr": "OW", "BulkDataURI": f"{prefix}/7FE00010"}
+    nested = meta["00081140"]["Value"][0]
+    assert nested["00091010"]["BulkDataURI"] == f"{prefix}/00081140/0/00091010"
+    assert nested["00091011"]["InlineBinary"]
+    assert meta["00280010"]["Value"] == [64]
+    assert list(meta) == sorted(meta)
+
+
+def test_the_scan_finds_encapsulated_fragments(tmp_path: Path) -> None:
+    data = shipped_file("emri_small_RLE.dcm").read_bytes()
+    structure = dicom.scan(data)
+    assert structure.fragments == 10 and structure.pixel_length is None
+    assert structure.transfer_syntax == "1.2.840.10008.1.2.5"
+
+
+def _implicit_nested(depth: int) -> bytes:
+    """Defined-length sequences nested `depth` deep, Implicit VR Little Endian."""
+    ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1)
+    inner = Dataset()
+    inner.CodeValue = "x"
+    for _ in range(depth):
+        outer = Dataset()
+        outer.ContentSequence = [inner]
+        inner = outer
+    ds.ContentSequence = [inner]
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_nesting_limits_hold_in_every_encoding(tmp_path: Path) -> None:
+    shallow = parsed(_implicit_nested(5), tmp_path)
+    assert shallow.transfer_syntax == "1.2.840.10008.1.2"
+    with pytest.raises(Rejected) as deep:
+        dicom.scan(_implicit_nested(dicom.MAX_DEPTH + 5))
+    assert "nest" in deep.value.reason
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda d: d[:-1],  # one byte short
+        lambda d: d + b"\x00\x00",  # unexplained trailing bytes
+        lambda d: d[:128] + b"DICX" + d[132:],  # no DICM prefix
+        lambda d: d.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.9.9\x00\x00\x00", 1),
+    ],
+)
+def test_malformed_files_are_refused_by_the_scan(mangle: object) -> None:
+    data = encode(ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1))
+    with pytest.raises(Rejected):
+        dicom.scan(mangle(data))  # type: ignore[operator]
+
+
+def test_uids_are_checked_as_ps35_defines_them() -> None:
+    assert dicom.valid_uid("1.2.840.10008.5.1.4.1.1.2")
+    assert dicom.valid_uid("0.1.0")
+    for bad in ("1.02.3", "1..2", "1.2.", "a.b", "1." + "2" * 64, "", "1.2.3 "):
+        assert not dicom.valid_uid(bad), bad
+
+
+def test_shipped_files_are_read_like_pydicom_reads_them(tmp_path: Path) -> None:
+    for name in ("CT_small.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_rle_2frame.dcm"):
+        data = shipped_file(name).read_bytes()
+        instance = parsed(data, tmp_path)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        assert instance.sop_instance_uid == ds.SOPInstanceUID
+        assert instance.transfer_syntax == ds.file_meta.TransferSyntaxUID
+        assert instance.number_of_frames == int(ds.get("NumberOfFrames") or 1)

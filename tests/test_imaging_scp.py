@@ -1,0 +1,183 @@
+"""The C-STORE receiver with pynetdicom's storage SCU over real DICOM networking (PS3.4 Annex B,
+PS3.8): known calling AE titles store for their hospital, unknown ones are refused at
+association, and what is stored shows up in QIDO-RS and as an ImagingStudy."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+
+from alliance.config import Settings
+from imaging.scp import StorageSCP
+from server.dicom import build_scp
+from tests.conftest import free_port
+from tests.imaging_data import ct_series, relabel
+
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+@pytest.fixture
+def scp(settings: Settings) -> Iterator[StorageSCP]:
+    configured = settings.model_copy(update={"dicom_calling_aes": "XYPEOPLE_CT=xy-people"})
+    receiver = build_scp(configured)
+    receiver.start("127.0.0.1", 0)
+    yield receiver
+    receiver.stop()
+    receiver.imaging.db.dispose()
+
+
+def associate(scp: StorageSCP, calling: str, syntaxes: list[str] | None = None) -> object:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(MRImageStorage, syntaxes or ["1.2.840.10008.1.2.1"])
+    ae.add_requested_context(Verification)
+    return ae.associate("127.0.0.1", scp.port, ae_title="ALLIANCE")
+
+
+def read(data: bytes) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def test_a_known_calling_ae_stores_a_study(
+    scp: StorageSCP, as_user: Callable[[str], TestClient]
+) -> None:
+    slices = [read(b) for b in ct_series(3)]
+    assoc = associate(scp, "XYPEOPLE_CT")
+    assert assoc.is_established  # type: ignore[attr-defined]
+    assert assoc.send_c_echo().Status == 0  # type: ignore[attr-defined]
+    statuses = [assoc.send_c_store(ds).Status for ds in slices]  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    assert statuses == [0x0000] * 3
+    doctor = as_user("dr.xinyuan.people")
+    study = slices[0].StudyInstanceUID
+    found = doctor.get("/dicomweb/studies", params={"StudyInstanceUID": study}).json()
+    assert len(found) == 1 and found[0]["00201208"]["Value"] == [3]
+    # The ImagingStudy was made with the first instance and is completed when the association
+    # ends, which the receiver learns just after the SCU does.
+    deadline = time.monotonic() + 10
+    while True:
+        imaging_study = doctor.get(f"/fhir/ImagingStudy/{study}").json()
+        assert imaging_study["subject"]["reference"] == "Patient/demo-aygul"
+        if imaging_study["numberOfInstances"] == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert imaging_study["numberOfInstances"] == 3
+    metadata = doctor.get(f"/dicomweb/studies/{study}/metadata").json()
+    assert sorted(m["00200013"]["Value"][0] for m in metadata) == [1, 2, 3]
+    # What was sent is what is served: the data set exactly, in its transfer syntax.
+    wado = doctor.get(
+        f"/dicomweb/studies/{study}/series/{slices[0].SeriesInstanceUID}"
+        f"/instances/{slices[0].SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    assert wado.status_code == 200
+    assert slices[0].PixelData in wado.content
+    # The stores are audited for the hospital whose AE title it is.
+    events = (
+        as_user("auditor")
+        .get("/fhir/AuditEvent", params={"entity": f"ImagingStudy/{study}", "subtype": "store"})
+        .json()["entry"]
+    )
+    assert len(events) == 3
+    who = events[0]["resource"]["agent"][0]
+    assert who["who"]["identifier"]["value"] == "dicom:XYPEOPLE_CT"
+
+
+def test_compressed_instances_are_stored_as_received(
+    scp: StorageSCP, as_user: Callable[[str], TestClient]
+) -> None:
+    ds = read(relabel("MR_small_RLE.dcm"))
+    assoc = associate(scp, "XYPEOPLE_CT", [RLE_LOSSLESS])
+    assert assoc.send_c_store(ds).Status == 0  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    doctor = as_user("dr.xinyuan.people")
+    found = doctor.get(
+        "/dicomweb/instances", params={"SOPInstanceUID": ds.SOPInstanceUID, "includefield": "all"}
+    ).json()
+    assert found[0]["00083002"]["Value"] == [RLE_LOSSLESS]
+
+
+def test_an_unknown_calling_ae_is_refused_at_association(
+    scp: StorageSCP, as_user: Callable[[str], TestClient]
+) -> None:
+    assoc = associate(scp, "STRANGER")
+    assert not assoc.is_established  # type: ignore[attr-defined]
+    assert assoc.is_rejected  # type: ignore[attr-defined]
+    events = (
+        as_user("auditor")
+        .get("/fhir/AuditEvent", params={"subtype": "dicom-association-rejected"})
+        .json()["entry"]
+    )
+    assert events[0]["resource"]["agent"][0]["who"]["identifier"]["value"] == "dicom:STRANGER"
+
+
+def test_refused_instances_get_ps34_statuses_and_leave_nothing(
+    scp: StorageSCP, as_user: Callable[[str], TestClient]
+) -> None:
+    first = read(ct_series(1)[0])
+    assoc = associate(scp, "XYPEOPLE_CT")
+    assert assoc.send_c_store(first).Status == 0  # type: ignore[attr-defined]
+    blobs = sorted(scp.imaging.blobs.list_keys())
+    changed = read(ct_series(1)[0])
+    changed.SOPInstanceUID = first.SOPInstanceUID
+    changed.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    assert assoc.send_c_store(changed).Status == 0x0111  # type: ignore[attr-defined]
+    no_study = read(ct_series(1)[0])
+    del no_study.StudyInstanceUID
+    assert assoc.send_c_store(no_study).Status == 0xA900  # type: ignore[attr-defined]
+    bad_pixels = read(ct_series(1)[0])
+    bad_pixels.Rows = 1024
+    assert assoc.send_c_store(bad_pixels).Status == 0xA900  # type: ignore[attr-defined]
+    # The same instance again, the same bytes: a success that changes nothing.
+    assert assoc.send_c_store(first).Status == 0  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    assert sorted(scp.imaging.blobs.list_keys()) == blobs
+    found = as_user("dr.xinyuan.people").get("/dicomweb/instances").json()
+    assert [i["00080018"]["Value"][0] for i in found] == [first.SOPInstanceUID]
+
+
+def test_the_dicom_scp_command_receives_for_its_hospitals(
+    settings: Settings, as_user: Callable[[str], TestClient]
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ALLIANCE_DATABASE_URL": settings.database_url,
+        "ALLIANCE_STORAGE_URL": settings.storage_url,
+        "ALLIANCE_DEMO": "true",
+        "ALLIANCE_DICOM_CALLING_AES": "XYPEOPLE_CT=xy-people",
+    }
+    command = [sys.executable, "-m", "server.cli", "dicom-scp", "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        ae = AE(ae_title="XYPEOPLE_CT")
+        ae.add_requested_context(CTImageStorage)
+        deadline = time.monotonic() + 30
+        while True:
+            assoc = ae.associate("127.0.0.1", port, ae_title="ALLIANCE")
+            if assoc.is_established or time.monotonic() > deadline or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert assoc.is_established, proc.stdout.read() if proc.poll() is not None else ""
+        ds = read(ct_series(1)[0])
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    found = as_user("dr.xinyuan.people").get(
+        "/dicomweb/studies", params={"StudyInstanceUID": ds.StudyInstanceUID}
+    )
+    assert len(found.json()) == 1

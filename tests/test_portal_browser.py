@@ -1,0 +1,223 @@
+"""The portal in a real browser (Debian's Chromium driven by Playwright) against the app
+served on a free port: a county doctor refers a patient with imaging, the specialist accepts,
+reviews the study in the viewer and completes with an opinion, the county doctor reads it, and
+the auditor finds it all. Screenshots go to tests/artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.conftest import LiveServer, skip_or_fail
+from tests.factories import identity_number
+from tests.imaging_data import ct_slice, encode
+from tests.referrals import PDF, PNG
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        skip_or_fail("browser tests need Debian's chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("browser tests need Python Playwright (pip install playwright)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def sign_in(browser: Any, server: LiveServer, username: str) -> Any:
+    page = browser.new_page(viewport={"width": 1280, "height": 720}, accept_downloads=True)
+    page.goto(f"{server.url}/login")
+    page.fill("#username", username)
+    page.fill("#password", "alliance-demo")
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    assert "/login" not in page.url, page.content()
+    return page
+
+
+def shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def canvas_sum(page: Any) -> int:
+    return int(
+        page.evaluate(
+            "() => { const c = document.getElementById('image');"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s; }"
+        )
+    )
+
+
+def test_refer_review_and_audit_in_the_browser(
+    browser: Any, live_server: LiveServer, tmp_path: Path
+) -> None:
+    number = identity_number(birth="19800315")
+
+    # (a) The county doctor registers a patient (the identity number is checked as typed)...
+    county = sign_in(browser, live_server, "dr.xinyuan.people")
+    county.goto(f"{live_server.url}/patients/new")
+    county.fill("#name", "哈力木拉提·艾买提")
+    county.fill("#other_name", "Халимұрат Әмет")
+    county.select_option("#other_lang", "kk-Cyrl")
+    county.fill("#identity", number[:-1] + ("0" if number[-1] != "0" else "1"))
+    assert county.inner_text("#identity-error")  # a wrong check character, said at once
+    county.fill("#identity", number)
+    assert county.inner_text("#identity-error") == ""
+    county.fill("#birth_date", "1980-03-15")
+    shot(county, "a1-register")
+    county.click("main button[type=submit]")
+    county.wait_for_url("**/patients/*")
+    patient_id = county.url.rsplit("/", 1)[1]
+    assert "哈力木拉提·艾买提" in county.inner_text("h1")
+
+    # ...uploads a DICOM folder, with a progress bar and a result per file...
+    folder = tmp_path / "CT"
+    folder.mkdir()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for i in range(3):
+        ds = ct_slice(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            number=i + 1,
+            patient_id=number,
+            patient_name="Halimurat^Emet",
+            rows=128,
+            columns=128,
+        )
+        ds.PixelSpacing = [0.5, 0.5]
+        (folder / f"IM{i:04d}.dcm").write_bytes(encode(ds))
+    (folder / "notes.txt").write_text("not a DICOM file")
+    county.goto(f"{live_server.url}/imaging/upload")
+    county.set_input_files("#folder", str(folder))
+    county.wait_for_selector("#upload-summary[data-done=true]", timeout=30000)
+    results = county.eval_on_selector_all("#uploads li", "els => els.map(e => e.dataset.result)")
+    assert sorted(results) == ["failed", "ok", "ok", "ok"]
+    shot(county, "a2-upload")
+
+    # ...records consent with the photographed form and sends the referral with the study.
+    form_photo = tmp_path / "consent.png"
+    form_photo.write_bytes(PNG)
+    summary_pdf = tmp_path / "summary.pdf"
+    summary_pdf.write_bytes(PDF)
+    county.goto(f"{live_server.url}/referrals/new?patient={patient_id}")
+    county.set_input_files("#consent_form", str(form_photo))
+    county.select_option("#target", "subei-cardiology")
+    county.fill("#diagnosis", "I21.900 急性心肌梗死")
+    county.fill("#summary", "胸痛3天，心电图ST段抬高。")
+    county.set_input_files("#document", str(summary_pdf))
+    county.check("input[name=study]")
+    shot(county, "a3-referral-form")
+    county.click("main button[type=submit]")
+    county.wait_for_url("**/referrals/*")
+    task_id = county.url.rsplit("/", 1)[1]
+    assert "待接收" in county.inner_text("h1")
+
+    # A user of another hospital typing the record's address gets the not-found page.
+    other = sign_in(browser, live_server, "dr.xinyuan.tcm")
+    response = other.goto(f"{live_server.url}/patients/{patient_id}")
+    assert response.status == 404 and "未找到" in other.inner_text("h1")
+    assert other.goto(f"{live_server.url}/referrals/{task_id}").status == 404
+    shot(other, "a4-not-found")
+
+    # (b) The specialist finds it in the worklist, accepts it, reviews the images.
+    specialist = sign_in(browser, live_server, "sp.subei")
+    specialist.goto(f"{live_server.url}/worklist")
+    specialist.click(f"a[href='/referrals/{task_id}']")
+    specialist.wait_for_url(f"**/referrals/{task_id}")
+    shot(specialist, "b1-referral")
+    specialist.click("button:has-text('接收')")
+    specialist.wait_for_load_state("networkidle")
+    assert "已接收" in specialist.inner_text("h1")
+    specialist.click("a[href^='/viewer/']")
+    specialist.wait_for_function(
+        "document.getElementById('image').dataset.index === '0'", timeout=30000
+    )
+    before = canvas_sum(specialist)
+    box = specialist.locator("#image").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    specialist.mouse.move(cx, cy)
+    specialist.mouse.down()
+    specialist.mouse.move(cx + 80, cy + 60, steps=5)
+    specialist.mouse.up()
+    assert canvas_sum(specialist) != before  # window/level changed the pixels
+    specialist.keyboard.press("ArrowDown")
+    specialist.wait_for_function("document.getElementById('image').dataset.index === '1'")
+    specialist.click("#tool-measure")
+    specialist.mouse.move(cx - 100, cy)
+    specialist.mouse.down()
+    specialist.mouse.move(cx + 100, cy, steps=5)
+    specialist.mouse.up()
+    length = float(specialist.get_attribute("#image", "data-length") or 0)
+    assert length > 0  # millimetres, from Pixel Spacing
+    shot(specialist, "b2-viewer")
+
+    # ...starts, and completes with the signed opinion.
+    specialist.goto(f"{live_server.url}/referrals/{task_id}")
+    specialist.click("button:has-text('开始诊治')")
+    specialist.wait_for_load_state("networkidle")
+    opinion = tmp_path / "opinion.pdf"
+    opinion.write_bytes(PDF)
+    specialist.set_input_files("#opinion-file", str(opinion))
+    specialist.click("button:has-text('完成并提交意见')")
+    specialist.wait_for_load_state("networkidle")
+    assert "已完成" in specialist.inner_text("h1")
+    shot(specialist, "b3-completed")
+
+    # (c) The county doctor reads the opinion.
+    county.goto(f"{live_server.url}/referrals/{task_id}")
+    link = county.locator("section:has(h2:has-text('诊疗意见')) a").first
+    href = link.get_attribute("href")
+    body = county.request.get(href)
+    assert body.status == 200 and body.body() == PDF
+    shot(county, "c1-opinion")
+
+    # CSRF: a form posted without its token is refused, and nothing moves.
+    refused = county.request.post(
+        f"{live_server.url}/referrals/{task_id}/move", form={"status": "cancelled", "reason": "x"}
+    )
+    assert refused.status == 403
+
+    # (d) The auditor finds all this, exports it, verifies the chain, sees the dashboard.
+    auditor = sign_in(browser, live_server, "auditor")
+    auditor.goto(f"{live_server.url}/audit?patient={patient_id}")
+    rows = auditor.inner_text("table tbody")
+    assert "dr.xinyuan.people" in rows and "sp.subei" in rows
+    with auditor.expect_download() as download:
+        auditor.click("text=导出 CSV")
+    csv_text = Path(download.value.path()).read_text(encoding="utf-8-sig")
+    assert patient_id in csv_text and "sp.subei" in csv_text
+    auditor.click("button:has-text('校验审计链')")
+    auditor.wait_for_selector("#verify-result")
+    assert "审计链完整" in auditor.inner_text("#verify-result")
+    shot(auditor, "d1-audit")
+    auditor.goto(f"{live_server.url}/dashboard")
+    assert auditor.locator("svg.chart").count() == 2
+    shot(auditor, "d2-dashboard")
+    auditor.goto(f"{live_server.url}/lang/en")
+    auditor.goto(f"{live_server.url}/dashboard")
+    assert "Alliance dashboard" in auditor.inner_text("h1")  # English, switched
