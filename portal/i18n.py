@@ -69,6 +69,13 @@ WORDS: dict[str, tuple[str, str]] = {
     "complete": ("完成并提交意见", "Complete with opinion"),
     "opinion": ("诊疗意见", "Opinion"),
     "cancel": ("撤回", "Cancel"),
+    "send_down": ("下转回基层", "Refer back down"),
+    "discharge_summary": ("出院小结", "Discharge summary"),
+    "care_plan": ("康复及随访计划（每行一项）", "Follow-up / rehabilitation plan (one per line)"),
+    "down_needs": (
+        "下转需要出院小结和康复随访计划",
+        "A down-referral needs a discharge summary and a plan",
+    ),
     "messages": ("沟通留言", "Messages"),
     "message": ("留言", "Message"),
     "post": ("发送留言", "Post"),

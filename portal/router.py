@@ -38,7 +38,7 @@ from alliance.storage import BlobStore
 from portal.charts import bar_chart, stacked_months
 from portal.codes import COMMON_DIAGNOSES
 from portal.i18n import translator
-from referral.documents import store_attachment
+from referral.documents import fhir_attachment, store_attachment
 from referral.stats import Period, referral_figures
 
 HERE = Path(__file__).parent
@@ -212,6 +212,9 @@ class Portal:
         )
         r.add_api_route(
             "/referrals/{task_id}/message", page(self.referral_message, post=True), methods=["POST"]
+        )
+        r.add_api_route(
+            "/referrals/{task_id}/down", page(self.send_down, post=True), methods=["POST"]
         )
         r.add_api_route("/worklist", page(self.worklist), methods=["GET"])
         r.add_api_route("/imaging/upload", page(self.upload), methods=["GET"])
@@ -631,8 +634,6 @@ class Portal:
                         }
                     ],
                 }
-            from referral.documents import fhir_attachment
-
             consent = {
                 "resourceType": "Consent",
                 "status": "active",
@@ -979,6 +980,10 @@ class Portal:
                 "overdue": (task.get("businessStatus") or {}).get("text") == "overdue",
                 "can_message": data["request_resource"] is not None
                 and status not in ("rejected", "cancelled"),
+                # The hospital that took an up-referral sends the patient back down from it.
+                "can_send_down": claims.hospital_id == owner
+                and status in ("accepted", "in-progress", "completed")
+                and _category(data["request_resource"]) == "up-referral",
             },
             422 if error else 200,
         )
@@ -1013,8 +1018,6 @@ class Portal:
                     principal=ctx.principal,
                     max_bytes=self.settings.max_attachment_bytes,
                 )
-                from referral.documents import fhir_attachment
-
                 doc = self._create(
                     s,
                     ctx,
@@ -1061,6 +1064,131 @@ class Portal:
                 raise
             return await self.referral(request, session, task_id, error=exc.message)
         return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    async def send_down(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Page | Response:
+        """A down-referral from an up-referral this hospital took: the discharge summary, the
+        follow-up / rehabilitation plan (one activity per line), back to the sending hospital."""
+        summary = form.get("discharge")
+        plan_lines = [
+            line.strip() for line in str(form.get("plan", "")).splitlines() if line.strip()
+        ]
+        if not isinstance(summary, UploadFile) or not summary.filename or not plan_lines:
+            return await self.referral(
+                request, session, task_id, error=translator(session.lang)("down_needs")
+            )
+
+        def work(s: Any, ctx: Context) -> str:
+            up_task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
+            up = self.store.read(
+                "ServiceRequest",
+                up_task["focus"]["reference"].removeprefix("ServiceRequest/"),
+                session=s,
+                visible=ctx.visible,
+            ).resource()
+            home = next(
+                e["valueReference"]["reference"]
+                for e in up.get("extension", [])
+                if e.get("url", "").endswith("record-keeper")
+            )
+            stored = store_attachment(
+                session=s,
+                blobs=self.blobs,
+                stream=summary.file,
+                content_type=summary.content_type or "",
+                title="出院小结",
+                principal=ctx.principal,
+                max_bytes=self.settings.max_attachment_bytes,
+            )
+            doc = self._create(
+                s,
+                ctx,
+                {
+                    "resourceType": "DocumentReference",
+                    "status": "current",
+                    "type": {
+                        "coding": [{"system": LOINC, "code": "18842-5", "display": "出院小结"}]
+                    },
+                    "subject": up["subject"],
+                    "date": datetime.now(UTC).isoformat(),
+                    "content": [{"attachment": fhir_attachment(self.settings.base_url, stored)}],
+                },
+            )
+            plan = self._create(
+                s,
+                ctx,
+                {
+                    "resourceType": "CarePlan",
+                    "status": "active",
+                    "intent": "plan",
+                    "subject": up["subject"],
+                    "title": "康复及随访计划",
+                    "activity": [
+                        {"detail": {"status": "scheduled", "description": line}}
+                        for line in plan_lines
+                    ],
+                },
+            )
+            principal = ctx.principal
+            requester = (
+                {"reference": f"Practitioner/{principal.practitioner_id}"}
+                if principal.practitioner_id
+                else {"display": principal.username}
+            )
+            down = self._create(
+                s,
+                ctx,
+                {
+                    "resourceType": "ServiceRequest",
+                    "status": "draft",
+                    "intent": "order",
+                    "category": [
+                        {"coding": [{"system": REQUEST_CATEGORY, "code": "down-referral"}]}
+                    ],
+                    "priority": "routine",
+                    "subject": up["subject"],
+                    "requester": requester,
+                    "basedOn": [{"reference": f"ServiceRequest/{up['id']}"}],
+                    "performer": [{"reference": home}],
+                    "reasonCode": up.get("reasonCode", []),
+                    "note": [{"text": str(form.get("note", "")).strip() or "下转康复"}],
+                    "supportingInfo": [
+                        {"reference": f"DocumentReference/{doc.id}"},
+                        {"reference": f"CarePlan/{plan.id}"},
+                    ],
+                },
+            )
+            task = self._create(
+                s,
+                ctx,
+                {
+                    "resourceType": "Task",
+                    "status": "requested",
+                    "intent": "order",
+                    "priority": "routine",
+                    "focus": {"reference": f"ServiceRequest/{down.id}"},
+                    "for": up["subject"],
+                    "requester": requester,
+                    "owner": {"reference": home},
+                    "description": "下转：" + (plan_lines[0][:100]),
+                },
+            )
+            return task.id
+
+        try:
+            new_task = await self.run(
+                request,
+                session,
+                Interaction("create", "ServiceRequest"),
+                work,
+                lambda tid: [Touched(f"Task/{tid}", None)],
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Unauthorized)):
+                raise
+            return await self.referral(request, session, task_id, error=exc.message)
+        return RedirectResponse(f"/referrals/{new_task}", 303)
 
     async def referral_message(
         self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
@@ -1402,6 +1530,14 @@ class _FormValues(dict[str, Any]):
     def getlist(self, key: str) -> list[str]:
         value = self.get(key) or []
         return value if isinstance(value, list) else [value]
+
+
+def _category(request: dict[str, Any] | None) -> str | None:
+    for concept in (request or {}).get("category") or []:
+        for coding in concept.get("coding") or []:
+            if coding.get("system") == REQUEST_CATEGORY:
+                return str(coding.get("code"))
+    return None
 
 
 def _auditors_only(principal: Any) -> None:

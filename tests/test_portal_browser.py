@@ -187,8 +187,19 @@ def test_refer_review_and_audit_in_the_browser(
     specialist.wait_for_load_state("networkidle")
     assert "已完成" in specialist.inner_text("h1")
     shot(specialist, "b3-completed")
+    # ...and refers the patient back down with the discharge summary and the plan.
+    discharge = tmp_path / "discharge.pdf"
+    discharge.write_bytes(PDF)
+    specialist.set_input_files("#discharge", str(discharge))
+    specialist.fill("#plan", "出院后2周心内科门诊复诊\n阿司匹林 100mg 每日一次")
+    specialist.click("button:has-text('下转回基层')")
+    specialist.wait_for_load_state("networkidle")
+    down_task = specialist.url.rsplit("/", 1)[1]
+    assert down_task != task_id and "待接收" in specialist.inner_text("h1")
 
-    # (c) The county doctor reads the opinion.
+    # (c) The county doctor finds the down-referral in the worklist, and reads the opinion.
+    county.goto(f"{live_server.url}/worklist")
+    assert county.locator(f"a[href='/referrals/{down_task}']").count() == 1
     county.goto(f"{live_server.url}/referrals/{task_id}")
     link = county.locator("section:has(h2:has-text('诊疗意见')) a").first
     href = link.get_attribute("href")
