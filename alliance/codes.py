@@ -49,6 +49,26 @@ DECLINE_REASON = f"{ALLIANCE_BASE}/CodeSystem/decline-reason"
 WORKFLOW_MOVE = f"{ALLIANCE_BASE}/CodeSystem/workflow-move"
 HL7_ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 
+#: 医疗机构诊疗科目名录 codes the alliance's hospitals use (the register has many more).
+DEPARTMENT_CODES = {
+    "03": "内科",
+    "03.01": "呼吸内科专业",
+    "03.02": "消化内科专业",
+    "03.03": "神经内科专业",
+    "03.04": "心血管内科专业",
+    "04": "外科",
+    "04.01": "普通外科专业",
+    "04.03": "骨科专业",
+    "05.01": "妇科专业",
+    "05.02": "产科专业",
+    "07": "儿科",
+    "07.01": "新生儿专业",
+    "32": "医学影像科",
+    "50": "中医科",
+    "50.01": "内科专业",
+    "50.13": "针灸科专业",
+}
+
 PROFESSIONAL_TITLES = {
     "chief-physician": "主任医师",
     "associate-chief-physician": "副主任医师",

@@ -23,7 +23,16 @@ from sqlalchemy import select
 from starlette.datastructures import FormData, UploadFile
 
 from alliance.audit.service import verify
-from alliance.codes import ICD10_CN, LANGUAGE_EXTENSION, REQUEST_CATEGORY, RESIDENT_ID
+from alliance.codes import (
+    DEPARTMENT,
+    DEPARTMENT_CODES,
+    DEPARTMENT_VERSION,
+    HL7_ORG_TYPE,
+    ICD10_CN,
+    LANGUAGE_EXTENSION,
+    REQUEST_CATEGORY,
+    RESIDENT_ID,
+)
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.errors import AllianceError, Forbidden, Invalid, NotFound, Unauthorized
@@ -222,6 +231,15 @@ class Portal:
         r.add_api_route("/audit", page(self.audit), methods=["GET"])
         r.add_api_route("/audit/verify", page(self.audit_verify, post=True), methods=["POST"])
         r.add_api_route("/dashboard", page(self.dashboard), methods=["GET"])
+        r.add_api_route("/admin/departments", page(self.departments), methods=["GET"])
+        r.add_api_route(
+            "/admin/departments", page(self.department_create, post=True), methods=["POST"]
+        )
+        r.add_api_route(
+            "/admin/departments/{dept_id}/{action}",
+            page(self.department_action, post=True),
+            methods=["POST"],
+        )
         r.add_api_route("/admin/staff", page(self.staff), methods=["GET"])
         r.add_api_route("/admin/staff", page(self.staff_create, post=True), methods=["POST"])
         r.add_api_route(
@@ -1398,6 +1416,144 @@ class Portal:
         return Page("dashboard.html", data)
 
     # ---- administrators ------------------------------------------------------------------------
+
+    async def departments(
+        self, request: Request, session: sessions.WebSession, error: str | None = None
+    ) -> Page:
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Any, ctx: Context) -> list[dict[str, Any]]:
+            found = self.store.search(
+                "Organization",
+                [("partof", f"Organization/{hospital}"), ("_count", "200")],
+                session=s,
+                default_count=200,
+                max_count=200,
+                visible=ctx.visible,
+            )
+            rows = []
+            for v in found.matches:
+                org = v.resource()
+                coding: dict[str, Any] = next(
+                    (
+                        c
+                        for t in org.get("type") or []
+                        for c in t.get("coding") or []
+                        if c.get("system") == DEPARTMENT
+                    ),
+                    {},
+                )
+                rows.append(
+                    {
+                        "id": v.id,
+                        "name": org.get("name"),
+                        "active": org.get("active", True),
+                        "code": coding.get("code", ""),
+                        "display": coding.get("display", ""),
+                    }
+                )
+            return rows
+
+        rows = await self.run(
+            request,
+            session,
+            Interaction("search", query="departments"),
+            work,
+            check=self._admins_only,
+        )
+        codes = sorted(DEPARTMENT_CODES.items())
+        return Page(
+            "departments.html",
+            {
+                "departments": rows,
+                "codes": codes,
+                "error": error,
+                "hospital_name": self._hospital_name(hospital),
+            },
+            422 if error else 200,
+        )
+
+    async def department_create(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        hospital = self.claims(session).hospital_id
+        name = str(form.get("name", "")).strip()
+        code, _, display = str(form.get("code", "")).partition("|")
+        if not name or not code:
+            return await self.departments(
+                request, session, error=translator(session.lang)("required")
+            )
+        body = {
+            "resourceType": "Organization",
+            "active": True,
+            "name": name,
+            "type": [
+                {
+                    "coding": [
+                        {"system": HL7_ORG_TYPE, "code": "dept", "display": "Hospital Department"}
+                    ]
+                },
+                {
+                    "coding": [
+                        {
+                            "system": DEPARTMENT,
+                            "version": DEPARTMENT_VERSION,
+                            "code": code,
+                            "display": display,
+                        }
+                    ]
+                },
+            ],
+            "partOf": {"reference": f"Organization/{hospital}"},
+        }
+        try:
+            await self.run(
+                request,
+                session,
+                Interaction("create", "Organization"),
+                lambda s, ctx: self._create(s, ctx, body),
+                check=self._admins_only,
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
+                raise
+            return await self.departments(request, session, error=exc.message)
+        return RedirectResponse("/admin/departments", 303)
+
+    async def department_action(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        form: FormData,
+        dept_id: str,
+        action: str,
+    ) -> Response:
+        if action not in ("close", "open"):
+            raise NotFound(action)
+
+        def work(s: Any, ctx: Context) -> Version:
+            org = self.store.read(
+                "Organization", dept_id, session=s, visible=ctx.visible
+            ).resource()
+            org["active"] = action == "open"
+            return self.store.update(
+                "Organization",
+                dept_id,
+                org,
+                session=s,
+                visible=ctx.visible,
+                authorize=ctx.authorize,
+                actor=ctx.principal,
+            ).version
+
+        await self.run(
+            request,
+            session,
+            Interaction("update", f"Organization/{dept_id}"),
+            work,
+            check=self._admins_only,
+        )
+        return RedirectResponse("/admin/departments", 303)
 
     def _admins_only(self, principal: Any) -> None:
         if "administer" not in principal.capabilities:

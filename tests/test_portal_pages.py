@@ -1,0 +1,106 @@
+"""Portal pages through HTTP (the browser flows are in test_portal_browser.py): sessions, CSRF,
+idle timeout, who sees which page, administrators' pages."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from alliance.config import Settings
+from alliance.security import sessions
+
+
+def sign_in(client: TestClient, username: str) -> str:
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    r = client.post(
+        "/login",
+        data={"username": username, "password": "alliance-demo", "csrf": csrf.group(1)},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    home = client.get("/", follow_redirects=True)
+    token = re.search(r'name="csrf-token" content="([^"]*)"', home.text)
+    assert token is not None
+    return token.group(1)
+
+
+def test_login_needs_its_csrf_token_and_the_right_password(client: TestClient) -> None:
+    client.get("/login")
+    r = client.post(
+        "/login", data={"username": "auditor", "password": "alliance-demo", "csrf": "x"}
+    )
+    assert r.status_code == 403
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    r = client.post("/login", data={"username": "auditor", "password": "wrong", "csrf": csrf})
+    assert r.status_code == 401 and "用户名或密码错误" in r.text
+    assert client.get("/audit", follow_redirects=False).headers["location"].startswith("/login")
+
+
+def test_pages_by_role(client: TestClient) -> None:
+    sign_in(client, "dr.xinyuan.people")
+    assert client.get("/patients").status_code == 200
+    assert client.get("/audit").status_code == 403
+    assert client.get("/dashboard").status_code == 403
+    assert client.get("/admin/staff").status_code == 403
+    assert client.get("/patients/demo-ma-xiulan").status_code == 404  # another hospital's
+
+
+def test_session_cookie_is_protected_and_expires(client: TestClient, settings: Settings) -> None:
+    sign_in(client, "auditor")
+    cookie = client.cookies.get(sessions.COOKIE)
+    assert cookie
+    session = sessions.decode(settings, cookie)
+    assert session is not None
+    forged = cookie[:-4] + ("0000" if not cookie.endswith("0000") else "1111")
+    assert sessions.decode(settings, forged) is None
+    idle = sessions.WebSession(session.token, session.csrf, time.time() - 31 * 60, session.lang)
+    client.cookies.set(sessions.COOKIE, sessions.encode(settings, idle))
+    assert client.get("/audit", follow_redirects=False).status_code == 303  # back to login
+
+
+def test_administrator_manages_staff_and_departments(client: TestClient) -> None:
+    csrf = sign_in(client, "admin.xinyuan.people")
+    r = client.post(
+        "/admin/staff", data={"csrf": csrf, "username": "dr.new.one", "role": "county-doctor"}
+    )
+    assert r.status_code == 200
+    password = re.search(r'id="new-password">([^<]+)<', r.text).group(1)  # type: ignore[union-attr]
+    other = TestClient(client.app)
+    login = other.post(
+        "/auth/token",
+        data={"grant_type": "password", "username": "dr.new.one", "password": password},
+    )
+    assert login.status_code == 200
+    assert client.post("/admin/staff/dr.new.one/lock", data={"csrf": csrf}).status_code == 200
+    assert (
+        other.post(
+            "/auth/token",
+            data={"grant_type": "password", "username": "dr.new.one", "password": password},
+        ).status_code
+        == 400
+    )
+    # Another hospital's staff is not theirs to touch.
+    assert client.post("/admin/staff/sp.subei/lock", data={"csrf": csrf}).status_code == 404
+    assert client.post("/admin/staff/dr.new.one/unlock").status_code == 403  # no CSRF token
+    r = client.post(
+        "/admin/departments", data={"csrf": csrf, "name": "呼吸内科", "code": "03.01|呼吸内科专业"}
+    )
+    assert r.status_code == 200 and "呼吸内科" in r.text
+    dept = re.search(r"/admin/departments/([^/]+)/close", r.text)
+    assert dept is not None
+    assert (
+        "已停用"
+        in client.post(f"/admin/departments/{dept.group(1)}/close", data={"csrf": csrf}).text
+    )
+
+
+@pytest.mark.parametrize("path", ["/audit", "/dashboard"])
+def test_auditor_pages(client: TestClient, path: str) -> None:
+    sign_in(client, "auditor")
+    assert client.get(path).status_code == 200
