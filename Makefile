@@ -42,7 +42,8 @@ typecheck: install-dev
 
 bench: install-dev
 	$(PY) bench/fhir_read.py
-	$(PY) bench/imaging.py
+	$(PY) bench/dicomweb_ingest.py
+	$(PY) bench/teleconsult_find.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

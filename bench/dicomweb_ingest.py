@@ -19,7 +19,7 @@ against a baseline measured in the same run.
   `limit=100`, a PatientName prefix, and a StudyDate range with ModalitiesInStudy, median and
   p95. Baseline: the same SQL (visibility rule + matching conditions) in this process.
 
-Run: `.venv/bin/python bench/imaging.py [--instances 300] [--database-url URL]`; well under
+Run: `.venv/bin/python bench/dicomweb_ingest.py [--instances 300] [--database-url URL]`; well under
 three minutes on 2 cores. Figures go to stdout and `bench/results/imaging.json`. Nothing here
 asserts on speed.
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python bench/imaging.py`, this file's folder comes first on sys.path and the file's
+# Run as `python bench/dicomweb_ingest.py`, this file's folder comes first on sys.path and the file's
 # own name would hide the `imaging` package; the repository root is what must be there.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
