@@ -258,10 +258,12 @@ class UnauditedGuard(Guard):
         work: Callable[[Session, Context], Any],
         touched: Callable[[Any], list[Touched]],
         *,
-        write: bool,
         check: Callable[[Principal], None] | None = None,
+        claims: Any = None,
     ) -> Any:
         ctx = Context(NOBODY, lambda _t: sqlalchemy.true(), lambda *_: None)
+        # The foundation read in a plain transaction and wrote in a write one.
+        write = interaction.subtype in ("create", "update", "delete")
 
         def unit() -> Any:
             with self.db.transaction(write=write) as session:

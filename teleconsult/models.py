@@ -11,9 +11,9 @@ covers, for the specialist (by Practitioner: the person, whatever role or hospit
 under) and for the patient. The primary key (party, party_id, cell) makes any two overlapping
 bookings of one person collide on at least one cell, so the second insert fails inside the
 database whatever the application checked before (two API workers, two processes, a race
-between the check and the insert). Appointment start and end are multiples of
-`GRAIN_MINUTES` (the service refuses others), which is what makes "share a cell" equal to
-"overlap".
+between the check and the insert). An appointment's start and end are its slots', and
+templates start, end and cut slots on multiples of `GRAIN_MINUTES` (the service refuses
+others), which is what makes "share a cell" equal to "overlap".
 
 Why not an exclusion constraint: PostgreSQL's `EXCLUDE USING gist (tstzrange(...) WITH &&)`
 would do it with one row per booking, but SQLite (the embedded default) has neither range

@@ -109,9 +109,8 @@ class OpinionRules:
             report["extension"] = [e for e in report.get("extension") or [] if e.get("url") != url]
             if not report["extension"]:
                 report.pop("extension")
-        if previous is not None and previous.get("status") in SIGNED:
-            # What the server stamped at signing is not the client's to carry over.
-            report.pop("presentedForm", None)
+        # The rendering is the server's, made when the opinion is signed.
+        report.pop("presentedForm", None)
 
     def check(self, ctx: WriteContext, report: Resource, previous: Resource | None) -> list[Any]:
         """Drafts by the consult's hospital; signing and amending by its specialist."""

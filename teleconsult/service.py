@@ -23,6 +23,7 @@ never commit.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import secrets
@@ -35,7 +36,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from alliance.audit.service import Actor
-from alliance.codes import ALLIANCE_BASE, RECORD_KEEPER, RECORD_PATIENT, REQUEST_CATEGORY
+from alliance.codes import (
+    ALLIANCE_BASE,
+    LANGUAGE_EXTENSION,
+    RECORD_KEEPER,
+    RECORD_PATIENT,
+    REQUEST_CATEGORY,
+)
 from alliance.config import Settings
 from alliance.db import named_lock
 from alliance.errors import AllianceError, BadRequest, Conflict, Forbidden, Invalid, NotFound
@@ -92,9 +99,9 @@ VIRTUAL_SERVICE = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Appoint
 VIRTUAL_SERVICE_TYPE = f"{ALLIANCE_BASE}/CodeSystem/virtual-service-type"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-LANGUAGE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/language"
 TELECONSULT_CATEGORY = {"coding": [{"system": REQUEST_CATEGORY, "code": "teleconsult"}]}
 DEFAULT_ZONE = "Asia/Shanghai"
+FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 DEFAULT_SLOT_MINUTES = 30
 #: Task states in which a consult can be booked.
 BOOKABLE_TASK = ("requested", "received", "accepted", "in-progress")
@@ -204,7 +211,7 @@ class TeleconsultRules:
         if _ext(hs, TIME_ZONE_EXTENSION) is None:
             _set_ext(hs, TIME_ZONE_EXTENSION, {"valueCode": DEFAULT_ZONE})
         if not hs.get("category"):
-            hs["category"] = [TELECONSULT_CATEGORY]
+            hs["category"] = [copy.deepcopy(TELECONSULT_CATEGORY)]
 
     def check_service(
         self, ctx: WriteContext, hs: Resource, previous: Resource | None
@@ -247,7 +254,13 @@ class TeleconsultRules:
             if not during.get("start"):
                 refuse(Invalid, "closure", "a closure gives the day(s) it covers (during)", where)
             starts = local_bound(during["start"], zone, end=False, where=where)
-            ends = local_bound(during.get("end") or during["start"], zone, end=True, where=where)
+            # A Period without an end goes on (FHIR R4 datatypes.html#Period): closed until the
+            # administrators say otherwise.
+            ends = (
+                local_bound(during["end"], zone, end=True, where=where)
+                if during.get("end")
+                else FOREVER
+            )
             if ends <= starts:
                 refuse(Invalid, "closure", "a closure ends after it starts", where)
             closures.append((starts, ends, str(off.get("description") or "")[:255]))
@@ -295,7 +308,7 @@ class TeleconsultRules:
             {"valueReference": {"reference": f"Organization/{hospital}"}} if hospital else None,
         )
         if not schedule.get("serviceCategory"):
-            schedule["serviceCategory"] = [TELECONSULT_CATEGORY]
+            schedule["serviceCategory"] = [copy.deepcopy(TELECONSULT_CATEGORY)]
         if role and not schedule.get("specialty"):
             found = ctx.store.read("PractitionerRole", role, session=ctx.session).resource()
             if found.get("specialty"):
@@ -324,7 +337,12 @@ class TeleconsultRules:
         assert role is not None
         if len(schedule["id"]) > 51:
             refuse(Invalid, "schedule-id", "a schedule's id has at most 51 characters")
-        found = ctx.store.read("PractitionerRole", role, session=session).resource()
+        try:
+            found = ctx.store.read("PractitionerRole", role, session=session).resource()
+        except NotFound:
+            refuse(
+                Invalid, "schedule-actor", f"PractitionerRole/{role} is not known", "Schedule.actor"
+            )
         practitioner = reference_id(found.get("practitioner"), "Practitioner")
         hospital = keeper_of(schedule)
         if practitioner is None or hospital is None:
@@ -983,6 +1001,8 @@ class TeleconsultRules:
         elif server and (before, after) in (("booked", "arrived"), ("arrived", "fulfilled")):
             booking.status = str(after)
             if after == "fulfilled":
+                # The consult is over: whatever remains of its time is free again.
+                self._release(session, booking)
                 booking.ended_at = now
         else:
             refuse(

@@ -10,9 +10,11 @@ has not expired does, `free` otherwise. Its id names its schedule and its start 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -274,7 +276,15 @@ def busy_times(
     found: dict[tuple[str, str], Busy] = {}
     if not people:
         return found
-    query = select(Booking).where(
+    # Columns, not entities: availability reads many bookings and needs five fields of each.
+    query = select(
+        Booking.practitioner_id,
+        Booking.patient_id,
+        Booking.status,
+        Booking.hold_expires,
+        Booking.starts,
+        Booking.ends,
+    ).where(
         or_(*people),
         Booking.status.in_(HOLDING),
         Booking.starts < window[1],
@@ -282,14 +292,15 @@ def busy_times(
     )
     if ignore is not None:
         query = query.where(Booking.appointment_id != ignore)
-    for b in session.scalars(query):
-        if b.status == "pending" and (b.hold_expires is None or b.hold_expires <= now):
+    wanted = {("practitioner", p) for p in practitioners} | {("patient", p) for p in patients}
+    for practitioner, patient, status, expires, starts, ends in session.execute(query):
+        if status == "pending" and (expires is None or expires <= now):
             continue
-        for key in (("practitioner", b.practitioner_id), ("patient", b.patient_id)):
-            if key[1] not in (practitioners if key[0] == "practitioner" else patients):
+        for key in (("practitioner", practitioner), ("patient", patient)):
+            if key not in wanted:
                 continue
             entry = found.setdefault(key, Busy())
-            (entry.held if b.status == "pending" else entry.booked).append((b.starts, b.ends))
+            (entry.held if status == "pending" else entry.booked).append((starts, ends))
     for entry in found.values():
         entry.booked, entry.held = merge(entry.booked), merge(entry.held)
     return found
@@ -304,18 +315,24 @@ def schedule_slots(
     """Every slot the schedule offers in `window`, each with its session (the template
     occurrence it belongs to): within the horizon and the hospital's hours, not on a closure.
     A hospital with no working calendar offers none."""
-    span = schedule.within_horizon(window)
-    if span is None or calendar is None:
+    if calendar is None:
         return []
-    zone = calendar.zone
-    opened = calendar.open_intervals((span[0] - timedelta(days=1), span[1] + timedelta(days=1)))
-    out: list[tuple[Interval, Interval]] = []
+    opened = calendar.open_intervals((window[0] - timedelta(days=1), window[1] + timedelta(days=1)))
+    return list(_slots(schedule, calendar.zone, opened, window))
+
+
+def _slots(
+    schedule: ScheduleView, zone: ZoneInfo, opened: list[Interval], window: Interval
+) -> Iterator[tuple[Interval, Interval]]:
+    """The slots of `schedule` in `window` inside `opened`, in time order, lazily."""
+    span = schedule.within_horizon(window)
+    if span is None:
+        return
     for occurrence in sessions(schedule.templates, zone, span):
         for start in occurrence.slot_starts():
             end = start + occurrence.slot
             if start >= span[0] and end <= span[1] and contains(opened, start, end):
-                out.append(((start, end), (occurrence.starts, occurrence.ends)))
-    return out
+                yield (start, end), (occurrence.starts, occurrence.ends)
 
 
 def list_slots(
@@ -331,11 +348,16 @@ def list_slots(
     busy = busy_times(
         session, practitioner_ids=[s.practitioner_id for s in schedules], window=window, now=now
     )
+    wide = (window[0] - timedelta(days=1), window[1] + timedelta(days=1))
+    opened = {h: c.open_intervals(wide) for h, c in calendars.items()}
     out: list[SlotView] = []
     for schedule in schedules:
+        calendar = calendars.get(schedule.hospital_id)
+        if calendar is None:
+            continue
         held = busy.get(("practitioner", schedule.practitioner_id), Busy())
-        for (start, end), _session in schedule_slots(
-            schedule, calendars.get(schedule.hospital_id), window
+        for (start, end), _session in _slots(
+            schedule, calendar.zone, opened[schedule.hospital_id], window
         ):
             if overlaps(held.booked, start, end):
                 status = "busy"
@@ -395,24 +417,37 @@ def find_times(
         now=now,
     )
     patient_busy = busy.get(("patient", patient_id or ""), Busy()).all()
-    found: list[Proposal] = []
-    for schedule in schedules:
+    opened: dict[str, list[Interval]] = {
+        h: c.open_intervals(wide) for h, c in calendars.items()
+    }  # once per hospital, not per specialist
+    both = {h: intersect(o, theirs) for h, o in opened.items()}
+    length_wanted = timedelta(minutes=minutes)
+
+    def proposals(schedule: ScheduleView) -> Iterator[Proposal]:
         calendar = calendars.get(schedule.hospital_id)
         if calendar is None:
-            continue
-        both = intersect(calendar.open_intervals(wide), theirs)
+            return
         held = busy.get(("practitioner", schedule.practitioner_id), Busy()).all()
-        for (start, slot_end), (_, session_end) in schedule_slots(schedule, calendar, window):
+        shared = both[schedule.hospital_id]
+        for (start, slot_end), (_, session_end) in _slots(
+            schedule, calendar.zone, opened[schedule.hospital_id], window
+        ):
             length = slot_end - start
-            count = max(1, math.ceil(timedelta(minutes=minutes) / length))
+            count = max(1, math.ceil(length_wanted / length))
             end = start + count * length
             if end > session_end or end > window[1]:
                 continue
-            if not contains(both, start, end) or overlaps(held, start, end):
+            if not contains(shared, start, end) or overlaps(held, start, end):
                 continue
             if overlaps(patient_busy, start, end):
                 continue
             slots = [(start + i * length, start + (i + 1) * length) for i in range(count)]
-            found.append(Proposal(schedule, start, end, slots))
-    found.sort(key=lambda p: (p.start, p.schedule.schedule_id))
-    return found[:limit]
+            yield Proposal(schedule, start, end, slots)
+
+    # Each specialist's times come in order; merging them lazily stops at `limit` instead of
+    # working out every time of every specialist in the window.
+    ordered = heapq.merge(
+        *(proposals(s) for s in sorted(schedules, key=lambda s: s.schedule_id)),
+        key=lambda p: (p.start, p.schedule.schedule_id),
+    )
+    return list(itertools.islice(ordered, limit))

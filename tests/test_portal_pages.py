@@ -60,6 +60,7 @@ def test_session_cookie_is_protected_and_expires(client: TestClient, settings: S
     forged = cookie[:-4] + ("0000" if not cookie.endswith("0000") else "1111")
     assert sessions.decode(settings, forged) is None
     idle = sessions.WebSession(session.token, session.csrf, time.time() - 31 * 60, session.lang)
+    client.cookies.delete(sessions.COOKIE)  # one cookie of that name, not two
     client.cookies.set(sessions.COOKIE, sessions.encode(settings, idle))
     assert client.get("/audit", follow_redirects=False).status_code == 303  # back to login
 

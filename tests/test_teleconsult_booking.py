@@ -25,6 +25,7 @@ from server.app import create_app
 from teleconsult.models import Booking, Occupancy
 from teleconsult.time import BEIJING
 from tests.conftest import bearer
+from tests.referrals import create
 from tests.teleconsults import (
     beijing,
     book,
@@ -485,8 +486,11 @@ def test_answers_reschedule_cancel_and_no_show(
         409,
         "appointment-closed",
     )
-    # A new booking, cancelled with a reason by the county doctor.
-    appt = book(doctor, proposal_at(sr, "sp-subei-role", beijing(day, "10:00"), [ten])).json()
+    # A new booking by a plain create of an Appointment on free slots, cancelled with a reason
+    # by the county doctor.
+    plain = {**proposal_at(sr, "sp-subei-role", beijing(day, "10:00"), [ten]), "status": "booked"}
+    appt = create(doctor, plain)
+    assert appt["status"] == "booked" and slot_status(doctor, ten) == "busy"
     r = doctor.put(
         f"/fhir/Appointment/{appt['id']}",
         json={**appt, "status": "cancelled", "cancelationReason": {"text": "患者已转院"}},

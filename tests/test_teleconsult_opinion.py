@@ -28,7 +28,7 @@ from tests.teleconsults import (
     start_consult,
     weekday_ahead,
 )
-from tests.test_teleconsult_booking import refused
+from tests.test_teleconsult_booking import refused, slot_status
 
 Users = Callable[[str], TestClient]
 
@@ -67,6 +67,11 @@ def test_the_consult_and_its_signed_opinion(
         specialist.put(f"/fhir/Encounter/{encounter['id']}", json=r.json()), 409, "encounter-closed"
     )
     assert doctor.get(f"/fhir/Appointment/{appt['id']}").json()["status"] == "fulfilled"
+    # Held early and over: the rest of its time is free again, to book for someone else.
+    assert slot_status(doctor, slot_id("sp-subei-consult", start)) == "free"
+    other, _ = open_consult(doctor, "demo-wang-jianguo")
+    again = proposal_at(other, "sp-subei-role", start, [slot_id("sp-subei-consult", start)])
+    assert book(doctor, again).status_code == 200
     assert doctor.get(f"/fhir/Encounter/{encounter['id']}").status_code == 200
 
     # Drafted at the hospital asked; the county doctor does not write it.

@@ -144,6 +144,7 @@ class ResourceDefinition:
     versioned_updates: bool = False
     #: Serves the type from its own tables instead of the generic store (read and search).
     provider: ResourceProvider | None = None
+    #: Rewrites what one reader is served (ReaderPresenter), after `present`.
     present_to: ReaderPresenter | None = None
     #: Type-level operations by name (without the `$`).
     operations: dict[str, Operation] = field(default_factory=dict)
