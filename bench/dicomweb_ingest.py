@@ -24,18 +24,7 @@ three minutes on 2 cores. Figures go to stdout and `bench/results/imaging.json`.
 asserts on speed.
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as `python bench/dicomweb_ingest.py`, this file's folder comes first on sys.path and the file's
-# own name would hide the `imaging` package; the repository root is what must be there.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if str(_HERE.parent) not in sys.path:
-    sys.path.insert(0, str(_HERE.parent))
 
 import argparse
 import gzip
@@ -47,6 +36,7 @@ import platform
 import random
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -54,6 +44,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
