@@ -5,11 +5,12 @@ rules of its own (it calls the FHIR store and the domain services)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -36,6 +37,7 @@ from alliance.codes import (
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.errors import AllianceError, Forbidden, Invalid, NotFound, Unauthorized
+from alliance.fhir.registry import OperationContext
 from alliance.fhir.store import FhirStore, Version
 from alliance.security import sessions
 from alliance.security.guard import Context, Guard, Interaction, Touched
@@ -49,6 +51,7 @@ from portal.codes import COMMON_DIAGNOSES
 from portal.i18n import translator
 from referral.documents import fhir_attachment, store_attachment
 from referral.stats import Period, referral_figures
+from teleconsult.service import LOCAL_TIME, VIRTUAL_SERVICE
 
 HERE = Path(__file__).parent
 T = TypeVar("T")
@@ -224,6 +227,20 @@ class Portal:
         )
         r.add_api_route(
             "/referrals/{task_id}/down", page(self.send_down, post=True), methods=["POST"]
+        )
+        r.add_api_route("/teleconsults/new", page(self.teleconsult_form), methods=["GET"])
+        r.add_api_route("/teleconsults/{task_id}/times", page(self.consult_times), methods=["GET"])
+        r.add_api_route(
+            "/teleconsults/{task_id}/book", page(self.consult_book, post=True), methods=["POST"]
+        )
+        r.add_api_route("/consults", page(self.consults), methods=["GET"])
+        r.add_api_route(
+            "/consults/{appointment_id}/accept",
+            page(self.consult_accept, post=True),
+            methods=["POST"],
+        )
+        r.add_api_route(
+            "/referrals/{task_id}/opinion", page(self.consult_opinion, post=True), methods=["POST"]
         )
         r.add_api_route("/worklist", page(self.worklist), methods=["GET"])
         r.add_api_route("/imaging/upload", page(self.upload), methods=["GET"])
@@ -523,6 +540,14 @@ class Portal:
         patient_id = request.query_params.get("patient", "")
         return await self._referral_page(request, session, patient_id, {}, {})
 
+    async def teleconsult_form(self, request: Request, session: sessions.WebSession) -> Page:
+        """A teleconsult request: the same form as a referral (consent, diagnosis, summary,
+        department asked); then the free times of both calendars to book from."""
+        patient_id = request.query_params.get("patient", "")
+        return await self._referral_page(
+            request, session, patient_id, {"category": "teleconsult"}, {}
+        )
+
     async def _referral_page(
         self,
         request: Request,
@@ -593,6 +618,7 @@ class Portal:
     ) -> Page | Response:
         t = translator(session.lang)
         patient_id = str(form.get("patient", ""))
+        category = "teleconsult" if form.get("category") == "teleconsult" else "up-referral"
         values: dict[str, Any] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         values["study"] = [v for k, v in form.multi_items() if k == "study" and isinstance(v, str)]
         errors: dict[str, str] = {}
@@ -733,7 +759,7 @@ class Portal:
                     "resourceType": "ServiceRequest",
                     "status": "draft",
                     "intent": "order",
-                    "category": [{"coding": [{"system": REQUEST_CATEGORY, "code": "up-referral"}]}],
+                    "category": [{"coding": [{"system": REQUEST_CATEGORY, "code": category}]}],
                     "priority": priority,
                     "subject": {"reference": f"Patient/{patient_id}"},
                     "requester": requester,
@@ -786,6 +812,8 @@ class Portal:
             return await self._referral_page(
                 request, session, patient_id, values, errors, exc.status
             )
+        if category == "teleconsult":
+            return RedirectResponse(f"/teleconsults/{task_id}/times", 303)
         return RedirectResponse(f"/referrals/{task_id}", 303)
 
     def _create(self, s: Any, ctx: Context, body: dict[str, Any]) -> Version:
@@ -878,6 +906,7 @@ class Portal:
             task = task_version.resource()
             sr_id = task["focus"]["reference"].removeprefix("ServiceRequest/")
             data: dict[str, Any] = {
+                "appointments": [],
                 "task": task,
                 "request_resource": None,
                 "documents": [],
@@ -932,6 +961,32 @@ class Portal:
                 ]
             except NotFound:
                 pass
+            appointments = self.store.search(
+                "Appointment",
+                [("based-on", f"ServiceRequest/{sr_id}"), ("_sort", "date")],
+                session=s,
+                default_count=20,
+                max_count=20,
+                visible=ctx.visible,
+                actor=ctx.principal,
+            )
+            for a in appointments.matches:
+                appt = a.resource()
+                room = _extension(appt, VIRTUAL_SERVICE) or {}
+                data["appointments"].append(
+                    {
+                        "when": _local_time(appt) or appt.get("start", ""),
+                        "status": appt.get("status"),
+                        "link": next(
+                            (
+                                x.get("valueUrl")
+                                for x in room.get("extension", [])
+                                if x.get("url") == "address"
+                            ),
+                            None,
+                        ),
+                    }
+                )
             for out in task.get("output") or []:
                 ref = (out.get("valueReference") or {}).get("reference", "")
                 if ref.startswith("DocumentReference/"):
@@ -969,6 +1024,7 @@ class Portal:
         )
         actions = []
         status = task["status"]
+        teleconsult = _category(data["request_resource"]) == "teleconsult"
         if claims.hospital_id == owner:
             if status in ("requested", "received"):
                 actions += [
@@ -977,7 +1033,7 @@ class Portal:
                 ]
             elif status == "accepted":
                 actions.append({"status": "in-progress", "label": "start", "style": ""})
-            elif status == "in-progress":
+            elif status == "in-progress" and not teleconsult:
                 actions.append(
                     {"status": "completed", "label": "complete", "opinion": True, "style": ""}
                 )
@@ -998,6 +1054,16 @@ class Portal:
                 "overdue": (task.get("businessStatus") or {}).get("text") == "overdue",
                 "can_message": data["request_resource"] is not None
                 and status not in ("rejected", "cancelled"),
+                "appointments": data["appointments"],
+                "can_book": claims.hospital_id == placer
+                and teleconsult
+                and status in ("requested", "received", "accepted")
+                and not any(
+                    a["status"] in ("booked", "arrived", "pending") for a in data["appointments"]
+                ),
+                "can_sign": claims.hospital_id == owner
+                and teleconsult
+                and status in ("accepted", "in-progress"),
                 # The hospital that took an up-referral sends the patient back down from it.
                 "can_send_down": claims.hospital_id == owner
                 and status in ("accepted", "in-progress", "completed")
@@ -1237,6 +1303,258 @@ class Portal:
                 work,
                 lambda v: [Touched(f"Communication/{v.id}", v.patient_id)],
             )
+        return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    # ---- teleconsults ---------------------------------------------------------------------------
+
+    def _operation(self, name: str) -> Any:
+        return self.store.registry.get("Appointment").operations[name]
+
+    def _op_context(self, s: Any, ctx: Context) -> OperationContext:
+        return OperationContext(s, self.store, ctx.principal, ctx.visible, ctx.authorize)
+
+    async def consult_times(
+        self, request: Request, session: sessions.WebSession, task_id: str
+    ) -> Page:
+        """The free times of the specialist asked, inside both sites' working hours ($find),
+        each shown as people here read it."""
+        days = max(1, min(28, int(request.query_params.get("days", "7") or 7)))
+
+        def work(s: Any, ctx: Context) -> dict[str, Any]:
+            task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
+            sr_ref = task["focus"]["reference"]
+            sr = self.store.read(
+                "ServiceRequest",
+                sr_ref.removeprefix("ServiceRequest/"),
+                session=s,
+                visible=ctx.visible,
+            ).resource()
+            dept_ref = sr["performer"][0]["reference"].removeprefix("Organization/")
+            dept = self.store.read("Organization", dept_ref, session=s, visible=ctx.visible)
+            code = next(
+                (
+                    c["code"]
+                    for t in dept.resource().get("type") or []
+                    for c in t.get("coding") or []
+                    if c.get("system") == DEPARTMENT
+                ),
+                None,
+            )
+            today = datetime.now(BEIJING).date()
+            params: list[dict[str, Any]] = [
+                {"name": "referral", "valueReference": {"reference": sr_ref}},
+                {"name": "start", "valueDateTime": today.isoformat()},
+                {"name": "end", "valueDateTime": (today + timedelta(days=days)).isoformat()},
+            ]
+            if code:
+                params.append({"name": "specialty", "valueString": code})
+            result = self._operation("find").run(
+                self._op_context(s, ctx), {"resourceType": "Parameters", "parameter": params}
+            )
+            proposals = [e["resource"] for e in result.resource.get("entry", [])]
+            return {"task": task, "proposals": proposals[:60]}
+
+        data = await self.run(
+            request,
+            session,
+            Interaction("search", query=f"Appointment/$find for Task/{task_id}"),
+            work,
+        )
+        times = [
+            {
+                "label": _local_time(p) or p.get("start", ""),
+                "who": next(
+                    (
+                        a["actor"].get("display", "")
+                        for a in p.get("participant", [])
+                        if a.get("actor", {}).get("reference", "").startswith("PractitionerRole/")
+                    ),
+                    "",
+                ),
+                "json": json.dumps(p, ensure_ascii=False),
+            }
+            for p in data["proposals"]
+        ]
+        return Page("consult_times.html", {"task": data["task"], "times": times, "days": days})
+
+    async def consult_book(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Page | Response:
+        try:
+            proposal = json.loads(str(form.get("proposal", "")))
+        except ValueError:
+            raise Invalid("choose one of the times offered") from None
+
+        def work(s: Any, ctx: Context) -> Any:
+            return self._operation("book").run(
+                self._op_context(s, ctx),
+                {
+                    "resourceType": "Parameters",
+                    "parameter": [{"name": "appointment-resource", "resource": proposal}],
+                },
+            )
+
+        try:
+            await self.run(request, session, Interaction("create", "Appointment"), work)
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Unauthorized)):
+                raise
+            page = await self.consult_times(request, session, task_id)
+            page.context["error"] = exc.message
+            page.status = exc.status
+            return page
+        return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    async def consults(self, request: Request, session: sessions.WebSession) -> Page:
+        """The specialist's consult calendar: booked and running consults, with the video
+        link shown to participants."""
+        claims = self.claims(session)
+        who = f"Practitioner/{claims.practitioner_id}" if claims.practitioner_id else None
+
+        def work(s: Any, ctx: Context) -> Any:
+            params = [("status", "booked,arrived,pending"), ("_sort", "date"), ("_count", "100")]
+            if who:
+                params.append(("practitioner", who))
+            return self.store.search(
+                "Appointment",
+                params,
+                session=s,
+                default_count=100,
+                max_count=100,
+                visible=ctx.visible,
+                actor=ctx.principal,
+            )
+
+        result = await self.run(
+            request,
+            session,
+            Interaction("search", query="consult calendar"),
+            work,
+            lambda r: [Touched(f"Appointment/{v.id}", v.patient_id) for v in r.matches],
+        )
+        rows = []
+        for v in result.matches:
+            appt = v.resource()
+            room = _extension(appt, VIRTUAL_SERVICE)
+            link = next(
+                (
+                    x.get("valueUrl")
+                    for x in (room or {}).get("extension", [])
+                    if x.get("url") == "address"
+                ),
+                None,
+            )
+            task_ref = next((b["reference"] for b in appt.get("basedOn") or []), "")
+            rows.append(
+                {
+                    "id": v.id,
+                    "when": _local_time(appt) or appt.get("start", ""),
+                    "status": appt.get("status"),
+                    "link": link,
+                    "request": task_ref,
+                    # The specialist's part (the consultant, through their PractitionerRole)
+                    # still waits for their answer.
+                    "mine": any(
+                        p.get("status") == "needs-action"
+                        and (p.get("actor") or {})
+                        .get("reference", "")
+                        .startswith("PractitionerRole/")
+                        for p in appt.get("participant", [])
+                    ),
+                }
+            )
+        return Page("consults.html", {"consults": rows})
+
+    async def consult_accept(
+        self, request: Request, session: sessions.WebSession, form: FormData, appointment_id: str
+    ) -> Response:
+        claims = self.claims(session)
+
+        def work(s: Any, ctx: Context) -> Version:
+            roles = self.store.search(
+                "PractitionerRole",
+                [("practitioner", f"Practitioner/{claims.practitioner_id}")],
+                session=s,
+                default_count=5,
+                max_count=5,
+                visible=ctx.visible,
+            )
+            if not roles.matches:
+                raise Forbidden("only the specialist answers a consult")
+            return self._create(
+                s,
+                ctx,
+                {
+                    "resourceType": "AppointmentResponse",
+                    "appointment": {"reference": f"Appointment/{appointment_id}"},
+                    "actor": {"reference": f"PractitionerRole/{roles.matches[0].id}"},
+                    "participantStatus": "accepted",
+                },
+            )
+
+        await self.run(request, session, Interaction("create", "AppointmentResponse"), work)
+        return RedirectResponse("/consults", 303)
+
+    async def consult_opinion(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Page | Response:
+        """The specialist writes the opinion and signs it: a DiagnosticReport made final,
+        which files it as the consult's output and completes it."""
+        conclusion = str(form.get("conclusion", "")).strip()
+        diagnosis = str(form.get("diagnosis", "")).strip()
+        if not conclusion:
+            return await self.referral(
+                request, session, task_id, error=translator(session.lang)("required")
+            )
+        code, _, display = diagnosis.partition(" ")
+
+        def work(s: Any, ctx: Context) -> Version:
+            task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
+            report: dict[str, Any] = {
+                "resourceType": "DiagnosticReport",
+                "status": "preliminary",
+                "code": {"coding": [{"system": LOINC, "code": "11488-4", "display": "会诊意见"}]},
+                "subject": task["for"],
+                "basedOn": [task["focus"]],
+                "conclusion": conclusion,
+            }
+            if code:
+                report["conclusionCode"] = [
+                    {
+                        "coding": [
+                            {
+                                "system": ICD10_CN,
+                                "version": "2.0",
+                                "code": code,
+                                "display": display or code,
+                            }
+                        ]
+                    }
+                ]
+            draft = self._create(s, ctx, report)
+            signed = {**draft.resource(), "status": "final"}
+            return self.store.update(
+                "DiagnosticReport",
+                draft.id,
+                signed,
+                session=s,
+                visible=ctx.visible,
+                authorize=ctx.authorize,
+                actor=ctx.principal,
+            ).version
+
+        try:
+            await self.run(
+                request,
+                session,
+                Interaction("create", "DiagnosticReport"),
+                work,
+                lambda v: [Touched(f"DiagnosticReport/{v.id}", v.patient_id)],
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Unauthorized)):
+                raise
+            return await self.referral(request, session, task_id, error=exc.message)
         return RedirectResponse(f"/referrals/{task_id}", 303)
 
     # ---- imaging ------------------------------------------------------------------------------
@@ -1686,6 +2004,15 @@ class _FormValues(dict[str, Any]):
     def getlist(self, key: str) -> list[str]:
         value = self.get(key) or []
         return value if isinstance(value, list) else [value]
+
+
+def _extension(resource: dict[str, Any], url: str) -> dict[str, Any] | None:
+    return next((e for e in resource.get("extension") or [] if e.get("url") == url), None)
+
+
+def _local_time(resource: dict[str, Any]) -> str | None:
+    found = _extension(resource, LOCAL_TIME)
+    return str(found["valueString"]) if found and "valueString" in found else None
 
 
 def _category(request: dict[str, Any] | None) -> str | None:

@@ -105,3 +105,63 @@ def test_administrator_manages_staff_and_departments(client: TestClient) -> None
 def test_auditor_pages(client: TestClient, path: str) -> None:
     sign_in(client, "auditor")
     assert client.get(path).status_code == 200
+
+
+def test_a_teleconsult_booked_and_signed_through_the_portal(
+    client: TestClient, app: object
+) -> None:
+    from tests.referrals import PNG
+
+    csrf = sign_in(client, "dr.xinyuan.people")
+    form = client.get("/teleconsults/new", params={"patient": "demo-aygul"})
+    assert form.status_code == 200 and 'value="teleconsult"' in form.text
+    r = client.post(
+        "/referrals/new",
+        data={
+            "csrf": csrf,
+            "patient": "demo-aygul",
+            "category": "teleconsult",
+            "target": "subei-cardiology",
+            "diagnosis": "I21.900 急性心肌梗死",
+            "summary": "胸痛3天",
+            "priority": "urgent",
+            "consenter": "patient",
+        },
+        files={"consent_form": ("consent.png", PNG, "image/png")},
+        follow_redirects=True,
+    )
+    assert r.status_code == 200 and "/teleconsults/" in str(r.url), r.text
+    task_id = str(r.url).split("/")[-2]
+    times = re.findall(r'name="proposal" value="([^"]+)"', r.text)
+    assert times, r.text
+    assert "北京时间 (新疆时间" in r.text  # a Xinyuan user sees Xinjiang time beside it
+    import html
+
+    booked = client.post(
+        f"/teleconsults/{task_id}/book",
+        data={"csrf": csrf, "proposal": html.unescape(times[0])},
+        follow_redirects=True,
+    )
+    assert booked.status_code == 200 and "进入视频会诊" in booked.text, booked.text
+
+    specialist = TestClient(app)  # type: ignore[arg-type]
+    csrf2 = sign_in(specialist, "sp.subei")
+    calendar = specialist.get("/consults")
+    assert "进入视频会诊" in calendar.text and "北京时间" in calendar.text
+    assert "新疆时间" not in calendar.text  # Yangzhou users see Beijing time alone
+    appointment = re.search(r"/consults/([^/]+)/accept", calendar.text)
+    assert appointment is not None
+    assert (
+        specialist.post(
+            f"/consults/{appointment.group(1)}/accept", data={"csrf": csrf2}
+        ).status_code
+        == 200
+    )
+    signed = specialist.post(
+        f"/referrals/{task_id}/opinion",
+        data={"csrf": csrf2, "conclusion": "建议尽快冠脉造影", "diagnosis": "I21.900 急性心肌梗死"},
+        follow_redirects=True,
+    )
+    assert signed.status_code == 200 and "已完成" in signed.text, signed.text
+    page = client.get(f"/referrals/{task_id}")
+    assert "已完成" in page.text and "/api/attachments/" in page.text

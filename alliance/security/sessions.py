@@ -42,7 +42,9 @@ def _key(settings: Settings) -> bytes:
 
 
 def encode(settings: Settings, session: WebSession) -> str:
-    payload = base64.urlsafe_b64encode(json.dumps(asdict(session)).encode()).decode()
+    # No "=" padding: a cookie value with "=" gets quoted, and quotes do not survive every
+    # client's cookie jar.
+    payload = base64.urlsafe_b64encode(json.dumps(asdict(session)).encode()).decode().rstrip("=")
     mac = hmac.new(_key(settings), payload.encode(), hashlib.sha256).hexdigest()
     return f"{payload}.{mac}"
 
@@ -56,7 +58,8 @@ def decode(settings: Settings, cookie: str | None) -> WebSession | None:
     if not hmac.compare_digest(mac, expected):
         return None
     try:
-        data = json.loads(base64.urlsafe_b64decode(payload.encode()))
+        padded = payload + "=" * (-len(payload) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         session = WebSession(**data)
     except (ValueError, TypeError):
         return None
