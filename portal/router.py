@@ -257,6 +257,15 @@ class Portal:
             page(self.department_action, post=True),
             methods=["POST"],
         )
+        r.add_api_route("/admin/calendar", page(self.calendar), methods=["GET"])
+        r.add_api_route(
+            "/admin/calendar/closures", page(self.closure_add, post=True), methods=["POST"]
+        )
+        r.add_api_route(
+            "/admin/calendar/closures/{index}/remove",
+            page(self.closure_remove, post=True),
+            methods=["POST"],
+        )
         r.add_api_route("/admin/staff", page(self.staff), methods=["GET"])
         r.add_api_route("/admin/staff", page(self.staff_create, post=True), methods=["POST"])
         r.add_api_route(
@@ -1872,6 +1881,119 @@ class Portal:
             check=self._admins_only,
         )
         return RedirectResponse("/admin/departments", 303)
+
+    def _calendar(self, s: Any, ctx: Context, hospital: str) -> Version | None:
+        found = self.store.search(
+            "HealthcareService",
+            [("organization", f"Organization/{hospital}")],
+            session=s,
+            default_count=1,
+            max_count=1,
+            visible=ctx.visible,
+        )
+        return found.matches[0] if found.matches else None
+
+    async def calendar(
+        self, request: Request, session: sessions.WebSession, error: str | None = None
+    ) -> Page:
+        """The hospital's consult calendar: its weekly hours (in the zone it keeps) and its
+        closures, which the teleconsult booking respects."""
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Any, ctx: Context) -> dict[str, Any] | None:
+            found = self._calendar(s, ctx, hospital)
+            return found.resource() if found else None
+
+        service = await self.run(
+            request,
+            session,
+            Interaction("read", "HealthcareService"),
+            work,
+            check=self._admins_only,
+        )
+        zone = next(
+            (
+                e.get("valueCode")
+                for e in (service or {}).get("extension", [])
+                if e.get("url", "").endswith("working-time-zone")
+            ),
+            "Asia/Shanghai",
+        )
+        return Page(
+            "calendar.html",
+            {
+                "service": service,
+                "zone": zone,
+                "error": error,
+                "hospital_name": self._hospital_name(hospital),
+            },
+            422 if error else 200,
+        )
+
+    async def _change_calendar(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        change: Callable[[dict[str, Any]], None],
+    ) -> Page | Response:
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Any, ctx: Context) -> Version:
+            found = self._calendar(s, ctx, hospital)
+            if found is None:
+                raise NotFound("this hospital has no consult calendar")
+            service = found.resource()
+            change(service)
+            return self.store.update(
+                "HealthcareService",
+                found.id,
+                service,
+                session=s,
+                visible=ctx.visible,
+                authorize=ctx.authorize,
+                actor=ctx.principal,
+            ).version
+
+        try:
+            await self.run(
+                request,
+                session,
+                Interaction("update", "HealthcareService"),
+                work,
+                check=self._admins_only,
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (Forbidden, Unauthorized)):
+                raise
+            return await self.calendar(request, session, error=exc.message)
+        return RedirectResponse("/admin/calendar", 303)
+
+    async def closure_add(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        start, end = str(form.get("start", "")), str(form.get("end", ""))
+        description = str(form.get("description", "")).strip()
+        if not start or not end or not description:
+            return await self.calendar(request, session, error=translator(session.lang)("required"))
+
+        def add(service: dict[str, Any]) -> None:
+            closures = service.setdefault("notAvailable", [])
+            closures.append({"description": description, "during": {"start": start, "end": end}})
+
+        return await self._change_calendar(request, session, add)
+
+    async def closure_remove(
+        self, request: Request, session: sessions.WebSession, form: FormData, index: str
+    ) -> Page | Response:
+        def remove(service: dict[str, Any]) -> None:
+            closures = service.get("notAvailable") or []
+            if not index.isdigit() or int(index) >= len(closures):
+                raise NotFound("no such closure")
+            closures.pop(int(index))
+            if not closures:
+                service.pop("notAvailable", None)
+
+        return await self._change_calendar(request, session, remove)
 
     def _admins_only(self, principal: Any) -> None:
         if "administer" not in principal.capabilities:

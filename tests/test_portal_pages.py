@@ -165,3 +165,22 @@ def test_a_teleconsult_booked_and_signed_through_the_portal(
     assert signed.status_code == 200 and "已完成" in signed.text, signed.text
     page = client.get(f"/referrals/{task_id}")
     assert "已完成" in page.text and "/api/attachments/" in page.text
+
+
+def test_administrator_adds_and_removes_a_closure(client: TestClient) -> None:
+    csrf = sign_in(client, "admin.xinyuan.people")
+    page = client.get("/admin/calendar")
+    assert page.status_code == 200 and "Asia/Urumqi" in page.text and "元旦" in page.text
+    added = client.post(
+        "/admin/calendar/closures",
+        data={"csrf": csrf, "start": "2027-02-05", "end": "2027-02-12", "description": "春节"},
+        follow_redirects=True,
+    )
+    assert added.status_code == 200 and "春节" in added.text
+    removed = client.post(
+        "/admin/calendar/closures/1/remove", data={"csrf": csrf}, follow_redirects=True
+    )
+    assert "春节" not in removed.text and "元旦" in removed.text
+    doctor = TestClient(client.app)
+    sign_in(doctor, "dr.xinyuan.people")
+    assert doctor.get("/admin/calendar").status_code == 403
