@@ -113,6 +113,13 @@ WORDS: dict[str, tuple[str, str]] = {
     "closures": ("停诊（节假日等）", "Closures (holidays, ...)"),
     "add_closure": ("添加停诊", "Add a closure"),
     "remove": ("删除", "Remove"),
+    "edit_hours": ("每周工作时间（每行一段）", "Weekly hours (one span per line)"),
+    "hours_hint": (
+        "格式：星期(mon tue wed thu fri sat sun) 开始-结束，"
+        "例如 mon tue wed thu fri 08:00-12:00；时间按上面的时区",
+        "Format: days (mon tue wed thu fri sat sun) start-end, "
+        "e.g. mon tue wed thu fri 08:00-12:00; in the time zone above",
+    ),
     "new_department": ("新建科室", "New department"),
     "inactive": ("已停用", "closed"),
     "close_dept": ("停用", "Close"),

@@ -261,6 +261,7 @@ class Portal:
         r.add_api_route(
             "/admin/calendar/closures", page(self.closure_add, post=True), methods=["POST"]
         )
+        r.add_api_route("/admin/calendar/hours", page(self.hours_save, post=True), methods=["POST"])
         r.add_api_route(
             "/admin/calendar/closures/{index}/remove",
             page(self.closure_remove, post=True),
@@ -1981,6 +1982,34 @@ class Portal:
             closures.append({"description": description, "during": {"start": start, "end": end}})
 
         return await self._change_calendar(request, session, add)
+
+    async def hours_save(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        """Weekly hours, one span per line: `mon tue wed thu fri 08:00-12:00`. The calendar's
+        own checks (teleconsult rules) refuse what does not make sense."""
+        spans = []
+        for line in str(form.get("hours", "")).splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            times = parts[-1].split("-")
+            if len(times) != 2 or len(parts) < 2:
+                return await self.calendar(
+                    request, session, error=f"{line}: {translator(session.lang)('hours_hint')}"
+                )
+            spans.append(
+                {
+                    "daysOfWeek": parts[:-1],
+                    "availableStartTime": f"{times[0]}:00",
+                    "availableEndTime": f"{times[1]}:00",
+                }
+            )
+
+        def replace(service: dict[str, Any]) -> None:
+            service["availableTime"] = spans
+
+        return await self._change_calendar(request, session, replace)
 
     async def closure_remove(
         self, request: Request, session: sessions.WebSession, form: FormData, index: str
