@@ -39,6 +39,7 @@ from alliance.db import Database
 from alliance.errors import AllianceError, Forbidden, Invalid, NotFound, Unauthorized
 from alliance.fhir.registry import OperationContext
 from alliance.fhir.store import FhirStore, Version
+from alliance.records import keeper_of
 from alliance.security import sessions
 from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.security.login import LoginRefused, log_in
@@ -730,30 +731,13 @@ class Portal:
             self._create(s, ctx, consent)
             supporting: list[dict[str, str]] = []
             if isinstance(document_file, UploadFile) and document_file.filename:
-                doc_att = store_attachment(
-                    session=s,
-                    blobs=self.blobs,
-                    stream=document_file.file,
-                    content_type=document_file.content_type or "",
-                    title=document_file.filename,
-                    principal=principal,
-                    max_bytes=self.settings.max_attachment_bytes,
-                )
-                doc = self._create(
+                doc = self._file_document(
                     s,
                     ctx,
-                    {
-                        "resourceType": "DocumentReference",
-                        "status": "current",
-                        "type": {
-                            "coding": [{"system": LOINC, "code": "34133-9", "display": "病历摘要"}]
-                        },
-                        "subject": {"reference": f"Patient/{patient_id}"},
-                        "date": datetime.now(UTC).isoformat(),
-                        "content": [
-                            {"attachment": fhir_attachment(self.settings.base_url, doc_att)}
-                        ],
-                    },
+                    document_file,
+                    {"reference": f"Patient/{patient_id}"},
+                    "34133-9",
+                    document_file.filename or "病历摘要",
                 )
                 supporting.append({"reference": f"DocumentReference/{doc.id}"})
             supporting += [{"reference": f"ImagingStudy/{sid}"} for sid in values["study"]]
@@ -825,6 +809,38 @@ class Portal:
         if category == "teleconsult":
             return RedirectResponse(f"/teleconsults/{task_id}/times", 303)
         return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    def _file_document(
+        self,
+        s: Any,
+        ctx: Context,
+        upload: UploadFile,
+        subject: dict[str, Any],
+        loinc: str,
+        title: str,
+    ) -> Version:
+        """An uploaded file kept in the blob store and presented as a DocumentReference."""
+        stored = store_attachment(
+            session=s,
+            blobs=self.blobs,
+            stream=upload.file,
+            content_type=upload.content_type or "",
+            title=title,
+            principal=ctx.principal,
+            max_bytes=self.settings.max_attachment_bytes,
+        )
+        return self._create(
+            s,
+            ctx,
+            {
+                "resourceType": "DocumentReference",
+                "status": "current",
+                "type": {"coding": [{"system": LOINC, "code": loinc, "display": title}]},
+                "subject": subject,
+                "date": datetime.now(UTC).isoformat(),
+                "content": [{"attachment": fhir_attachment(self.settings.base_url, stored)}],
+            },
+        )
 
     def _create(self, s: Any, ctx: Context, body: dict[str, Any]) -> Version:
         return self.store.create(
@@ -1024,14 +1040,7 @@ class Portal:
         )
         task = data["task"]
         owner = task["owner"]["reference"].removeprefix("Organization/")
-        placer = next(
-            (
-                e["valueReference"]["reference"].removeprefix("Organization/")
-                for e in task.get("extension", [])
-                if e.get("url", "").endswith("record-keeper")
-            ),
-            None,
-        )
+        placer = keeper_of(task)
         actions = []
         status = task["status"]
         teleconsult = _category(data["request_resource"]) == "teleconsult"
@@ -1103,31 +1112,7 @@ class Portal:
             if target == "completed":
                 if not isinstance(opinion, UploadFile) or not opinion.filename:
                     raise Invalid("attach the opinion (PDF) to complete")
-                stored = store_attachment(
-                    session=s,
-                    blobs=self.blobs,
-                    stream=opinion.file,
-                    content_type=opinion.content_type or "",
-                    title="诊疗意见",
-                    principal=ctx.principal,
-                    max_bytes=self.settings.max_attachment_bytes,
-                )
-                doc = self._create(
-                    s,
-                    ctx,
-                    {
-                        "resourceType": "DocumentReference",
-                        "status": "current",
-                        "type": {
-                            "coding": [{"system": LOINC, "code": "11488-4", "display": "会诊意见"}]
-                        },
-                        "subject": task["for"],
-                        "date": datetime.now(UTC).isoformat(),
-                        "content": [
-                            {"attachment": fhir_attachment(self.settings.base_url, stored)}
-                        ],
-                    },
-                )
+                doc = self._file_document(s, ctx, opinion, task["for"], "11488-4", "会诊意见")
                 task["output"] = [
                     *task.get("output", []),
                     {
@@ -1181,34 +1166,8 @@ class Portal:
                 session=s,
                 visible=ctx.visible,
             ).resource()
-            home = next(
-                e["valueReference"]["reference"]
-                for e in up.get("extension", [])
-                if e.get("url", "").endswith("record-keeper")
-            )
-            stored = store_attachment(
-                session=s,
-                blobs=self.blobs,
-                stream=summary.file,
-                content_type=summary.content_type or "",
-                title="出院小结",
-                principal=ctx.principal,
-                max_bytes=self.settings.max_attachment_bytes,
-            )
-            doc = self._create(
-                s,
-                ctx,
-                {
-                    "resourceType": "DocumentReference",
-                    "status": "current",
-                    "type": {
-                        "coding": [{"system": LOINC, "code": "18842-5", "display": "出院小结"}]
-                    },
-                    "subject": up["subject"],
-                    "date": datetime.now(UTC).isoformat(),
-                    "content": [{"attachment": fhir_attachment(self.settings.base_url, stored)}],
-                },
-            )
+            home = f"Organization/{keeper_of(up)}"
+            doc = self._file_document(s, ctx, summary, up["subject"], "18842-5", "出院小结")
             plan = self._create(
                 s,
                 ctx,
