@@ -414,7 +414,12 @@ class Portal:
 
         def work(s: Any, ctx: Context) -> Any:
             return self.store.search(
-                "Patient", params, session=s, default_count=20, max_count=50, visible=ctx.visible
+                "Patient",
+                params,
+                session=s,
+                default_count=20,
+                max_count=50,
+                visible=ctx.visible,
             )
 
         result = await self.run(
@@ -502,26 +507,20 @@ class Portal:
                 ("DocumentReference", "date"),
                 ("Task", "authoredOn"),
             ):
-                found = self.store.search(
-                    rtype,
-                    [("patient", f"Patient/{patient_id}"), ("_count", "100")],
-                    session=s,
-                    default_count=100,
-                    max_count=100,
-                    visible=ctx.visible,
+                found = self._search(
+                    s, ctx, rtype, [("patient", f"Patient/{patient_id}"), ("_count", "100")], 100
                 )
                 for v in found.matches:
                     res = v.resource()
                     stamp = res.get(date_key) or res["meta"]["lastUpdated"]
                     timeline.append(_timeline_item(rtype, res, stamp))
             if "ImagingStudy" in self.store.registry:
-                found = self.store.search(
+                found = self._search(
+                    s,
+                    ctx,
                     "ImagingStudy",
                     [("patient", f"Patient/{patient_id}"), ("_count", "100")],
-                    session=s,
-                    default_count=100,
-                    max_count=100,
-                    visible=ctx.visible,
+                    100,
                 )
                 for v in found.matches:
                     res = v.resource()
@@ -572,13 +571,8 @@ class Portal:
 
         def work(s: Any, ctx: Context) -> dict[str, Any]:
             patient = self.store.read("Patient", patient_id, session=s, visible=ctx.visible)
-            orgs = self.store.search(
-                "Organization",
-                [("_count", "200"), ("active", "true")],
-                session=s,
-                default_count=200,
-                max_count=200,
-                visible=ctx.visible,
+            orgs = self._search(
+                s, ctx, "Organization", [("_count", "200"), ("active", "true")], 200
             )
             hospitals: dict[str, dict[str, Any]] = {}
             departments: list[tuple[str, dict[str, Any]]] = []
@@ -596,13 +590,8 @@ class Portal:
                     )
             studies = []
             if "ImagingStudy" in self.store.registry:
-                found = self.store.search(
-                    "ImagingStudy",
-                    [("patient", f"Patient/{patient_id}")],
-                    session=s,
-                    default_count=50,
-                    max_count=50,
-                    visible=ctx.visible,
+                found = self._search(
+                    s, ctx, "ImagingStudy", [("patient", f"Patient/{patient_id}")], 50
                 )
                 studies = [_study_view(v.resource()) for v in found.matches]
             return {
@@ -842,6 +831,26 @@ class Portal:
             },
         )
 
+    def _search(
+        self,
+        s: Any,
+        ctx: Context,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        count: int,
+        reader: bool = False,
+    ) -> Any:
+        """A search as the caller may see it (`reader`: shown as it is shown to them)."""
+        return self.store.search(
+            resource_type,
+            params,
+            session=s,
+            default_count=count,
+            max_count=count,
+            visible=ctx.visible,
+            actor=ctx.principal if reader else None,
+        )
+
     def _create(self, s: Any, ctx: Context, body: dict[str, Any]) -> Version:
         return self.store.create(
             body["resourceType"],
@@ -879,14 +888,7 @@ class Portal:
         hospital = self.claims(session).hospital_id
 
         def work(s: Any, ctx: Context) -> Any:
-            return self.store.search(
-                "Task",
-                [*params, ("_count", "100")],
-                session=s,
-                default_count=100,
-                max_count=100,
-                visible=ctx.visible,
-            )
+            return self._search(s, ctx, "Task", [*params, ("_count", "100")], 100)
 
         result = await self.run(
             request,
@@ -967,13 +969,12 @@ class Portal:
                         data["documents"].append(_doc_view(res))
                     elif rtype == "ImagingStudy":
                         data["studies"].append(_study_view(res))
-                msgs = self.store.search(
+                msgs = self._search(
+                    s,
+                    ctx,
                     "Communication",
                     [("based-on", f"ServiceRequest/{sr_id}"), ("_sort", "sent")],
-                    session=s,
-                    default_count=100,
-                    max_count=100,
-                    visible=ctx.visible,
+                    100,
                 )
                 data["messages"] = [
                     {
@@ -987,14 +988,13 @@ class Portal:
                 ]
             except NotFound:
                 pass
-            appointments = self.store.search(
+            appointments = self._search(
+                s,
+                ctx,
                 "Appointment",
                 [("based-on", f"ServiceRequest/{sr_id}"), ("_sort", "date")],
-                session=s,
-                default_count=20,
-                max_count=20,
-                visible=ctx.visible,
-                actor=ctx.principal,
+                20,
+                reader=True,
             )
             for a in appointments.matches:
                 appt = a.resource()
@@ -1384,15 +1384,7 @@ class Portal:
             params = [("status", "booked,arrived,pending"), ("_sort", "date"), ("_count", "100")]
             if who:
                 params.append(("practitioner", who))
-            return self.store.search(
-                "Appointment",
-                params,
-                session=s,
-                default_count=100,
-                max_count=100,
-                visible=ctx.visible,
-                actor=ctx.principal,
-            )
+            return self._search(s, ctx, "Appointment", params, 100, reader=True)
 
         result = await self.run(
             request,
@@ -1440,13 +1432,12 @@ class Portal:
         claims = self.claims(session)
 
         def work(s: Any, ctx: Context) -> Version:
-            roles = self.store.search(
+            roles = self._search(
+                s,
+                ctx,
                 "PractitionerRole",
                 [("practitioner", f"Practitioner/{claims.practitioner_id}")],
-                session=s,
-                default_count=5,
-                max_count=5,
-                visible=ctx.visible,
+                5,
             )
             if not roles.matches:
                 raise Forbidden("only the specialist answers a consult")
@@ -1540,13 +1531,8 @@ class Portal:
         for this user, so another hospital's study answers the not-found page."""
 
         def work(s: Any, ctx: Context) -> Any:
-            found = self.store.search(
-                "ImagingStudy",
-                [("identifier", f"urn:oid:{study_uid}")],
-                session=s,
-                default_count=1,
-                max_count=1,
-                visible=ctx.visible,
+            found = self._search(
+                s, ctx, "ImagingStudy", [("identifier", f"urn:oid:{study_uid}")], 1
             )
             if not found.matches:
                 raise NotFound(f"study {study_uid} is not known")
@@ -1578,14 +1564,7 @@ class Portal:
             params.append(("date", f"le{q['to']}"))
 
         def work(s: Any, ctx: Context) -> Any:
-            return self.store.search(
-                "AuditEvent",
-                [*params, ("_count", "50")],
-                session=s,
-                default_count=50,
-                max_count=50,
-                visible=ctx.visible,
-            )
+            return self._search(s, ctx, "AuditEvent", [*params, ("_count", "50")], 50)
 
         result = await self.run(
             request,
@@ -1675,14 +1654,7 @@ class Portal:
         def work(s: Any, ctx: Context) -> dict[str, Any]:
             figures = referral_figures(s, period)
             names = {}
-            orgs = self.store.search(
-                "Organization",
-                [("_count", "200")],
-                session=s,
-                default_count=200,
-                max_count=200,
-                visible=ctx.visible,
-            )
+            orgs = self._search(s, ctx, "Organization", [("_count", "200")], 200)
             for v in orgs.matches:
                 names[v.id] = v.resource().get("name", v.id)
             return {"figures": figures, "names": names}
@@ -1710,13 +1682,12 @@ class Portal:
         hospital = self.claims(session).hospital_id
 
         def work(s: Any, ctx: Context) -> list[dict[str, Any]]:
-            found = self.store.search(
+            found = self._search(
+                s,
+                ctx,
                 "Organization",
                 [("partof", f"Organization/{hospital}"), ("_count", "200")],
-                session=s,
-                default_count=200,
-                max_count=200,
-                visible=ctx.visible,
+                200,
             )
             rows = []
             for v in found.matches:
@@ -1843,13 +1814,8 @@ class Portal:
         return RedirectResponse("/admin/departments", 303)
 
     def _calendar(self, s: Any, ctx: Context, hospital: str) -> Version | None:
-        found = self.store.search(
-            "HealthcareService",
-            [("organization", f"Organization/{hospital}")],
-            session=s,
-            default_count=1,
-            max_count=1,
-            visible=ctx.visible,
+        found = self._search(
+            s, ctx, "HealthcareService", [("organization", f"Organization/{hospital}")], 1
         )
         return found.matches[0] if found.matches else None
 
