@@ -402,8 +402,12 @@ class TeleconsultOperations:
         body = _returned(params, "appointment-resource", "appointment")
         if body is None:
             raise BadRequest("$hold takes the proposed Appointment in appointment-resource")
-        body = {k: v for k, v in body.items() if k not in ("id", "meta")}
-        body["status"] = "pending"
+        return self._propose(ctx, body, "pending")
+
+    def _propose(self, ctx: OperationContext, proposal: Resource, status: str) -> OperationResult:
+        """A proposed Appointment written as a new one with `status` (pending: held)."""
+        body = {k: v for k, v in proposal.items() if k not in ("id", "meta")}
+        body["status"] = status
         created = ctx.store.create(
             "Appointment",
             body,
@@ -440,17 +444,7 @@ class TeleconsultOperations:
             return self._answer(ctx, updated.version)
         if body is None:
             raise BadRequest("$book takes appointment-reference (a hold) or appointment-resource")
-        body = {k: v for k, v in body.items() if k not in ("id", "meta")}
-        body["status"] = "booked"
-        created = ctx.store.create(
-            "Appointment",
-            body,
-            session=ctx.session,
-            visible=ctx.visible,
-            authorize=ctx.authorize,
-            actor=ctx.actor,
-        )
-        return self._answer(ctx, created.version)
+        return self._propose(ctx, body, "booked")
 
 
 # ---- Slot: derived, served by a provider --------------------------------------------------------
