@@ -851,6 +851,19 @@ class Portal:
             actor=ctx.principal if reader else None,
         )
 
+    def _update(
+        self, s: Any, ctx: Context, resource_type: str, resource_id: str, body: dict[str, Any]
+    ) -> Version:
+        return self.store.update(
+            resource_type,
+            resource_id,
+            body,
+            session=s,
+            visible=ctx.visible,
+            authorize=ctx.authorize,
+            actor=ctx.principal,
+        ).version
+
     def _create(self, s: Any, ctx: Context, body: dict[str, Any]) -> Version:
         return self.store.create(
             body["resourceType"],
@@ -1120,15 +1133,7 @@ class Portal:
                         "valueReference": {"reference": f"DocumentReference/{doc.id}"},
                     },
                 ]
-            return self.store.update(
-                "Task",
-                task_id,
-                task,
-                session=s,
-                visible=ctx.visible,
-                authorize=ctx.authorize,
-                actor=ctx.principal,
-            ).version
+            return self._update(s, ctx, "Task", task_id, task)
 
         try:
             await self.run(
@@ -1493,15 +1498,7 @@ class Portal:
                 ]
             draft = self._create(s, ctx, report)
             signed = {**draft.resource(), "status": "final"}
-            return self.store.update(
-                "DiagnosticReport",
-                draft.id,
-                signed,
-                session=s,
-                visible=ctx.visible,
-                authorize=ctx.authorize,
-                actor=ctx.principal,
-            ).version
+            return self._update(s, ctx, "DiagnosticReport", draft.id, signed)
 
         try:
             await self.run(
@@ -1794,15 +1791,7 @@ class Portal:
                 "Organization", dept_id, session=s, visible=ctx.visible
             ).resource()
             org["active"] = action == "open"
-            return self.store.update(
-                "Organization",
-                dept_id,
-                org,
-                session=s,
-                visible=ctx.visible,
-                authorize=ctx.authorize,
-                actor=ctx.principal,
-            ).version
+            return self._update(s, ctx, "Organization", dept_id, org)
 
         await self.run(
             request,
@@ -1870,15 +1859,7 @@ class Portal:
                 raise NotFound("this hospital has no consult calendar")
             service = found.resource()
             change(service)
-            return self.store.update(
-                "HealthcareService",
-                found.id,
-                service,
-                session=s,
-                visible=ctx.visible,
-                authorize=ctx.authorize,
-                actor=ctx.principal,
-            ).version
+            return self._update(s, ctx, "HealthcareService", found.id, service)
 
         try:
             await self.run(
