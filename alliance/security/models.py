@@ -77,6 +77,9 @@ class AccessGrant(Base):
     valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     closed_reason: Mapped[str | None] = mapped_column(String(255))
+    #: `full` opens the records as they are; `triage` opens only what a receiving hospital
+    #: needs to decide on a request (alliance.security.access.TRIAGE_ELEMENTS).
+    level: Mapped[str] = mapped_column(String(16), default="full", server_default="full")
 
     resources: Mapped[list[AccessGrantResource]] = relationship(
         back_populates="grant", cascade="all, delete-orphan"
