@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     #: verify (rotate by putting a new key first and dropping the old one after a token
     #: lifetime). Required outside demo mode; secrets of at least 32 characters.
     jwt_keys: str = ""
+    #: Ed25519 signature keys (signed opinions, audit checkpoints) as `kid:seed` pairs
+    #: separated by commas, each seed 32 random bytes in base64url; the first signs. Public
+    #: keys are recorded when first used, so a key taken out still verifies what it signed.
+    #: Demo mode: a public demo key. Without it a worker verifies but does not sign.
+    signature_keys: str = ""
     #: Lifetime of access tokens, in seconds.
     token_lifetime: int = 3600
     #: Minutes without activity after which a portal session ends.

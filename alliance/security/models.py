@@ -62,6 +62,18 @@ class Client(Base):
     role: Mapped[Role] = relationship(lazy="joined")
 
 
+class SigningKey(Base):
+    """The public key of a signature key (alliance.security.signing), recorded when it first
+    signs and kept for good: signatures stay verifiable after the private key is rotated out."""
+
+    __tablename__ = "security_signing_key"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The raw Ed25519 public key, base64url without padding (the JWK `x`, RFC 8037).
+    public_key: Mapped[str] = mapped_column(String(64))
+    first_used: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class AccessGrant(Base):
     """Records of one patient opened to another hospital, for a reason (the referral or consult
     that opened it), from a time until a time. Made and closed by the domain that needs it."""

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.security.login import LoginRefused, log_in
+from alliance.security.signing import jwks
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -83,5 +84,21 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
             "scope": issued.claims.scope,
         }
         return JSONResponse(body, headers=_NO_STORE)
+
+    @router.get("/jwks.json")
+    async def jwks_json() -> JSONResponse:
+        """The public keys of the server's signatures (signed opinions, audit checkpoints) as
+        a JWK Set (RFC 7517): every key that ever signed, kept for good. Public."""
+
+        def read() -> dict[str, object]:
+            with db.transaction() as session:
+                return jwks(session)
+
+        keys = await run_in_threadpool(read)
+        return JSONResponse(
+            keys,
+            media_type="application/jwk-set+json",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
 
     return router
