@@ -13,10 +13,12 @@ specialist; the server links it to the version it replaces, and both versions st
 (vread), as do both renderings (the new DocumentReference `replaces` the old, which becomes
 superseded).
 
-The signature is an electronic signature attested by the server: a JWS (RFC 7515, HS256, the
-server's current signing key named by `kid`) over the signer, the time and the SHA-256 of the
-signed version's JSON. Verifying it needs that key (`verify_signature`); a signature backed by a
-certification authority (电子签名法 art. 13) would replace `_attest` and keep the same shape.
+The signature is an electronic signature attested by the server: a JWS (RFC 7515, EdDSA with
+the server's Ed25519 signature key named by `kid`, alliance.security.signing) over the signer,
+the time and the SHA-256 of the signed version's JSON. Anyone verifies it with the public key
+(`verify_signature`, or the JWK Set at /auth/jwks.json); public keys are kept for good, so
+rotating keys never makes an old opinion unverifiable. A signature backed by a certification
+authority (电子签名法 art. 13) would replace `_attest` and keep the same shape.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from alliance.codes import ALLIANCE_BASE, RECORD_KEEPER, RECORD_PATIENT
 from alliance.config import Settings
@@ -39,6 +41,7 @@ from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
 from alliance.records import reference_id, stamp_keeper
+from alliance.security import signing
 from alliance.security.access import visibility
 from alliance.storage import BlobStore, open_blob_store
 from referral.documents import ATTACHMENT_PARAM, fhir_attachment
@@ -72,17 +75,13 @@ def content_digest(content: str) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
 
 
-def verify_signature(settings: Settings, provenance: Resource, content: str) -> bool:
+def verify_signature(session: Session, provenance: Resource, content: str) -> bool:
     """Whether the Provenance's signature is the server's over exactly `content`."""
     for signature in provenance.get("signature") or []:
-        token = base64.b64decode(signature.get("data", "")).decode()
-        kid = str(jwt.get_unverified_header(token).get("kid"))
-        key = dict(settings.signing_keys).get(kid)
-        if key is None:
-            return False
         try:
-            claims = jwt.decode(token, key, algorithms=["HS256"], options={"verify_aud": False})
-        except jwt.PyJWTError:
+            token = base64.b64decode(signature.get("data", "")).decode()
+            claims = signing.verify(session, token)
+        except (ValueError, Invalid):
             return False
         return bool(claims.get("sha256") == content_digest(content))
     return False
@@ -327,7 +326,7 @@ class OpinionRules:
         hospital = ctx.actor.hospital_id
         now = datetime.now(UTC)
         target = f"DiagnosticReport/{version.id}/_history/{version.version}"
-        token = self._attest(signer, target, version.content, now)
+        token = self._attest(ctx.session, signer, target, version.content, now)
         ctx.store.create(
             "Provenance",
             {
@@ -385,16 +384,17 @@ class OpinionRules:
         document = self._file_document(ctx, version, report, previous, signer)
         self._complete(ctx, report, version, document)
 
-    def _attest(self, signer: str, target: str, content: str, now: datetime) -> str:
-        kid, secret = self.settings.signing_keys[0]
-        claims = {
+    def _attest(
+        self, session: Session, signer: str, target: str, content: str, now: datetime
+    ) -> str:
+        claims: dict[str, Any] = {
             "iss": self.settings.fhir_base,
             "sub": f"Practitioner/{signer}",
             "iat": int(now.timestamp()),
             "target": target,
             "sha256": content_digest(content),
         }
-        return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": kid})
+        return signing.sign(self.settings, session, claims)
 
     def _file_document(
         self,

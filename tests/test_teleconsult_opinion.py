@@ -139,11 +139,9 @@ def test_the_consult_and_its_signed_opinion(
         stored = services.fhir.vread(
             "DiagnosticReport", draft["id"], signed["meta"]["versionId"], session=s
         )
-    assert stored.content is not None
-    assert verify_signature(settings, provenances[0], stored.content)
-    assert not verify_signature(
-        settings, provenances[0], stored.content.replace("冠脉造影", "溶栓")
-    )
+        assert stored.content is not None
+        assert verify_signature(s, provenances[0], stored.content)
+        assert not verify_signature(s, provenances[0], stored.content.replace("冠脉造影", "溶栓"))
 
     # Filed in the Task's output, which completes the consult; the county doctor reads it.
     done = doctor.get(f"/fhir/Task/{task['id']}").json()
