@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     #: keys are recorded when first used, so a key taken out still verifies what it signed.
     #: Demo mode: a public demo key. Without it a worker verifies but does not sign.
     signature_keys: str = ""
+    #: Every this many audit records a signed checkpoint of the chain (position, hash) goes to
+    #: the blob store, outside the database; one is also written when the server stops. 0: only
+    #: on shutdown and `alliance audit checkpoint`.
+    audit_checkpoint_every: int = Field(default=1000, ge=0)
     #: Lifetime of access tokens, in seconds.
     token_lifetime: int = 3600
     #: Minutes without activity after which a portal session ends.
