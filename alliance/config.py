@@ -48,11 +48,18 @@ class Settings(BaseSettings):
     audit_checkpoint_every: int = Field(default=1000, ge=0)
     #: Lifetime of access tokens, in seconds.
     token_lifetime: int = 3600
-    #: Minutes without activity after which a portal session ends.
+    #: Minutes without activity after which a portal session ends, and the hours after which
+    #: it ends however active it is (its tokens are renewed within that life, never beyond).
     portal_idle_minutes: int = 30
-    #: Failed logins in a row that lock an account, and for how long (seconds).
-    max_failed_logins: int = 5
-    lockout_seconds: int = 900
+    portal_session_hours: float = 12
+    #: Failed logins are throttled (alliance.security.throttle): after this many failures on
+    #: one account (or client), and from one client address, further attempts wait
+    #: `login_backoff_seconds`, doubling with each further failure up to
+    #: `login_backoff_max_seconds`; failures are forgotten after twice that without one.
+    login_account_failures: int = 5
+    login_address_failures: int = 20
+    login_backoff_seconds: int = 30
+    login_backoff_max_seconds: int = 900
 
     #: Hours the owner hospital has to accept or decline a referral, per priority.
     deadline_hours: dict[str, float] = Field(

@@ -202,13 +202,14 @@ def make_account(db: Database) -> bool:
     """A county doctor of the hospital to read as, when the app has accounts (security); False
     when it has none (then requests go without a token)."""
     try:
-        from alliance.security.service import create_user, ensure_roles
+        from alliance.security.service import OPERATOR, create_user, ensure_roles
     except ImportError:
         return False
     with db.transaction(write=True) as s:
         ensure_roles(s)
         create_user(
             session=s,
+            by=OPERATOR,
             username=USERNAME,
             hospital_id=HOSPITAL,
             role="county-doctor",

@@ -15,6 +15,10 @@ WORDS: dict[str, tuple[str, str]] = {
         "Wrong user name or password, or the account is locked",
     ),
     "session_ended": ("会话已结束，请重新登录", "Your session ended; please log in again"),
+    "login_throttled": (
+        "登录失败次数过多，请 {seconds} 秒后再试",
+        "Too many failed logins; try again in {seconds} seconds",
+    ),
     "patients": ("患者", "Patients"),
     "find_patients": ("查找患者", "Find patients"),
     "register_patient": ("登记新患者", "Register a patient"),
@@ -129,6 +133,7 @@ WORDS: dict[str, tuple[str, str]] = {
     "lock": ("锁定", "Lock"),
     "unlock": ("解锁", "Unlock"),
     "reset_password": ("重置密码", "Reset password"),
+    "change_role": ("更改角色", "Change role"),
     "new_password_is": ("新密码（仅显示一次）", "New password (shown once)"),
     "active": ("正常", "active"),
     "locked": ("已锁定", "locked"),

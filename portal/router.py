@@ -9,7 +9,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from alliance.audit.service import verify
@@ -42,9 +43,16 @@ from alliance.fhir.store import FhirStore, Version
 from alliance.records import keeper_of
 from alliance.security import sessions
 from alliance.security.guard import Context, Guard, Interaction, Touched
-from alliance.security.login import LoginRefused, log_in
+from alliance.security.login import LoginRefused, log_in, log_out_everywhere
 from alliance.security.models import User
-from alliance.security.service import create_user, reset_password, set_locked
+from alliance.security.service import (
+    create_user,
+    manageable_roles,
+    principal_for,
+    reset_password,
+    set_locked,
+    set_role,
+)
 from alliance.security.tokens import TokenClaims, issue_token, verify_token
 from alliance.storage import BlobStore
 from portal.charts import bar_chart, stacked_months
@@ -161,13 +169,27 @@ class Portal:
         return response
 
     def _fresh(self, session: sessions.WebSession) -> sessions.WebSession:
-        """Touched now; with a new token when half the old one's life is gone."""
+        """Touched now; with a new token when half the old one's life is gone. The new token
+        keeps the old one's claims - its account's token epoch too, so a revocation still
+        ends it - and never outlives the session's absolute end."""
         claims = self.claims(session)
         payload = _unverified(session.token)
         if time.time() - payload.get("iat", 0) > self.settings.token_lifetime / 2:
-            token, _ = issue_token(self.settings, claims)
-            session = sessions.WebSession(token, session.csrf, session.seen, session.lang)
+            ends = datetime.fromtimestamp(session.ends(self.settings), UTC)
+            token, _ = issue_token(self.settings, claims, not_after=ends)
+            session = replace(session, token=token)
         return session.touched()
+
+    def _alive(self, session: sessions.WebSession) -> bool:
+        """Whether the session's account still holds it (not logged out, reset, locked or
+        given another role since): the guard's own check, before any page is drawn."""
+        try:
+            claims = self.claims(session)
+            with self.db.transaction() as s:
+                principal_for(s, claims)
+        except Unauthorized:
+            return False
+        return True
 
     def _capabilities(self, role: str) -> frozenset[str]:
         from alliance.security.models import Role
@@ -285,11 +307,14 @@ class Portal:
         async def endpoint(request: Request) -> Response:
             params = dict(request.path_params)
             session = self.session(request)
-            if session is None:
+            if session is None or not await run_in_threadpool(self._alive, session):
                 target = quote(
                     request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 )
-                return RedirectResponse(f"/login?next={target}", 303)
+                response = RedirectResponse(f"/login?next={target}", 303)
+                if session is not None:
+                    response.delete_cookie(sessions.COOKIE, path="/")
+                return response
             form: FormData | None = None
             if post:
                 form = await request.form()
@@ -338,16 +363,20 @@ class Portal:
             return RedirectResponse("/audit", 303)
         return RedirectResponse("/admin/staff", 303)
 
-    async def login_form(self, request: Request, error: str | None = None) -> Response:
+    async def login_form(
+        self, request: Request, error: str | None = None, retry_after: int | None = None
+    ) -> Response:
         # Login CSRF: the form's token must match a cookie only this page sets (double submit).
         token = request.cookies.get("alliance_precsrf") or secrets.token_urlsafe(16)
         page = Page(
             "login.html",
             {"error": error, "next": request.query_params.get("next", "/"), "csrf": token},
-            401 if error else 200,
+            429 if retry_after else 401 if error else 200,
         )
         response = self.render(request, page, None)
         response.set_cookie("alliance_precsrf", token, httponly=True, samesite="strict")
+        if retry_after:
+            response.headers["Retry-After"] = str(retry_after)
         return response
 
     async def login(self, request: Request) -> Response:
@@ -366,7 +395,10 @@ class Portal:
                 address=request.client.host if request.client else None,
                 agent=request.headers.get("user-agent"),
             )
-        except LoginRefused:
+        except LoginRefused as refused:
+            if refused.retry_after:
+                message = translator(lang)("login_throttled").format(seconds=refused.retry_after)
+                return await self.login_form(request, message, refused.retry_after)
             return await self.login_form(request, translator(lang)("login_failed"))
         target = str(form.get("next") or "/")
         if not target.startswith("/") or target.startswith("//"):
@@ -379,6 +411,16 @@ class Portal:
     async def logout(
         self, request: Request, session: sessions.WebSession, form: FormData
     ) -> Response:
+        """Ends every session and token of the account, not only this browser's cookie."""
+        with contextlib.suppress(Unauthorized):  # already ended
+            await run_in_threadpool(
+                log_out_everywhere,
+                self.db,
+                self.settings,
+                session.token,
+                address=request.client.host if request.client else None,
+                agent=request.headers.get("user-agent"),
+            )
         response = RedirectResponse("/login", 303)
         response.delete_cookie(sessions.COOKIE, path="/")
         return response
@@ -392,9 +434,7 @@ class Portal:
         response.set_cookie("alliance_lang", lang, samesite="strict")
         session = self.session(request)
         if session is not None:
-            self._cookie(
-                response, sessions.WebSession(session.token, session.csrf, session.seen, lang)
-            )
+            self._cookie(response, replace(session, lang=lang))
         return response
 
     # ---- patients -------------------------------------------------------------------------
@@ -1958,10 +1998,12 @@ class Portal:
                 for u in users
             ]
 
-        users = await self.run(
-            request, session, Interaction("search", query="staff"), work, check=self._admins_only
+        def listed(s: Any, ctx: Context) -> tuple[list[dict[str, Any]], list[str]]:
+            return work(s, ctx), manageable_roles(s, ctx.principal)
+
+        users, roles = await self.run(
+            request, session, Interaction("search", query="staff"), listed, check=self._admins_only
         )
-        roles = ["county-doctor", "specialist", "hospital-admin"]
         return Page(
             "staff.html",
             {
@@ -1981,19 +2023,18 @@ class Portal:
         hospital = self.claims(session).hospital_id
         values = {k: str(v).strip() for k, v in form.items() if isinstance(v, str)}
         role = values.get("role", "county-doctor")
-        if role not in ("county-doctor", "specialist", "hospital-admin"):
-            return await self.staff(request, session, error="role", values=values)
 
-        def work(s: Any, _ctx: Context) -> str:
+        def work(s: Any, ctx: Context) -> str:
             create_user(
                 session=s,
+                by=ctx.principal,
                 username=values.get("username", ""),
                 hospital_id=hospital,
                 role=role,
                 password=None,
                 display_name=values.get("display_name") or None,
             )
-            return reset_password(session=s, username=values.get("username", ""))
+            return reset_password(session=s, by=ctx.principal, username=values.get("username", ""))
 
         try:
             password = await self.run(
@@ -2017,19 +2058,18 @@ class Portal:
         username: str,
         action: str,
     ) -> Page | Response:
-        hospital = self.claims(session).hospital_id
+        new_role = str(form.get("role", "")) if form is not None else ""
 
-        def work(s: Any, _ctx: Context) -> str | None:
-            user = s.scalar(
-                select(User).where(User.username == username, User.hospital_id == hospital)
-            )
-            if user is None:
-                raise NotFound(f"no account {username} at this hospital")
+        def work(s: Any, ctx: Context) -> str | None:
+            # Which accounts an administrator manages is the service's rule (check_manage).
             if action in ("lock", "unlock"):
-                set_locked(session=s, username=username, locked=action == "lock")
+                set_locked(session=s, by=ctx.principal, username=username, locked=action == "lock")
                 return None
             if action == "reset":
-                return reset_password(session=s, username=username)
+                return reset_password(session=s, by=ctx.principal, username=username)
+            if action == "role":
+                set_role(session=s, by=ctx.principal, username=username, role=new_role)
+                return None
             raise NotFound(action)
 
         result = await self.run(

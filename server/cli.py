@@ -109,6 +109,7 @@ def _user(args: argparse.Namespace) -> int:
                     password = sys.stdin.readline().rstrip("\n")
                 user = service.create_user(
                     session=session,
+                    by=service.OPERATOR,
                     username=args.username,
                     hospital_id=args.hospital,
                     role=args.role,
@@ -122,13 +123,21 @@ def _user(args: argparse.Namespace) -> int:
                 )
             elif args.user_command in ("lock", "unlock"):
                 service.set_locked(
-                    session=session, username=args.username, locked=args.user_command == "lock"
+                    session=session,
+                    by=service.OPERATOR,
+                    username=args.username,
+                    locked=args.user_command == "lock",
                 )
                 message = f"account {args.username} {args.user_command}ed"
+            elif args.user_command == "set-role":
+                user = service.set_role(
+                    session=session, by=service.OPERATOR, username=args.username, role=args.role
+                )
+                message = f"account {args.username} is now {user.role_name}"
             else:
                 given = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
                 new = service.reset_password(
-                    session=session, username=args.username, password=given
+                    session=session, by=service.OPERATOR, username=args.username, password=given
                 )
                 message = f"password of {args.username} reset"
                 if given is None:
@@ -153,29 +162,42 @@ def _user(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> int:
     from alliance.audit.service import append
     from alliance.db import Database
-    from alliance.security.service import register_client
+    from alliance.security import service
 
     settings = get_settings()
     db = Database(settings.database_url)
     try:
         with db.transaction(write=True) as session:
-            secret = register_client(
-                session=session, client_id=args.client_id, name=args.name, hospital_id=args.hospital
-            )
+            command = args.client_command
+            if command == "register":
+                secret = service.register_client(
+                    session=session,
+                    client_id=args.client_id,
+                    name=args.name,
+                    hospital_id=args.hospital,
+                )
+                message = f"client {args.client_id} registered; its secret (shown once): {secret}"
+            elif command in ("lock", "unlock"):
+                service.set_client_active(
+                    session=session, client_id=args.client_id, active=command == "unlock"
+                )
+                message = f"client {args.client_id} {command}ed"
+            else:
+                secret = service.reset_client_secret(session=session, client_id=args.client_id)
+                message = (
+                    f"secret of client {args.client_id} reset, its tokens ended; "
+                    f"the new secret (shown once): {secret}"
+                )
             append(
                 session,
-                [
-                    _audited(
-                        "client-register", f"client/{args.client_id}", "partner system registered"
-                    )
-                ],
+                [_audited(f"client-{command}", f"client/{args.client_id}", message.split(";")[0])],
             )
     except AllianceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     finally:
         db.dispose()
-    print(f"client {args.client_id} registered; its secret (shown once): {secret}")
+    print(message)
     return 0
 
 
@@ -236,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("lock", "lock an account"), ("unlock", "unlock an account")):
         cmd = user_sub.add_parser(name, help=text)
         cmd.add_argument("username")
+    set_role = user_sub.add_parser(
+        "set-role", help="give an account another role (its tokens and sessions end)"
+    )
+    set_role.add_argument("username")
+    set_role.add_argument("role")
     reset = user_sub.add_parser("reset-password", help="set a new password")
     reset.add_argument("username")
     reset.add_argument(
@@ -249,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("client_id")
     register.add_argument("--hospital", required=True)
     register.add_argument("--name", required=True)
+    for name, text in (
+        ("lock", "lock a partner system (its tokens end at once)"),
+        ("unlock", "unlock a partner system"),
+        ("reset-secret", "a new secret, printed once (its tokens end at once)"),
+    ):
+        client_sub.add_parser(name, help=text).add_argument("client_id")
     client.set_defaults(func=_client)
 
     audit = sub.add_parser("audit", help="the audit trail")

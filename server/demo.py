@@ -29,7 +29,7 @@ from alliance.db import Database
 from alliance.directory.identity import check_character
 from alliance.errors import NotFound
 from alliance.fhir.store import FhirStore
-from alliance.security.service import create_user, get_user
+from alliance.security.service import OPERATOR, create_user, get_user
 from fhir_mappings import build_registry
 from teleconsult.service import TEMPLATE_EXTENSION, TIME_ZONE_EXTENSION
 
@@ -570,6 +570,7 @@ def seed_demo(settings: Settings) -> dict[str, int]:
                     pass
                 create_user(
                     session=session,
+                    by=OPERATOR,
                     username=username,
                     hospital_id=hospital,
                     role=role,

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from alliance.config import Settings
 from alliance.db import Database
-from alliance.security.service import create_user
+from alliance.security.service import OPERATOR, create_user
 from referral.models import Attachment, Referral
 from referral.stats import percentile
 from referral.workflow import MOVES, moves_from
@@ -356,6 +356,7 @@ def test_two_specialists_accepting_at_once(
     with db.transaction(write=True) as s:
         create_user(
             session=s,
+            by=OPERATOR,
             username="sp.subei.2",
             hospital_id="subei",
             role="specialist",

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.fhir.models import ResourceRow, ResourceVersion
-from alliance.security.service import create_user
+from alliance.security.service import OPERATOR, create_user
 from server.app import create_app
 from teleconsult.models import Booking, Occupancy
 from teleconsult.time import BEIJING
@@ -106,6 +106,7 @@ def second_specialist(settings: Settings) -> None:
     with db.transaction(write=True) as s:
         create_user(
             session=s,
+            by=OPERATOR,
             username="sp.subei.resp",
             hospital_id="subei",
             role="specialist",

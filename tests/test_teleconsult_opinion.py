@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from alliance.config import Settings
 from alliance.db import Database
-from alliance.security.service import create_user
+from alliance.security.service import OPERATOR, create_user
 from teleconsult.opinion import REPLACES, verify_signature
 from tests.conftest import bearer
 from tests.teleconsults import (
@@ -86,6 +86,7 @@ def test_the_consult_and_its_signed_opinion(
     with db.transaction(write=True) as s:
         create_user(
             session=s,
+            by=OPERATOR,
             username="sp.subei.resp",
             hospital_id="subei",
             role="specialist",

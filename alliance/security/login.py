@@ -14,9 +14,11 @@ from alliance.security.service import (
     LoginFailure,
     authenticate,
     authenticate_client,
+    log_out,
+    principal_for,
     token_claims,
 )
-from alliance.security.tokens import TokenClaims, issue_token
+from alliance.security.tokens import TokenClaims, issue_token, verify_token
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,15 @@ class Issued:
 class LoginRefused(Exception):
     """Why a login was refused, as OAuth 2.0 says it (RFC 6749 section 5.2)."""
 
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    def __init__(
+        self, error: str, description: str, status: int = 400, retry_after: int | None = None
+    ) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        #: Set when throttled: 429 with `Retry-After` (RFC 6585 section 4).
+        self.retry_after = retry_after
 
 
 def log_in(
@@ -55,10 +61,20 @@ def log_in(
         try:
             if grant_type == "password":
                 account = authenticate(
-                    session=session, settings=settings, username=username, password=secret
+                    session=session,
+                    settings=settings,
+                    username=username,
+                    password=secret,
+                    address=address,
                 )
             else:
-                account = authenticate_client(session=session, client_id=username, secret=secret)
+                account = authenticate_client(
+                    session=session,
+                    settings=settings,
+                    client_id=username,
+                    secret=secret,
+                    address=address,
+                )
             claims = token_claims(account, scope)
         except (LoginFailure, AllianceError) as failure:
             user = failure.user if isinstance(failure, LoginFailure) else account
@@ -85,9 +101,54 @@ def log_in(
     raise refused
 
 
+def log_out_everywhere(
+    db: Database,
+    settings: Settings,
+    token: str,
+    *,
+    address: str | None = None,
+    agent: str | None = None,
+) -> TokenClaims:
+    """Log out: every token and portal session of the token's account ends now (its token
+    epoch moves on). Audited. An invalid or already revoked token raises 401."""
+    claims = verify_token(settings, token)
+    with db.transaction(write=True) as session:
+        principal = principal_for(session, claims)
+        log_out(session=session, principal=principal)
+        actor = Actor(
+            claims.username, claims.hospital_id, claims.role, claims.practitioner_id, claims.kind
+        )
+        append(
+            session,
+            [
+                AuditInput(
+                    type="login",
+                    subtype="110123",  # DCM Logout
+                    action="E",
+                    outcome=SUCCESS,
+                    actor=actor,
+                    client_address=address,
+                    description="logged out: every token and session of the account ended",
+                    user_agent=agent,
+                )
+            ],
+        )
+    return claims
+
+
 def _refusal(failure: Exception, kind: str) -> LoginRefused:
     if isinstance(failure, AllianceError):
         return LoginRefused("invalid_scope", failure.message.removeprefix("invalid_scope: "))
+    if isinstance(failure, LoginFailure) and failure.retry_after:
+        # Throttled: 429 Too Many Requests with Retry-After, and the error code RFC 6749
+        # section 5.2 has for a refused grant (or client), so a client that knows only
+        # RFC 6749 still reads it as a refusal.
+        return LoginRefused(
+            "invalid_client" if kind == "client" else "invalid_grant",
+            f"too many failed logins; try again in {failure.retry_after} seconds",
+            429,
+            failure.retry_after,
+        )
     if kind == "client":
         return LoginRefused("invalid_client", "client authentication failed", 401)
     return LoginRefused("invalid_grant", "wrong user name or password, or the account is locked")

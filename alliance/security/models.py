@@ -22,10 +22,18 @@ class Role(Base):
     description: Mapped[str] = mapped_column(String(255))
     capabilities: Mapped[str] = mapped_column(String(255))
     scope_ceiling: Mapped[str] = mapped_column(Text)
+    #: The roles whose accounts its holders manage (create, lock, unlock, reset the password
+    #: of, assign), at their own hospital only (alliance.security.service.check_manage): the
+    #: cap on what an administrator can hand out. Empty: they manage no account.
+    manages: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
     @property
     def capability_set(self) -> frozenset[str]:
         return frozenset(self.capabilities.split())
+
+    @property
+    def manages_set(self) -> frozenset[str]:
+        return frozenset(self.manages.split())
 
 
 class User(Base):
@@ -40,8 +48,9 @@ class User(Base):
     role_name: Mapped[str] = mapped_column(ForeignKey("security_role.name"))
     practitioner_id: Mapped[str | None] = mapped_column(String(ID_LEN))
     active: Mapped[bool] = mapped_column(default=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Tokens and portal sessions carry the epoch they were issued in; logging out, a password
+    #: reset, a lock or a role change moves it on, which ends them all at once.
+    token_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created: Mapped[datetime] = mapped_column(UTCDateTime())
 
     role: Mapped[Role] = relationship(lazy="joined")
@@ -58,8 +67,23 @@ class Client(Base):
     hospital_id: Mapped[str] = mapped_column(String(ID_LEN))
     role_name: Mapped[str] = mapped_column(ForeignKey("security_role.name"))
     active: Mapped[bool] = mapped_column(default=True)
+    #: As User.token_epoch: locking the client or resetting its secret ends its tokens.
+    token_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     role: Mapped[Role] = relationship(lazy="joined")
+
+
+class LoginThrottle(Base):
+    """Failed logins per account or per client address (alliance.security.throttle), kept in
+    the database so that every API worker agrees."""
+
+    __tablename__ = "security_login_throttle"
+
+    #: `account:<name>`, `client:<id>` or `address:<ip>`.
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class SigningKey(Base):

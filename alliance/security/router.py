@@ -6,21 +6,26 @@ from __future__ import annotations
 import base64
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from alliance.config import Settings
 from alliance.db import Database
-from alliance.security.login import LoginRefused, log_in
+from alliance.security.login import LoginRefused, log_in, log_out_everywhere
 from alliance.security.signing import jwks
+from alliance.security.tokens import missing_token
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def _oauth_error(error: str, description: str, status: int = 400) -> JSONResponse:
+def _oauth_error(
+    error: str, description: str, status: int = 400, retry_after: int | None = None
+) -> JSONResponse:
     headers = dict(_NO_STORE)
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="alliance"'
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse({"error": error, "error_description": description}, status, headers=headers)
 
 
@@ -43,7 +48,9 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
         """OAuth 2.0 token endpoint. Form fields: `grant_type=password` with `username`,
         `password` and optional `scope` (SMART v2, e.g. `user/Patient.rs`), or
         `grant_type=client_credentials` with the client's id and secret (HTTP Basic or form).
-        Answers `{access_token, token_type: "Bearer", expires_in, scope}`."""
+        Answers `{access_token, token_type: "Bearer", expires_in, scope}`. Failed logins are
+        throttled per account and per client address: a throttled attempt answers 429 with
+        `Retry-After` and `invalid_grant` (`invalid_client` for client credentials)."""
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith("application/x-www-form-urlencoded"):
             return _oauth_error(
@@ -76,7 +83,9 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
                 agent=request.headers.get("user-agent"),
             )
         except LoginRefused as refused:
-            return _oauth_error(refused.error, refused.description, refused.status)
+            return _oauth_error(
+                refused.error, refused.description, refused.status, refused.retry_after
+            )
         body = {
             "access_token": issued.token,
             "token_type": "Bearer",
@@ -84,6 +93,23 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
             "scope": issued.claims.scope,
         }
         return JSONResponse(body, headers=_NO_STORE)
+
+    @router.post("/logout", status_code=204)
+    async def logout(request: Request) -> Response:
+        """Log out with `Authorization: Bearer …`: every token and portal session of the
+        token's account ends at once (204). A token already ended answers 401."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise missing_token()
+        await run_in_threadpool(
+            log_out_everywhere,
+            db,
+            settings,
+            token.strip(),
+            address=request.client.host if request.client else None,
+            agent=request.headers.get("user-agent"),
+        )
+        return Response(status_code=204, headers=_NO_STORE)
 
     @router.get("/jwks.json")
     async def jwks_json() -> JSONResponse:

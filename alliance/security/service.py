@@ -6,35 +6,40 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import null, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from alliance.audit.service import Actor, AuditInput, append
 from alliance.config import Settings
-from alliance.errors import BadRequest, Conflict, Invalid, NotFound
+from alliance.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
+from alliance.security import throttle
 from alliance.security.access import Principal
 from alliance.security.models import AccessGrant, AccessGrantResource, Client, Role, User
 from alliance.security.passwords import hash_password, verify_password
 from alliance.security.scopes import format_scopes, parse_scopes, within_ceiling
 from alliance.security.tokens import TokenClaims, invalid_token
 
-#: The roles every alliance starts with (data: more can be added to the table).
+#: The roles every alliance starts with (data: more can be added to the table): name,
+#: description, capabilities, scope ceiling, and the roles whose accounts it manages.
 BUILTIN_ROLES = [
     (
         "county-doctor",
         "County doctor: registers patients, refers, books teleconsults, uploads imaging",
         "clinical",
         "user/*.cruds",
+        "",
     ),
     (
         "specialist",
         "City specialist: works the worklist, reviews imaging, writes and signs opinions",
         "clinical",
         "user/*.cruds",
+        "",
     ),
     (
         "hospital-admin",
@@ -43,6 +48,8 @@ BUILTIN_ROLES = [
         "user/Organization.cruds user/OrganizationAffiliation.rs user/Practitioner.cruds "
         "user/PractitionerRole.cruds user/Schedule.cruds user/Slot.cruds "
         "user/HealthcareService.cruds",
+        # Administrators and auditors are the operator's to make (`alliance user ...`).
+        "county-doctor specialist",
     ),
     (
         "auditor",
@@ -50,34 +57,143 @@ BUILTIN_ROLES = [
         "audit",
         "user/AuditEvent.rs user/Organization.rs user/OrganizationAffiliation.rs "
         "user/Practitioner.rs user/PractitionerRole.rs",
+        "",
     ),
     (
         "hospital-system",
         "A hospital's own system (HIS, PACS) acting for that hospital",
         "clinical",
         "system/*.cruds",
+        "",
     ),
 ]
 MIN_PASSWORD_LENGTH = 10
 
 
 class LoginFailure(Exception):
-    """Why a login failed: for the audit trail (the client hears only `invalid_grant`)."""
+    """Why a login failed: for the audit trail (the client hears only `invalid_grant`).
+    `retry_after` is set when the attempt was throttled (seconds to wait)."""
 
-    def __init__(self, reason: str, username: str, user: User | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        username: str,
+        user: User | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.username = username
         self.user = user
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Whoever runs the `alliance` command on the server: manages every account."""
+
+    name: str = "operator"
+
+
+OPERATOR = Operator()
+#: Who is managing an account: a signed-in administrator, or the operator.
+Manager = Principal | Operator
 
 
 def ensure_roles(session: Session) -> None:
-    for name, description, caps, ceiling in BUILTIN_ROLES:
+    for name, description, caps, ceiling, manages in BUILTIN_ROLES:
         if session.get(Role, name) is None:
             session.add(
-                Role(name=name, description=description, capabilities=caps, scope_ceiling=ceiling)
+                Role(
+                    name=name,
+                    description=description,
+                    capabilities=caps,
+                    scope_ceiling=ceiling,
+                    manages=manages,
+                )
             )
     session.flush()
+
+
+def manageable_roles(session: Session, by: Manager) -> list[str]:
+    """The roles `by` may give an account (all of them for the operator)."""
+    names = list(session.scalars(select(Role.name).order_by(Role.name)))
+    if isinstance(by, Operator):
+        return names
+    role = session.get(Role, by.role)
+    allowed = role.manages_set if role is not None else frozenset()
+    return [n for n in names if n in allowed]
+
+
+def check_manage(
+    session: Session,
+    by: Manager,
+    *,
+    hospital_id: str,
+    role: str,
+    username: str,
+    new_role: str | None = None,
+) -> None:
+    """The one rule on who manages which account (create, lock, unlock, reset the password
+    of, change the role of). The operator manages all. Anyone else manages accounts of their
+    own hospital only (another hospital's account answers 404, as if it did not exist), never
+    their own, and only those whose role - and the role given - is one their own role
+    `manages` (security_role.manages: for hospital-admin, county-doctor and specialist), so
+    no one hands out more than their role allows and auditors' and administrators' accounts
+    are the operator's alone."""
+    if isinstance(by, Operator):
+        return
+    if hospital_id != by.hospital_id:
+        raise NotFound(f"no account {username!r} at this hospital")
+    if by.kind != "user" or username == by.username:
+        raise Forbidden("an administrator does not manage their own account")
+    allowed = manageable_roles(session, by)
+    for wanted in (role, new_role):
+        if wanted is not None and wanted not in allowed:
+            raise Forbidden(
+                f"a {by.role} does not manage {wanted} accounts; the roles it manages: "
+                f"{', '.join(allowed) or 'none'}"
+            )
+
+
+def _managed_user(
+    session: Session, by: Manager, username: str, new_role: str | None = None
+) -> User:
+    user = get_user(session=session, username=username)
+    check_manage(
+        session,
+        by,
+        hospital_id=user.hospital_id,
+        role=user.role_name,
+        username=user.username,
+        new_role=new_role,
+    )
+    return user
+
+
+def revoke_tokens(*, session: Session, account: User | Client) -> None:
+    """End every token and portal session of `account` now: its token epoch moves on (an
+    UPDATE, so concurrent revocations each count)."""
+    model: Any = type(account)
+    key = model.id if isinstance(account, User) else model.client_id
+    session.execute(
+        update(model)
+        .where(key == (account.id if isinstance(account, User) else account.client_id))
+        .values(token_epoch=model.token_epoch + 1)
+    )
+    session.refresh(account)
+
+
+def log_out(*, session: Session, principal: Principal) -> None:
+    """Logging out ends every token and portal session of the principal's account."""
+    if principal.kind == "client":
+        client = session.get(Client, principal.subject)
+        if client is not None:
+            revoke_tokens(session=session, account=client)
+        return
+    user = session.get(User, principal.subject)
+    if user is not None:
+        revoke_tokens(session=session, account=user)
 
 
 def _role(session: Session, name: str) -> Role:
@@ -102,6 +218,7 @@ def check_password_strength(password: str) -> None:
 def create_user(
     *,
     session: Session,
+    by: Manager,
     username: str,
     hospital_id: str,
     role: str,
@@ -110,10 +227,11 @@ def create_user(
     practitioner_id: str | None = None,
 ) -> User:
     """A new account. Without a password it cannot log in until `reset_password`."""
+    _role(session, role)
+    check_manage(session, by, hospital_id=hospital_id, role=role, username=username)
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise Conflict(f"an account named {username!r} exists")
     _hospital_exists(session, hospital_id)
-    _role(session, role)
     if password is not None:
         check_password_strength(password)
     user = User(
@@ -125,7 +243,7 @@ def create_user(
         role_name=role,
         practitioner_id=practitioner_id,
         active=True,
-        failed_logins=0,
+        token_epoch=0,
         created=datetime.now(UTC),
     )
     session.add(user)
@@ -140,51 +258,81 @@ def get_user(*, session: Session, username: str) -> User:
     return user
 
 
-def set_locked(*, session: Session, username: str, locked: bool) -> User:
-    """Lock an account until unlocked (active=False), or unlock it and clear failed logins."""
-    user = get_user(session=session, username=username)
+def set_locked(*, session: Session, by: Manager, username: str, locked: bool) -> User:
+    """Lock an account until unlocked (active=False; its tokens and sessions end at once), or
+    unlock it (what it held before stays ended)."""
+    user = _managed_user(session, by, username)
     user.active = not locked
-    if not locked:
-        user.failed_logins, user.locked_until = 0, None
+    if locked:
+        revoke_tokens(session=session, account=user)
     return user
 
 
-def reset_password(*, session: Session, username: str, password: str | None = None) -> str:
-    """Set a new password (a random one when none is given, returned to show once)."""
-    user = get_user(session=session, username=username)
+def set_role(*, session: Session, by: Manager, username: str, role: str) -> User:
+    """Give an account another role; its tokens and sessions (made for the old one) end."""
+    _role(session, role)
+    user = _managed_user(session, by, username, new_role=role)
+    if user.role_name != role:
+        user.role_name = role
+        session.flush()
+        session.expire(user, ["role"])
+        revoke_tokens(session=session, account=user)
+    return user
+
+
+def reset_password(
+    *, session: Session, by: Manager, username: str, password: str | None = None
+) -> str:
+    """Set a new password (a random one when none is given, returned to show once); the
+    account's tokens and sessions end, and its throttled failures are forgotten."""
+    user = _managed_user(session, by, username)
     new = password or secrets.token_urlsafe(12)
     check_password_strength(new)
     user.password_hash = hash_password(new)
-    user.failed_logins, user.locked_until = 0, None
+    revoke_tokens(session=session, account=user)
+    throttle.forget(session, throttle.Key(f"account:{user.username.lower()}", 0))
     return new
 
 
-def authenticate(*, session: Session, settings: Settings, username: str, password: str) -> User:
+def _throttled(
+    session: Session, settings: Settings, keys: list[throttle.Key], name: str, now: datetime
+) -> None:
+    wait = throttle.wait_seconds(session, keys, now)
+    if wait:
+        raise LoginFailure(
+            f"throttled after failed logins: retry after {wait} s", name, retry_after=wait
+        )
+
+
+def authenticate(
+    *,
+    session: Session,
+    settings: Settings,
+    username: str,
+    password: str,
+    address: str | None = None,
+) -> User:
     """The user, if the password is right and the account may log in; else `LoginFailure`.
 
-    Failed attempts in a row lock the account for `lockout_seconds`; the counter is bumped
-    with an UPDATE so concurrent guesses all count.
+    Failures are throttled per account name and per client address (alliance.security
+    .throttle): a throttled attempt is refused before the password is checked. Throttling
+    never touches the account's live tokens and sessions.
     """
+    now = datetime.now(UTC)
+    keys = throttle.keys_for(settings, "account", username, address)
+    _throttled(session, settings, keys, username, now)
     user = session.scalar(select(User).where(User.username == username))
     ok = verify_password(user.password_hash if user else None, password)
-    if user is None:
-        raise LoginFailure("unknown account", username)
-    now = datetime.now(UTC)
+    if not ok:
+        wait = throttle.record_failure(session, settings, keys, now)
+        reason = "unknown account" if user is None else "wrong password"
+        if wait:
+            reason += f"; further logins throttled for {wait} s"
+        raise LoginFailure(reason, username, user)
+    assert user is not None
     if not user.active:
         raise LoginFailure("account locked by an administrator", username, user)
-    if user.locked_until is not None and user.locked_until > now:
-        raise LoginFailure("account locked after failed logins", username, user)
-    if not ok:
-        session.execute(
-            update(User).where(User.id == user.id).values(failed_logins=User.failed_logins + 1)
-        )
-        session.refresh(user)
-        if user.failed_logins >= settings.max_failed_logins:
-            user.locked_until = now + timedelta(seconds=settings.lockout_seconds)
-            user.failed_logins = 0
-        raise LoginFailure("wrong password", username, user)
-    if user.failed_logins or user.locked_until:
-        user.failed_logins, user.locked_until = 0, None
+    throttle.forget(session, keys[0])
     return user
 
 
@@ -211,12 +359,48 @@ def register_client(
     return secret
 
 
-def authenticate_client(*, session: Session, client_id: str, secret: str) -> Client:
+def authenticate_client(
+    *,
+    session: Session,
+    settings: Settings,
+    client_id: str,
+    secret: str,
+    address: str | None = None,
+) -> Client:
+    """The client, if the secret is right and it is active; throttled as `authenticate`."""
+    now = datetime.now(UTC)
+    keys = throttle.keys_for(settings, "client", client_id, address)
+    _throttled(session, settings, keys, client_id, now)
     client = session.get(Client, client_id)
     ok = verify_password(client.secret_hash if client else None, secret)
+    if not ok:
+        throttle.record_failure(session, settings, keys, now)
     if client is None or not client.active or not ok:
         raise LoginFailure("unknown client or wrong secret", client_id)
+    throttle.forget(session, keys[0])
     return client
+
+
+def set_client_active(*, session: Session, client_id: str, active: bool) -> Client:
+    """Lock a partner system (its tokens end at once) or unlock it. The operator's alone."""
+    client = session.get(Client, client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id!r}")
+    client.active = active
+    if not active:
+        revoke_tokens(session=session, account=client)
+    return client
+
+
+def reset_client_secret(*, session: Session, client_id: str) -> str:
+    """A new secret for a partner system (shown once); its tokens end at once."""
+    client = session.get(Client, client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id!r}")
+    secret = secrets.token_urlsafe(32)
+    client.secret_hash = hash_password(secret)
+    revoke_tokens(session=session, account=client)
+    return secret
 
 
 def token_claims(account: User | Client, requested_scope: str) -> TokenClaims:
@@ -240,6 +424,7 @@ def token_claims(account: User | Client, requested_scope: str) -> TokenClaims:
             format_scopes(granted),
             None,
             str(uuid.uuid4()),
+            account.token_epoch,
         )
     return TokenClaims(
         account.id,
@@ -250,28 +435,32 @@ def token_claims(account: User | Client, requested_scope: str) -> TokenClaims:
         format_scopes(granted),
         account.practitioner_id,
         str(uuid.uuid4()),
+        account.token_epoch,
     )
 
 
 def principal_for(session: Session, claims: TokenClaims) -> Principal:
-    """The principal a verified token speaks for. The account is looked up on every request,
-    so locking it or changing its role takes effect at once, not when its tokens expire."""
-    account: Any  # a Row of (active, locked_until, role, capabilities), or None
+    """The principal a verified token speaks for. The account is looked up on every request
+    (one query), so a lock, a logout, a password reset or a role change - each moves the
+    account's token epoch on - ends its tokens and portal sessions at once, not when they
+    expire. Failed logins (throttled) never do."""
+    account: Any  # a Row of (active, token_epoch, role, capabilities), or None
     if claims.kind == "client":
         account = session.execute(
-            select(Client.active, null(), Client.role_name, Role.capabilities)
+            select(Client.active, Client.token_epoch, Client.role_name, Role.capabilities)
             .join(Role, Role.name == Client.role_name)
             .where(Client.client_id == claims.subject)
         ).first()
     else:
         account = session.execute(
-            select(User.active, User.locked_until, User.role_name, Role.capabilities)
+            select(User.active, User.token_epoch, User.role_name, Role.capabilities)
             .join(Role, Role.name == User.role_name)
             .where(User.id == claims.subject)
         ).first()
-    now = datetime.now(UTC)
-    if account is None or not account[0] or (account[1] is not None and account[1] > now):
+    if account is None or not account[0]:
         raise invalid_token("the token's account is locked or no longer exists")
+    if account[1] != claims.epoch:
+        raise invalid_token("the token was revoked (logout, password reset, lock or new role)")
     role_name, caps = account[2], frozenset(account[3].split())
     return Principal(
         subject=claims.subject,

@@ -1,5 +1,8 @@
 """Signed JWT access tokens (RFC 7519, RFC 9068 claims): iss, sub, aud, exp, iat, jti, and
-the alliance's hospital, role and scope. HS256 with keys chosen by `kid`."""
+the alliance's hospital, role, scope and the account's token epoch (`epoch`: a token whose
+epoch is not the account's current one was revoked, see service.principal_for). HS256 with
+keys chosen by `kid`. Clocks of the issuer and of a verifier may differ by up to a minute
+(`LEEWAY_SECONDS` on iat, nbf and exp)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from alliance.config import Settings
 from alliance.errors import Unauthorized
 
 ALGORITHM = "HS256"
+#: Clock skew tolerated between workers (and partner systems) on iat, nbf and exp.
+LEEWAY_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class TokenClaims:
     scope: str
     practitioner_id: str | None
     token_id: str
+    #: The account's token epoch when the token was issued.
+    epoch: int = 0
 
 
 def invalid_token(message: str) -> Unauthorized:
@@ -40,26 +47,34 @@ def missing_token() -> Unauthorized:
     )
 
 
-def issue_token(settings: Settings, claims: TokenClaims) -> tuple[str, int]:
+def issue_token(
+    settings: Settings, claims: TokenClaims, *, not_after: datetime | None = None
+) -> tuple[str, int]:
+    """A token for `claims` living `token_lifetime` seconds, or less when it must not outlive
+    `not_after` (a portal session's absolute end). Returns it and its lifetime in seconds."""
     kid, secret = settings.signing_keys[0]
     now = datetime.now(UTC)
+    expires = now + timedelta(seconds=settings.token_lifetime)
+    if not_after is not None:
+        expires = min(expires, not_after)
     payload: dict[str, Any] = {
         "iss": settings.token_issuer,
         "sub": claims.subject,
         "aud": settings.fhir_base,
         "iat": now,
-        "exp": now + timedelta(seconds=settings.token_lifetime),
+        "exp": expires,
         "jti": claims.token_id or str(uuid.uuid4()),
         "preferred_username": claims.username,
         "kind": claims.kind,
         "hospital": claims.hospital_id,
         "role": claims.role,
         "scope": claims.scope,
+        "epoch": claims.epoch,
     }
     if claims.practitioner_id:
         payload["fhirUser"] = f"Practitioner/{claims.practitioner_id}"
     token = jwt.encode(payload, secret, algorithm=ALGORITHM, headers={"kid": kid})
-    return token, settings.token_lifetime
+    return token, max(0, int((expires - now).total_seconds()))
 
 
 def verify_token(settings: Settings, token: str) -> TokenClaims:
@@ -81,10 +96,13 @@ def verify_token(settings: Settings, token: str) -> TokenClaims:
             algorithms=[ALGORITHM],
             audience=settings.fhir_base,
             issuer=settings.token_issuer,
+            leeway=LEEWAY_SECONDS,
             options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
         )
     except jwt.ExpiredSignatureError:
         raise invalid_token("the token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise invalid_token("the token is not valid yet (issued in the future)") from None
     except jwt.InvalidAudienceError:
         raise invalid_token("the token is not for this server") from None
     except jwt.PyJWTError as exc:
@@ -99,4 +117,11 @@ def verify_token(settings: Settings, token: str) -> TokenClaims:
         scope=str(payload.get("scope", "")),
         practitioner_id=fhir_user.removeprefix("Practitioner/") or None,
         token_id=str(payload["jti"]),
+        epoch=_epoch(payload.get("epoch", 0)),
     )
+
+
+def _epoch(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid_token("the token's epoch is not an integer")
+    return value
