@@ -45,6 +45,15 @@ REQUEST_CATEGORY = f"{ALLIANCE_BASE}/CodeSystem/request-category"
 TASK_BUSINESS_STATUS = f"{ALLIANCE_BASE}/CodeSystem/task-business-status"
 #: Reasons to decline a referral or consult (Task.statusReason).
 DECLINE_REASON = f"{ALLIANCE_BASE}/CodeSystem/decline-reason"
+#: The decline reasons the alliance counts (its figures give these codes, never free text).
+DECLINE_REASON_CODES = {
+    "no-capacity": "床位或接诊能力不足",
+    "not-indicated": "无转诊指征",
+    "wrong-specialty": "科室不符",
+    "incomplete": "资料不全",
+    "patient-declined": "患者拒绝",
+    "other": "其他",
+}
 #: Moves of the referral workflow, as Provenance.activity.
 WORKFLOW_MOVE = f"{ALLIANCE_BASE}/CodeSystem/workflow-move"
 HL7_ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"

@@ -634,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         store = FhirStore(
             build_registry(Settings(database_url=url, demo=True)),
             base_url="http://127.0.0.1/fhir",
+            server_url="http://127.0.0.1",
         )
         try:
             facts = machine_facts(db)

@@ -99,7 +99,9 @@ def _free_port() -> int:
 def populate(settings: Settings, rng: random.Random) -> int:
     """29 more cardiologists with consult schedules, and a fifth of the slots booked."""
     db = Database(settings.database_url)
-    store = FhirStore(build_registry(settings), base_url=settings.fhir_base)
+    store = FhirStore(
+        build_registry(settings), base_url=settings.fhir_base, server_url=settings.base_url
+    )
     sessions = [
         ("mon tue wed thu fri", "08:00:00", "12:00:00"),
         ("mon tue wed thu fri", "14:00:00", "17:30:00"),

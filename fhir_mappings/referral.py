@@ -15,6 +15,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
 from sqlalchemy import ColumnElement
 
+from alliance.attachments.service import ATTACHMENT_PARAM
 from alliance.config import Settings
 from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import (
@@ -25,7 +26,7 @@ from alliance.fhir.registry import (
     WriteContext,
 )
 from alliance.records import keeper_of, record_patient_of, reference_id
-from referral.documents import ATTACHMENT_PARAM, check_consent, check_document
+from referral.documents import check_consent, check_document
 from referral.service import ReferralRules
 
 #: Clinical records are never deleted (DOMAIN.md "Records"): they are amended or cancelled.
@@ -55,6 +56,16 @@ def definitions(settings: Settings) -> list[ResourceDefinition]:
 
     def consent_hook(ctx: WriteContext, consent: Resource, _prev: Resource | None) -> list[Any]:
         check_consent(ctx, consent, base)
+        # The records a consent names to share are records its hospital may share.
+        data = (consent.get("provision") or {}).get("data") or []
+        rules.check_shared(
+            ctx,
+            [
+                (f"Consent.provision.data[{i}].reference", d.get("reference"))
+                for i, d in enumerate(data)
+                if isinstance(d, dict)
+            ],
+        )
         return []
 
     def document_hook(ctx: WriteContext, doc: Resource, _prev: Resource | None) -> list[Any]:

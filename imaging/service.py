@@ -583,9 +583,10 @@ def reachable_studies(
 ) -> Any:
     """`select(Study)` limited to the studies the caller may see, filtered in SQL.
 
-    A linked study is visible exactly when its FHIR ImagingStudy is (alliance.security.access:
-    the owning hospital, the hospital keeping the patient, a grant in force); a held study only
-    to its own hospital's clinical users.
+    A linked study is visible exactly when its FHIR ImagingStudy is opened in full
+    (alliance.security.access: the owning hospital, the hospital keeping the patient, a full
+    grant in force; a request's triage preview shows the ImagingStudy, never the images); a
+    held study only to its own hospital's clinical users.
     """
     held = (
         and_(Study.patient_id.is_(None), Study.hospital_id == principal_hospital)
@@ -602,7 +603,7 @@ def reachable_studies(
                 ResourceRow.deleted.is_(False),
             ),
         )
-        .where(or_(and_(ResourceRow.id.is_not(None), visible(IMAGING_STUDY)), held))
+        .where(or_(and_(ResourceRow.id.is_not(None), visible.full(IMAGING_STUDY)), held))
     )
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
+from alliance.attachments.service import fhir_attachment, store_attachment
 from alliance.audit.service import verify
 from alliance.codes import (
     DEPARTMENT,
@@ -58,8 +59,7 @@ from alliance.storage import BlobStore
 from portal.charts import bar_chart, stacked_months
 from portal.codes import COMMON_DIAGNOSES
 from portal.i18n import translator
-from referral.documents import fhir_attachment, store_attachment
-from referral.stats import Period, referral_figures
+from referral.stats import Period, reason_reader, referral_figures
 from teleconsult.service import LOCAL_TIME, VIRTUAL_SERVICE
 
 HERE = Path(__file__).parent
@@ -1689,7 +1689,7 @@ class Portal:
                 raise Forbidden("auditors and administrators only")
 
         def work(s: Any, ctx: Context) -> dict[str, Any]:
-            figures = referral_figures(s, period)
+            figures = referral_figures(s, period, reader_hospital=reason_reader(ctx.principal))
             names = {}
             orgs = self._search(s, ctx, "Organization", [("_count", "200")], 200)
             for v in orgs.matches:
@@ -1707,7 +1707,7 @@ class Portal:
         figures = data["figures"]
         data["month_chart"] = stacked_months(figures["pairs"], {"up": t("up"), "down": t("down")})
         data["reasons_chart"] = bar_chart(
-            [(r["reason"] or r["code"] or "—", r["count"]) for r in figures["rejection_reasons"]]
+            [(r["display"], r["count"]) for r in figures["rejection_reasons"]]
         )
         return Page("dashboard.html", data)
 

@@ -1,11 +1,12 @@
 """Typed tables where the database must hold the referral's invariants: the workflow state
-(moved under a row lock, so two specialists cannot both accept) and uploaded attachments."""
+(moved under a row lock, so two specialists cannot both accept). Uploaded files are the
+kernel's (alliance.attachments)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, String
+from sqlalchemy import Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from alliance.db import Base, UTCDateTime
@@ -46,19 +47,3 @@ class Referral(Base):
         Index("ix_referral_placer_status", "placer_org", "status"),
         Index("ix_referral_requested", "requested_at"),
     )
-
-
-class Attachment(Base):
-    """An uploaded file (a scanned consent form, a report) kept in the blob store."""
-
-    __tablename__ = "referral_attachment"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    blob_key: Mapped[str] = mapped_column(String(160))
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int] = mapped_column(BigInteger)
-    content_type: Mapped[str] = mapped_column(String(100))
-    title: Mapped[str | None] = mapped_column(String(255))
-    hospital_id: Mapped[str] = mapped_column(String(ID_LEN))
-    uploaded_by: Mapped[str] = mapped_column(String(64))
-    created: Mapped[datetime] = mapped_column(UTCDateTime())

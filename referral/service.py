@@ -36,7 +36,7 @@ from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import FhirStore, Version
 from alliance.fhir.values import date_range, instant
 from alliance.records import keeper_of, reference_id, stamp_keeper
-from alliance.security.access import Principal, visibility
+from alliance.security.access import TRIAGE, Principal, shareable, visibility
 from alliance.security.service import close_grants, end_grants, open_grant
 from referral.models import Referral
 from referral.workflow import AWAITING_DECISION, FINAL_STATES, check_move
@@ -89,7 +89,7 @@ class ReferralRules:
         if ctx.actor is None:
             return []
         for i, info in enumerate(sr.get("supportingInfo") or []):
-            shared = self._visible_record(ctx, info, f"ServiceRequest.supportingInfo[{i}]")
+            shared = self._shared_record(ctx, info, f"ServiceRequest.supportingInfo[{i}]")
             about = shared.patient_id
             if about is not None and about != patient_id:
                 raise Invalid(
@@ -137,6 +137,28 @@ class ReferralRules:
             raise Invalid(f"{where} must reference a record on this server", expression=[where])
         visible = visibility(ctx.actor, ctx.store.registry.get)
         return ctx.store.read(parts[0], parts[1], session=ctx.session, visible=visible)
+
+    def _shared_record(self, ctx: WriteContext, reference: Any, where: str) -> Version:
+        """A referenced record the actor's hospital may share: one it can see (404 otherwise)
+        that it keeps or whose patient it keeps, not one it sees only through a referral
+        (alliance.security.access.shareable: no re-sharing)."""
+        found = self._visible_record(ctx, reference, where)
+        pair = (found.resource_type, found.id)
+        if not shareable(ctx.session, ctx.actor.hospital_id, [pair]):
+            raise Invalid(
+                f"{found.resource_type}/{found.id} is a record another hospital shared with "
+                "yours; only the hospital that keeps it (or keeps the patient) can share it",
+                expression=[where],
+            )
+        return found
+
+    def check_shared(self, ctx: WriteContext, references: list[tuple[str, Any]]) -> None:
+        """Every record a write lists to share ((where, reference) pairs) is one the writer
+        may share; see `_shared_record`."""
+        if ctx.actor is None:
+            return
+        for where, reference in references:
+            self._shared_record(ctx, reference, where)
 
     def _based_on_up_referral(self, ctx: WriteContext, sr: Resource, patient_id: str) -> Resource:
         ups = [reference_id(b, "ServiceRequest") for b in sr.get("basedOn") or []]
@@ -238,7 +260,11 @@ class ReferralRules:
                     expression=[f"Task.{key}"],
                 )
         if target == row.status:
-            if _workflow_view(task) != _workflow_view(previous):
+            # A move is a compare-and-set on the current state: a second `accepted` sent
+            # after the first won (two specialists at once) is not a no-op success. A draft,
+            # not yet sent, may be saved again.
+            resent = row.status != "draft" and _notes(task) == _notes(previous)
+            if _workflow_view(task) != _workflow_view(previous) or resent:
                 raise Conflict(
                     f"the referral is already {row.status}; only output and notes change "
                     "without a move"
@@ -263,15 +289,17 @@ class ReferralRules:
         now = datetime.now(UTC)
         if "reason" in move.needs:
             reason = task.get("statusReason") or {}
-            text = reason.get("text") or next(
-                (c.get("display") or c.get("code") for c in reason.get("coding") or []), None
-            )
+            text = str(
+                reason.get("text")
+                or next((c.get("display") or c.get("code") for c in reason.get("coding") or []), "")
+                or ""
+            ).strip()
             if not text:
                 raise Invalid(
                     f"moving a referral to {target} needs a reason (Task.statusReason)",
                     expression=["Task.statusReason"],
                 )
-            row.status_reason = str(text)[:255]
+            row.status_reason = text[:255]
             row.status_reason_code = next(
                 (
                     c.get("code")
@@ -365,7 +393,9 @@ class ReferralRules:
         actor = _audit_actor(ctx.actor)
         if after == "requested" and before in (None, "draft"):
             # The hospital asked sees the Task (its worklist item) from now on, whatever
-            # becomes of it; the records it shares open only on acceptance.
+            # becomes of it; and, until it decides, what it needs to decide (triage: the
+            # request, the patient's name, sex and birth date, previews of what it lists).
+            # Declining closes the triage view; the records open in full on acceptance.
             open_grant(
                 session=ctx.session,
                 patient_id=row.patient_id,
@@ -373,6 +403,17 @@ class ReferralRules:
                 reason=f"Task/{row.task_id}",
                 resources=[("Task", row.task_id)],
                 actor=actor,
+                shared_by=row.placer_org,
+            )
+            open_grant(
+                session=ctx.session,
+                patient_id=row.patient_id,
+                hospital_id=row.owner_org,
+                reason=reason,
+                resources=self.triage_records(ctx, row),
+                actor=actor,
+                shared_by=row.placer_org,
+                level=TRIAGE,
             )
         elif after == "accepted":
             open_grant(
@@ -382,6 +423,7 @@ class ReferralRules:
                 reason=reason,
                 resources=self.shared_records(ctx, row),
                 actor=actor,
+                shared_by=row.placer_org,
             )
         elif after in ("rejected", "cancelled"):
             close_grants(session=ctx.session, reason=reason, why=f"referral {after}", actor=actor)
@@ -396,10 +438,10 @@ class ReferralRules:
                 body["status"] = status
                 ctx.store.update("ServiceRequest", sr.id, body, session=ctx.session, actor=None)
 
-    def shared_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
-        """What acceptance (and a teleconsult's booking, teleconsult.service) opens: the
-        request, what it lists in supportingInfo, the consents naming the receiving hospital,
-        and the patient's demographics. Nothing else."""
+    def triage_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
+        """What the hospital asked sees while it decides (at triage level, so the patient and
+        what the request lists are served as subsets): the request, the patient, and what it
+        lists in supportingInfo."""
         sr = ctx.store.read("ServiceRequest", row.service_request_id, session=ctx.session)
         shared = [("ServiceRequest", sr.id), ("Patient", row.patient_id)]
         for info in sr.resource().get("supportingInfo") or []:
@@ -407,6 +449,14 @@ class ReferralRules:
             if ref.count("/") == 1:
                 rtype, rid = ref.split("/")
                 shared.append((rtype, rid))
+        return shared
+
+    def shared_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
+        """What acceptance (and a teleconsult's booking, teleconsult.service) opens: the
+        request, what it lists in supportingInfo, the consents naming the receiving hospital,
+        and the patient's demographics. Nothing else; and of these only what the sending
+        hospital may share (alliance.security.service.open_grant)."""
+        shared = self.triage_records(ctx, row)
         for consent in active_consents(ctx.store, ctx.session, row.patient_id, row.owner_org):
             shared.append(("Consent", consent.id))
         return shared
@@ -486,6 +536,14 @@ class ReferralRules:
         )
         if row is None or self._party(ctx.actor, row) is None:
             raise Invalid("messages are exchanged between the two hospitals of a referral")
+        self.check_shared(
+            ctx,
+            [
+                (f"Communication.payload[{i}].contentReference", p["contentReference"])
+                for i, p in enumerate(message.get("payload") or [])
+                if isinstance(p, dict) and "contentReference" in p
+            ],
+        )
         return []
 
     def after_communication(
@@ -509,6 +567,7 @@ class ReferralRules:
             reason=f"ServiceRequest/{sr_id}",
             resources=[("Communication", version.id)],
             actor=_audit_actor(ctx.actor),
+            shared_by=keeper_of(message),
         )
 
 
@@ -592,6 +651,10 @@ def _document_type(ctx: WriteContext, info: Resource) -> str | None:
         if coding.get("system") == LOINC:
             return str(coding.get("code"))
     return None
+
+
+def _notes(task: Resource) -> tuple[Any, Any]:
+    return task.get("output"), task.get("note")
 
 
 def _workflow_view(task: Resource) -> Resource:

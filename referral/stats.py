@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from alliance.codes import DECLINE_REASON_CODES
+from alliance.security.access import Principal
 from referral.models import Referral
 from referral.workflow import AWAITING_DECISION
 
@@ -53,10 +55,24 @@ def _hours(pairs: list[tuple[datetime, datetime]]) -> dict[str, Any]:
     }
 
 
+def reason_reader(principal: Principal) -> str | None:
+    """Whose referrals' decline texts a reader of the figures may see: an administrator, their
+    hospital's; an alliance auditor, nobody's (the codes tell the alliance enough)."""
+    return principal.hospital_id if "administer" in principal.capabilities else None
+
+
 def referral_figures(
-    session: Session, period: Period, *, now: datetime | None = None
+    session: Session,
+    period: Period,
+    *,
+    reader_hospital: str | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The figures of referrals sent (requested) within `period`, by month of sending."""
+    """The figures of referrals sent (requested) within `period`, by month of sending.
+
+    Decline reasons are counted by code (DECLINE_REASON_CODES; a decline without one of them
+    counts as `other`); their free text, which may name the patient or the diagnosis, is
+    listed only for the referrals `reader_hospital` sent or was asked."""
     now = now or datetime.now(UTC)
     rows = session.scalars(
         select(Referral).where(
@@ -66,7 +82,8 @@ def referral_figures(
         )
     ).all()
     pairs: dict[tuple[str, str, str, str], Counter[str]] = {}
-    reasons: Counter[tuple[str | None, str]] = Counter()
+    reasons: Counter[str] = Counter()
+    texts: Counter[tuple[str, str, str, str]] = Counter()
     to_accept: list[tuple[datetime, datetime]] = []
     to_complete: list[tuple[datetime, datetime]] = []
     for r in rows:
@@ -80,7 +97,10 @@ def referral_figures(
             to_accept.append((r.requested_at, r.accepted_at))
         if r.rejected_at is not None:
             counts["rejected"] += 1
-            reasons[(r.status_reason_code, r.status_reason or "")] += 1
+            code = r.status_reason_code if r.status_reason_code in DECLINE_REASON_CODES else None
+            reasons[code or "other"] += 1
+            if reader_hospital in (r.placer_org, r.owner_org):
+                texts[(code or "other", r.status_reason or "", r.placer_org, r.owner_org)] += 1
         if r.completed_at is not None:
             counts["completed"] += 1
             to_complete.append((r.requested_at, r.completed_at))
@@ -112,8 +132,14 @@ def referral_figures(
             for (month, direction, placer, owner), counts in sorted(pairs.items())
         ],
         "rejection_reasons": [
-            {"code": code, "reason": text, "count": n}
-            for (code, text), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0][1]))
+            {"code": code, "display": DECLINE_REASON_CODES[code], "count": n}
+            for code, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+        "own_rejection_reasons": [
+            {"code": code, "reason": text, "from": placer, "to": owner, "count": n}
+            for (code, text, placer, owner), n in sorted(
+                texts.items(), key=lambda kv: (-kv[1], kv[0])
+            )
         ],
         "turnaround": {
             "request_to_acceptance": _hours(to_accept),

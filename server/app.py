@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alliance.attachments.router import attachment_router
 from alliance.audit.router import audit_router
 from alliance.config import Settings, get_settings
 from alliance.db import Database
@@ -50,7 +51,7 @@ def build_services(settings: Settings) -> Services:
         settings,
         db,
         blobs,
-        FhirStore(registry, base_url=settings.fhir_base),
+        FhirStore(registry, base_url=settings.fhir_base, server_url=settings.base_url),
         Guard(db, settings, registry),
     )
 
@@ -119,7 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(auth_router(services.db, settings))
     app.include_router(audit_router(services.guard))
-    app.include_router(referral_router(services.guard, services.blobs, settings))
+    app.include_router(attachment_router(services.guard, services.blobs, settings))
+    app.include_router(referral_router(services.guard))
     app.include_router(FhirApi(services.fhir, services.guard, settings).router())
     portal = Portal(settings, services.db, services.guard, services.fhir, services.blobs)
     app.include_router(portal.router())

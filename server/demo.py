@@ -550,7 +550,9 @@ def seed_demo(settings: Settings) -> dict[str, int]:
     an administrator sets it (`alliance user reset-password`).
     """
     db = Database(settings.database_url)
-    store = FhirStore(build_registry(settings), base_url=settings.fhir_base)
+    store = FhirStore(
+        build_registry(settings), base_url=settings.fhir_base, server_url=settings.base_url
+    )
     created: Counter[str] = Counter()
     try:
         with db.transaction(write=True) as session:

@@ -43,7 +43,9 @@ def build_scp(settings: Settings) -> StorageSCP:
     """A C-STORE receiver with its own database engine and blob store client."""
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     blobs = open_blob_store(settings.storage_url)
-    fhir = FhirStore(build_registry(settings), base_url=settings.fhir_base)
+    fhir = FhirStore(
+        build_registry(settings), base_url=settings.fhir_base, server_url=settings.base_url
+    )
     calling = settings.calling_ae_hospitals
     if not calling:
         log.warning("ALLIANCE_DICOM_CALLING_AES is empty: every association will be refused")
@@ -157,7 +159,9 @@ def seed_demo_imaging(settings: Settings) -> int:
     Idempotent: the same bytes again are a no-op."""
     db = Database(settings.database_url)
     blobs = open_blob_store(settings.storage_url)
-    fhir = FhirStore(build_registry(settings), base_url=settings.fhir_base)
+    fhir = FhirStore(
+        build_registry(settings), base_url=settings.fhir_base, server_url=settings.base_url
+    )
     imaging = build_imaging(settings, db, blobs, fhir)
     added = 0
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 
 MODEL_MODULES = (
+    "alliance.attachments.models",
     "alliance.audit.models",
     "alliance.directory.models",
     "alliance.fhir.models",

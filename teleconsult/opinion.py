@@ -34,6 +34,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from alliance.attachments.models import Attachment
+from alliance.attachments.service import ATTACHMENT_PARAM, fhir_attachment
 from alliance.codes import ALLIANCE_BASE, RECORD_KEEPER, RECORD_PATIENT
 from alliance.config import Settings
 from alliance.errors import Conflict, Forbidden, Invalid, NotFound
@@ -44,8 +46,7 @@ from alliance.records import reference_id, stamp_keeper
 from alliance.security import signing
 from alliance.security.access import visibility
 from alliance.storage import BlobStore, open_blob_store
-from referral.documents import ATTACHMENT_PARAM, fhir_attachment
-from referral.models import Attachment, Referral
+from referral.models import Referral
 from referral.service import category_of, check_codes
 from teleconsult.models import Booking
 from teleconsult.service import refuse

@@ -1051,6 +1051,7 @@ class TeleconsultRules:
             reason=f"ServiceRequest/{booking.service_request_id}",
             resources=[*shared, ("Appointment", version.id)],
             actor=audit_actor(ctx.actor),
+            shared_by=row.placer_org,
         )
 
     def appointment_writers(self, appt: Resource) -> set[str | None]:

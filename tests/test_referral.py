@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from alliance.attachments.models import Attachment
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.security.service import OPERATOR, create_user
-from referral.models import Attachment, Referral
+from referral.models import Referral
 from referral.stats import percentile
 from referral.workflow import MOVES, moves_from
 from tests.conftest import bearer
@@ -118,7 +119,15 @@ def _drive(
 
 
 def _shared(client: TestClient, sr: dict[str, Any]) -> bool:
-    """Is this referral's request open to the client (by its own grant, not another's)?"""
+    """Are this referral's records open in full to the client (by its own grant, not
+    another's)? The document it lists is then served whole, not as its triage preview."""
+    doc = client.get(f"/fhir/{sr['supportingInfo'][0]['reference']}")
+    tags = [t.get("code") for t in doc.json().get("meta", {}).get("tag", [])]
+    return doc.status_code == 200 and "SUBSETTED" not in tags
+
+
+def _triage(client: TestClient, sr: dict[str, Any]) -> bool:
+    """Is this referral's request open to the client, at least for triage?"""
     return client.get(f"/fhir/ServiceRequest/{sr['id']}").status_code == 200
 
 
@@ -145,7 +154,10 @@ def test_every_state_move_and_party(
                 assert r.status_code == 404, case
                 continue
             if target == state:
-                assert r.status_code == 200, case  # no move: a plain edit
+                # A draft may be edited, and output added without a move; anything else sent
+                # again is a move that lost the race (compare-and-set on the state).
+                edit = state == "draft" or "output" in extras
+                assert r.status_code == (200 if edit else 409), case
                 continue
             if target not in allowed:
                 assert r.status_code == 409, case
@@ -163,6 +175,8 @@ def test_every_state_move_and_party(
                 target == "on-hold" and running
             )
             assert _shared(parties["owner"], sr) == expect, case
+            # The request itself is open for triage from sending until declined or cancelled.
+            assert _triage(parties["owner"], sr) == (target not in ("rejected", "cancelled")), case
 
 
 def test_the_move_table_is_the_issue_s_state_machine() -> None:
@@ -233,10 +247,25 @@ def test_worklist_and_overdue(parties: dict[str, TestClient], settings: Settings
         )
         .json()
     )
-    ids = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in worklist["entry"]}
-    assert ("Task", task["id"]) in ids
-    # Before acceptance the request and the patient are not opened: not even by _include.
-    assert ("Patient", "demo-aygul") not in ids and ("ServiceRequest", sr["id"]) not in ids
+    found = {(e["resource"]["resourceType"], e["resource"]["id"]): e for e in worklist["entry"]}
+    assert ("Task", task["id"]) in found
+    # Before acceptance the hospital asked sees what it needs to decide (triage): the request
+    # whole, and of the patient only the name, sex and birth date (no identity number).
+    assert found[("ServiceRequest", sr["id"])]["resource"] == parties["placer"].get(
+        f"/fhir/ServiceRequest/{sr['id']}"
+    ).json() | {"meta": found[("ServiceRequest", sr["id"])]["resource"]["meta"]}
+    patient = found[("Patient", "demo-aygul")]["resource"]
+    assert set(patient) == {
+        "resourceType",
+        "id",
+        "meta",
+        "name",
+        "gender",
+        "birthDate",
+        "managingOrganization",
+        "active",
+    } - ({"active"} - set(patient))
+    assert patient["meta"]["tag"][-1]["code"] == "SUBSETTED"
     assert task["restriction"]["period"]["end"]  # the deadline, set by the server
     assert (
         parties["owner"]
@@ -346,7 +375,8 @@ def test_attachments_are_checked_and_served_only_to_those_who_may_see_them(
     assert got.status_code == 200 and got.content == PDF
     assert summary["content"][0]["attachment"]["size"] == len(PDF)
     assert parties["owner"].get(url).status_code == 404
-    assert as_user("auditor").get(url).status_code == 404
+    # Files are clinical: a token that may read no clinical record is refused outright.
+    assert as_user("auditor").get(url).status_code == 403
 
 
 def test_two_specialists_accepting_at_once(
@@ -466,7 +496,7 @@ def test_referral_figures_match_an_independent_count(settings: Settings, as_user
         ("xy-tcm", "yz-tcm", "up-referral"),
         ("subei", "xy-people", "down-referral"),
     ]
-    reasons = ["床位已满", "非本专科", "资料不全"]
+    reasons = [("no-capacity", "床位已满"), ("wrong-specialty", "非本专科"), (None, "资料不全")]
     rows: list[Referral] = []
     for i in range(120):
         placer, owner, category = rng.choice(pairs)
@@ -491,7 +521,7 @@ def test_referral_figures_match_an_independent_count(settings: Settings, as_user
             row.completed_at = row.accepted_at + timedelta(hours=rng.randint(1, 200))  # type: ignore[operator]
         if fate == "rejected":
             row.rejected_at = requested + timedelta(hours=1)
-            row.status_reason = rng.choice(reasons)
+            row.status_reason_code, row.status_reason = rng.choice(reasons)
         row.status = fate
         rows.append(row)
     db = Database(settings.database_url)
@@ -533,8 +563,23 @@ def test_referral_figures_match_an_independent_count(settings: Settings, as_user
         ordered[-(-9 * len(ordered) // 10) - 1], abs=1e-3
     )
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 0.9) == 9.0
-    declined = Counter(r.status_reason for r in rows if r.rejected_at)
-    assert {x["reason"]: x["count"] for x in body["rejection_reasons"]} == declined
+    # Decline reasons are counted by code (no code: other); their free text, which may name
+    # the patient, is given only to the two hospitals of each referral: not to the auditor.
+    declined = Counter(r.status_reason_code or "other" for r in rows if r.rejected_at)
+    assert {x["code"]: x["count"] for x in body["rejection_reasons"]} == declined
+    assert "reason" not in str(body["rejection_reasons"]) and body["own_rejection_reasons"] == []
     assert body["overdue_now"] == sum(1 for r in rows if r.status == "requested")
     assert as_user("dr.xinyuan.people").get("/api/stats/referrals").status_code == 403
-    assert as_user("admin.subei").get("/api/stats/referrals").status_code == 200
+    admin = as_user("admin.subei").get(
+        "/api/stats/referrals", params={"from": "2026-01-01", "to": "2026-12-31"}
+    )
+    assert admin.status_code == 200
+    own = Counter(
+        (r.status_reason_code or "other", r.status_reason, r.placer_org, r.owner_org)
+        for r in rows
+        if r.rejected_at and "subei" in (r.placer_org, r.owner_org)
+    )
+    assert {
+        (x["code"], x["reason"], x["from"], x["to"]): x["count"]
+        for x in admin.json()["own_rejection_reasons"]
+    } == own

@@ -7,9 +7,7 @@ import io
 
 import httpx
 import pydicom
-import pytest
 from fhirpy import SyncFHIRClient
-from fhirpy.base.exceptions import ResourceNotFound
 
 from tests.conftest import LiveServer
 from tests.imaging_data import AYGUL, ct_series, multipart, stow_headers
@@ -93,8 +91,13 @@ def test_referral_up_and_back_down(live_server: LiveServer) -> None:
         .fetch_all()
     )
     assert task.id in {t.id for t in worklist}
-    with pytest.raises(ResourceNotFound):
-        city.reference("Patient", "demo-aygul").to_resource()
+    # Before acceptance: the triage view (the patient's name, sex and birth date, a preview of
+    # the summary), but no identity number, no file and no image.
+    preview = city.reference("Patient", "demo-aygul").to_resource()
+    assert preview["name"][0]["text"] == "阿依古丽·努尔兰" and "identifier" not in preview
+    doc_preview = city.reference("DocumentReference", summary.id).to_resource()
+    assert "url" not in doc_preview["content"][0]["attachment"]
+    assert city_http.get(summary["content"][0]["attachment"]["url"]).status_code == 404
     assert city_http.get(f"/dicomweb/studies/{study_uid}/metadata").status_code == 404
 
     # Opening it receives it; accepting opens the shared records.

@@ -116,6 +116,10 @@ def second_specialist(settings: Settings) -> None:
     db.dispose()
 
 
+def _subsetted(resource: dict[str, Any]) -> bool:
+    return "SUBSETTED" in [t.get("code") for t in resource.get("meta", {}).get("tag", [])]
+
+
 def test_find_hold_book_and_what_each_step_opens(
     parties: dict[str, TestClient], settings: Settings, app: FastAPI
 ) -> None:
@@ -138,9 +142,10 @@ def test_find_hold_book_and_what_each_step_opens(
     assert iso(beijing(day, "10:00")).replace("Z", ".000Z") not in starts_of(
         find(doctor, sr, **window(day))
     )
-    # Nothing is opened to the specialist's hospital by a hold.
+    # Nothing is opened to the specialist's hospital by a hold: the patient is still seen as
+    # the request's triage preview only.
     assert specialist.get(f"/fhir/Appointment/{held['id']}").status_code == 404
-    assert specialist.get("/fhir/Patient/demo-aygul").status_code == 404
+    assert _subsetted(specialist.get("/fhir/Patient/demo-aygul").json())
 
     # Booking it: the slot is busy; the consult's shared records open to 苏北人民医院.
     r = book(doctor, held=held["id"])
@@ -156,6 +161,7 @@ def test_find_hold_book_and_what_each_step_opens(
         sr["supportingInfo"][0]["reference"].join(["/fhir/", ""]),
     ):
         assert specialist.get(path).status_code == 200, path
+        assert not _subsetted(specialist.get(path).json()), path
     # ...but nothing else of the patient's.
     assert specialist.get("/fhir/Patient/demo-wang-jianguo").status_code == 404
     parts = {p["actor"]["reference"]: p for p in booked["participant"]}

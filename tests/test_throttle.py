@@ -15,7 +15,7 @@ from alliance.config import Settings
 from alliance.security.models import LoginThrottle
 from alliance.security.service import register_client
 from server.app import create_app
-from tests.test_sessions import login, portal, read, token_of
+from tests.accounts import login, portal, read, token_of
 
 
 def wrong(client: TestClient, username: str) -> Any:

@@ -20,16 +20,28 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, and_, delete, func, select, true, tuple_
 from sqlalchemy.orm import Session
 
+from alliance.attachments.service import ATTACHMENT_PARAM, check_attachments
 from alliance.db import named_lock
 from alliance.errors import BadRequest, Conflict, Gone, Issue, NotFound, PreconditionFailed
 from alliance.fhir.indexing import INDEX_TABLES, index_rows
-from alliance.fhir.models import ReferenceIndex, ResourceRow, ResourceVersion
+from alliance.fhir.models import ReferenceIndex, ResourceRow, ResourceVersion, TokenIndex
 from alliance.fhir.registry import Registry, Resource, ResourceDefinition, WriteContext
 from alliance.fhir.search import SearchSpec, matching_rows, page_query, parse_search
 from alliance.fhir.values import instant
 
-#: What a caller may see of a type, as a condition on `ResourceRow` (see alliance.security).
-Visibility = Callable[[str], ColumnElement[bool]]
+
+class Visibility(Protocol):
+    """What a caller may see (alliance.security.access.Reach): called with a type, the
+    condition on `ResourceRow` for what it may read; `full`, what is opened to it whole;
+    `redact`, serving what it sees only in part as that part."""
+
+    def __call__(self, resource_type: str) -> ColumnElement[bool]: ...
+
+    def full(self, resource_type: str) -> ColumnElement[bool]: ...
+
+    def redact(self, session: Session, versions: list[Version]) -> None: ...
+
+
 #: May the caller store this resource (replacing the previous version)? Raises if not.
 WriteCheck = Callable[[ResourceDefinition, Session, Resource, Resource | None], None]
 
@@ -111,9 +123,12 @@ class SearchResult:
 
 
 class FhirStore:
-    def __init__(self, registry: Registry, *, base_url: str) -> None:
+    def __init__(self, registry: Registry, *, base_url: str, server_url: str) -> None:
+        """`base_url` is the FHIR base (`…/fhir`); `server_url` the service's own public URL,
+        under which uploaded files live (`…/api/attachments/{id}`)."""
         self.registry = registry
         self.base_url = base_url
+        self.server_url = server_url
 
     # ---- reads ------------------------------------------------------------------------
 
@@ -136,6 +151,7 @@ class FhirStore:
             definition.present(session, [result])
         if actor is not None and definition.present_to is not None:
             definition.present_to(session, actor, [result])
+        _redact(visible, session, [result])
         return result
 
     def _read(
@@ -198,6 +214,7 @@ class FhirStore:
         result = Version.of(row, current.patient_id)
         if result.deleted:
             raise Gone(f"version {version_id} of {resource_type}/{resource_id} is a deletion")
+        _redact(visible, session, [result])
         return result
 
     def history(
@@ -223,7 +240,9 @@ class FhirStore:
         if before_version is not None:
             query = query.where(ResourceVersion.version < before_version)
         rows = session.scalars(query.order_by(ResourceVersion.version.desc()).limit(count))
-        return [Version.of(r, current.patient_id) for r in rows]
+        versions = [Version.of(r, current.patient_id) for r in rows]
+        _redact(visible, session, versions)
+        return versions
 
     def _current(
         self,
@@ -311,6 +330,7 @@ class FhirStore:
         included = self._included(session, spec, rows, visible) if spec.includes else []
         for version_list in (matches, included):
             self._present(session, version_list, actor)
+            _redact(visible, session, version_list)
         return SearchResult(spec, matches, included, total, next_page)
 
     def _present(self, session: Session, versions: list[Version], actor: Any = None) -> None:
@@ -548,6 +568,15 @@ class FhirStore:
         if authorize is not None:
             authorize(definition, session, resource, previous)
         warnings = definition.on_write(ctx, resource, previous) if definition.on_write else []
+        # The sharing rule for files holds for every type (alliance.attachments), and for what
+        # the type's hooks added too.
+        files = check_attachments(
+            session,
+            definition.type,
+            resource,
+            definition.organization_of(resource),
+            self.server_url,
+        )
         if current is None:
             current = ResourceRow(resource_type=definition.type, id=resource_id)
             session.add(current)
@@ -567,7 +596,22 @@ class FhirStore:
         )
         session.add(row)
         self._clear_index(session, definition.type, resource_id)
-        session.add_all(index_rows(definition, resource_id, resource, self.base_url))
+        rows = index_rows(definition, resource_id, resource, self.base_url)
+        indexed = {
+            r.code for r in rows if isinstance(r, TokenIndex) and r.param == ATTACHMENT_PARAM
+        }
+        rows.extend(
+            TokenIndex(
+                resource_type=definition.type,
+                resource_id=resource_id,
+                param=ATTACHMENT_PARAM,
+                system=None,
+                code=url[:255],
+            )
+            for url in files
+            if url[:255] not in indexed
+        )
+        session.add_all(rows)
         session.flush()
         written = Version.of(row, current.patient_id)
         if definition.after_write is not None:
@@ -581,6 +625,11 @@ class FhirStore:
                     table.resource_type == resource_type, table.resource_id == resource_id
                 )
             )
+
+
+def _redact(visible: Visibility | None, session: Session, versions: list[Version]) -> None:
+    if visible is not None:
+        visible.redact(session, versions)
 
 
 def _condition(visible: Visibility | None, resource_type: str) -> ColumnElement[bool]:

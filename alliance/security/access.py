@@ -7,22 +7,35 @@
   owns, every record about a patient their hospital keeps, and the records an access grant
   opens to their hospital while it lasts. Nothing else: a record outside reach behaves as if
   it did not exist (404), so existence does not leak.
+- The sharing rule: a record leaves the hospital that keeps it only through a grant, and only
+  the hospital that keeps it (or keeps its patient) can share it (`shareable`); what a hospital
+  sees through a grant it cannot pass on, so nothing derived from a grant outlives it.
+- A grant opens its records in `full` (an accepted referral) or for `triage` (a request not
+  yet decided: the receiving hospital sees what it needs to decide, `TRIAGE_ELEMENTS`, and no
+  file or image). A record seen only through a triage grant is served as a subset, tagged
+  SUBSETTED (FHIR R4 search.html#elements); files and DICOM need `full` reach.
 - The audit trail: only the `audit` capability.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, false, or_, select, true
 from sqlalchemy.orm import Session
 
+from alliance.codes import RECORD_KEEPER, RECORD_PATIENT
 from alliance.errors import Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import Resource, ResourceDefinition
 from alliance.security.models import AccessGrant, AccessGrantResource
+
+if TYPE_CHECKING:
+    from alliance.fhir.store import Version
 from alliance.security.scopes import INTERACTION_PERMISSION, Scope, allows, format_scopes
 
 
@@ -54,8 +67,68 @@ class Principal:
             )
 
 
-def granted_ids(hospital_id: str, resource_type: str, at: datetime) -> ColumnElement[bool]:
-    """ResourceRow ids of `resource_type` opened to `hospital_id` by a grant in force at `at`."""
+#: Grant levels: `full` opens records as they are, `triage` opens the subset below.
+FULL, TRIAGE = "full", "triage"
+#: What a triage grant shows of a record: the elements a receiving specialist needs to decide
+#: on a request (the request itself whole; the patient's name, sex and birth date; previews of
+#: the documents and studies it lists, without their files), as dotted element paths. A type
+#: mapped to None is shown whole; a type not listed shows only id and meta.
+TRIAGE_ELEMENTS: dict[str, frozenset[str] | None] = {
+    "ServiceRequest": None,
+    "Task": None,
+    "Patient": frozenset({"name", "gender", "birthDate", "managingOrganization", "active"}),
+    "DocumentReference": frozenset(
+        {
+            "status",
+            "docStatus",
+            "type",
+            "category",
+            "subject",
+            "date",
+            "author",
+            "description",
+            "content.attachment.contentType",
+            "content.attachment.title",
+            "content.attachment.size",
+            "content.attachment.creation",
+            "content.format",
+        }
+    ),
+    "ImagingStudy": frozenset(
+        {
+            "identifier",
+            "status",
+            "modality",
+            "subject",
+            "started",
+            "numberOfSeries",
+            "numberOfInstances",
+            "description",
+            "series.uid",
+            "series.number",
+            "series.modality",
+            "series.description",
+            "series.numberOfInstances",
+            "series.bodySite",
+        }
+    ),
+}
+#: The SUBSETTED tag (FHIR R4 v3-ObservationValue) on a record served as a subset.
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
+#: Extensions a subset keeps: who keeps the record and whose it is (needed to act on it).
+_KEPT_EXTENSIONS = frozenset({RECORD_KEEPER, RECORD_PATIENT})
+
+
+def granted_ids(
+    hospital_id: str, resource_type: str, at: datetime, *, triage: bool = False
+) -> ColumnElement[bool]:
+    """ResourceRow ids of `resource_type` opened to `hospital_id` by a grant in force at `at`
+    (full grants only, or triage grants too)."""
+    levels = (FULL, TRIAGE) if triage else (FULL,)
     opened = (
         select(AccessGrantResource.resource_id)
         .join(AccessGrant, AccessGrant.id == AccessGrantResource.grant_id)
@@ -65,42 +138,151 @@ def granted_ids(hospital_id: str, resource_type: str, at: datetime) -> ColumnEle
             AccessGrant.valid_from <= at,
             or_(AccessGrant.valid_until.is_(None), AccessGrant.valid_until > at),
             AccessGrant.closed_at.is_(None),
+            AccessGrant.level.in_(levels),
         )
     )
     return ResourceRow.id.in_(opened)
 
 
 def visible(principal: Principal, definition: ResourceDefinition) -> ColumnElement[bool]:
-    """The condition on `ResourceRow` for what `principal` may see of this type."""
+    """The condition on `ResourceRow` for what `principal` may read of this type."""
     caps = principal.capabilities
     if definition.access == "directory":
         return true()
     if definition.access == "audit":
         return true() if "audit" in caps else false()
-    return clinical_reach(principal, definition.type)
+    return clinical_reach(principal, definition.type, triage=True)
 
 
-def clinical_reach(principal: Principal, resource_type: str) -> ColumnElement[bool]:
+def kept_by(hospital_id: str) -> ColumnElement[bool]:
+    """Clinical records a hospital keeps, or keeps the patient of: what it may share."""
+    own_patients = select(ResourceRow.id).where(
+        ResourceRow.resource_type == "Patient", ResourceRow.organization_id == hospital_id
+    )
+    return or_(ResourceRow.organization_id == hospital_id, ResourceRow.patient_id.in_(own_patients))
+
+
+def clinical_reach(
+    principal: Principal, resource_type: str, *, triage: bool = False
+) -> ColumnElement[bool]:
     """Clinical records of `resource_type` within reach: owned by the principal's hospital,
-    about a patient it keeps, or opened to it by a grant in force."""
+    about a patient it keeps, or opened to it by a grant in force (full grants, or triage ones
+    too when `triage`)."""
     if "clinical" not in principal.capabilities:
         return false()
     hospital = principal.hospital_id
-    own_patients = select(ResourceRow.id).where(
-        ResourceRow.resource_type == "Patient", ResourceRow.organization_id == hospital
-    )
     return or_(
-        ResourceRow.organization_id == hospital,
-        ResourceRow.patient_id.in_(own_patients),
-        granted_ids(hospital, resource_type, datetime.now(UTC)),
+        kept_by(hospital),
+        granted_ids(hospital, resource_type, datetime.now(UTC), triage=triage),
     )
 
 
-def visibility(
-    principal: Principal, lookup: Callable[[str], ResourceDefinition]
-) -> Callable[[str], ColumnElement[bool]]:
-    """`visible` for any type, as the FHIR store asks for it (searches `_include` other types)."""
-    return lambda resource_type: visible(principal, lookup(resource_type))
+def shareable(
+    session: Session, hospital_id: str, resources: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Of `resources` (type, id), those `hospital_id` may share: the records it keeps and the
+    records about a patient it keeps, never what it sees only through a grant."""
+    wanted = list(dict.fromkeys(resources))
+    found: set[tuple[str, str]] = set()
+    for rtype in {t for t, _ in wanted}:
+        ids = [i for t, i in wanted if t == rtype]
+        found.update(
+            (rtype, rid)
+            for rid in session.scalars(
+                select(ResourceRow.id).where(
+                    ResourceRow.resource_type == rtype,
+                    ResourceRow.id.in_(ids),
+                    kept_by(hospital_id),
+                )
+            )
+        )
+    return [r for r in wanted if r in found]
+
+
+def subset(resource: Resource, elements: frozenset[str] | None) -> Resource:
+    """The resource cut down to `elements` (dotted paths), with id, meta (tagged SUBSETTED)
+    and the record-keeping extensions (FHIR R4 search.html#elements)."""
+    if elements is None:
+        return resource
+    kept: Resource = _pick(resource, elements)
+    kept["resourceType"] = resource["resourceType"]
+    kept["id"] = resource.get("id")
+    meta = dict(resource.get("meta") or {})
+    meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
+    kept["meta"] = meta
+    extensions = [
+        e
+        for e in resource.get("extension") or []
+        if isinstance(e, dict) and e.get("url") in _KEPT_EXTENSIONS
+    ]
+    if extensions:
+        kept["extension"] = extensions
+    return kept
+
+
+def _pick(value: Any, paths: frozenset[str]) -> Any:
+    if isinstance(value, list):
+        return [_pick(v, paths) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in paths:
+            out[key] = item
+            continue
+        deeper = frozenset(p.removeprefix(f"{key}.") for p in paths if p.startswith(f"{key}."))
+        if deeper:
+            out[key] = _pick(item, deeper)
+    return out
+
+
+class Reach:
+    """What one principal may see, as the FHIR store and the domains ask for it: a condition
+    per type for reads and searches (calling the object), `full` for what needs the record
+    opened whole (files, DICOM, writing about a patient), and `redact` to serve what is seen
+    only through a triage grant as its subset."""
+
+    def __init__(self, principal: Principal, lookup: Callable[[str], ResourceDefinition]) -> None:
+        self.principal = principal
+        self.lookup = lookup
+
+    def __call__(self, resource_type: str) -> ColumnElement[bool]:
+        return visible(self.principal, self.lookup(resource_type))
+
+    def full(self, resource_type: str) -> ColumnElement[bool]:
+        definition = self.lookup(resource_type)
+        if definition.access != "clinical":
+            return visible(self.principal, definition)
+        return clinical_reach(self.principal, resource_type)
+
+    def redact(self, session: Session, versions: list[Version]) -> None:
+        """Cut the versions seen only through a triage grant down to their triage subset.
+        One query per clinical type asks which of them are within full reach."""
+        by_type: dict[str, list[Version]] = {}
+        for v in versions:
+            if v.content is not None and self.lookup(v.resource_type).access == "clinical":
+                by_type.setdefault(v.resource_type, []).append(v)
+        for rtype, group in by_type.items():
+            whole = set(
+                session.scalars(
+                    select(ResourceRow.id).where(
+                        ResourceRow.resource_type == rtype,
+                        ResourceRow.id.in_({v.id for v in group}),
+                        self.full(rtype),
+                    )
+                )
+            )
+            elements = TRIAGE_ELEMENTS.get(rtype, frozenset())
+            for v in group:
+                if v.id not in whole:
+                    cut = subset(v.resource(), elements)
+                    v.content = json.dumps(cut, ensure_ascii=False, separators=(",", ":"))
+
+
+def visibility(principal: Principal, lookup: Callable[[str], ResourceDefinition]) -> Reach:
+    """What `principal` may see of any type, as the FHIR store asks for it (searches
+    `_include` other types)."""
+    return Reach(principal, lookup)
 
 
 def check_write(

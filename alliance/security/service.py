@@ -18,7 +18,7 @@ from alliance.config import Settings
 from alliance.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
 from alliance.security import throttle
-from alliance.security.access import Principal
+from alliance.security.access import FULL, TRIAGE, Principal, shareable
 from alliance.security.models import AccessGrant, AccessGrantResource, Client, Role, User
 from alliance.security.passwords import hash_password, verify_password
 from alliance.security.scopes import format_scopes, parse_scopes, within_ceiling
@@ -488,9 +488,25 @@ def open_grant(
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
     actor: Actor | None = None,
+    shared_by: str | None = None,
+    level: str = FULL,
 ) -> AccessGrant:
-    """Open `resources` (type, id) of one patient to a hospital, for `reason`; audited (a
-    disclosure, PIPL art. 23) in the same transaction."""
+    """Open `resources` (type, id) of one patient to a hospital, for `reason`, in `full` or
+    for `triage`; audited (a disclosure, PIPL art. 23) in the same transaction.
+
+    Only what `shared_by` (by default the hospital keeping the patient) may share is opened:
+    the records it keeps or keeps the patient of (alliance.security.access.shareable). What it
+    sees only through another grant is left out, so nothing derived from a grant outlives it.
+    """
+    if level not in (FULL, TRIAGE):
+        raise ValueError(f"a grant's level is {FULL} or {TRIAGE}, not {level!r}")
+    if shared_by is None:
+        shared_by = session.scalar(
+            select(ResourceRow.organization_id).where(
+                ResourceRow.resource_type == "Patient", ResourceRow.id == patient_id
+            )
+        )
+    opened = shareable(session, shared_by or "", list(resources))
     grant = AccessGrant(
         id=str(uuid.uuid4()),
         patient_id=patient_id,
@@ -498,14 +514,13 @@ def open_grant(
         reason=reason,
         valid_from=valid_from or datetime.now(UTC),
         valid_until=valid_until,
+        level=level,
     )
-    grant.resources = [
-        AccessGrantResource(resource_type=t, resource_id=i) for t, i in dict.fromkeys(resources)
-    ]
+    grant.resources = [AccessGrantResource(resource_type=t, resource_id=i) for t, i in opened]
     session.add(grant)
     session.flush()
-    opened = ", ".join(f"{r.resource_type}/{r.resource_id}" for r in grant.resources)
     until = valid_until.isoformat() if valid_until else "further notice"
+    listed = ", ".join(f"{t}/{i}" for t, i in opened)
     append(
         session,
         [
@@ -514,7 +529,8 @@ def open_grant(
                 actor,
                 reason,
                 patient_id,
-                f"opened to Organization/{hospital_id} until {until}: {opened}",
+                f"opened ({level}) by Organization/{shared_by} to Organization/{hospital_id} "
+                f"until {until}: {listed}",
             )
         ],
     )

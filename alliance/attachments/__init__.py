@@ -1,0 +1,1 @@
+"""Uploaded files: the table, the sharing rule for files, and their HTTP face."""

@@ -1,0 +1,108 @@
+"""The HTTP face of uploaded files (documented in the API docs): upload, and download under the
+sharing rule of alliance.attachments.service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
+
+from alliance.attachments.service import fhir_attachment, readable_attachment, store_attachment
+from alliance.config import Settings
+from alliance.errors import PayloadTooLarge
+from alliance.security.guard import Guard, Interaction, Touched
+from alliance.storage import BlobStore
+
+
+class _RequestStream:
+    """The request body as a blocking file for the blob store (read in the worker thread)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while self._chunks and (size < 0 or len(self._buffer) < size):
+            self._buffer += self._chunks.pop(0)
+        if size < 0:
+            size = len(self._buffer)
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
+def attachment_router(guard: Guard, blobs: BlobStore, settings: Settings) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["attachments"])
+
+    @router.post("/attachments", status_code=201)
+    async def upload(request: Request) -> JSONResponse:
+        """Upload a file (PDF, JPEG, PNG, TIFF or UTF-8 text) as the raw request body, with
+        its Content-Type, and optionally `?title=`. Answers the FHIR Attachment to put in a
+        record of your own hospital (url, contentType, size, and its SHA-256 in an
+        extension): a file is referenced only by records of the hospital that uploaded it.
+        Over `ALLIANCE_MAX_ATTACHMENT_BYTES`: 413; another type: 415."""
+        limit = settings.max_attachment_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"attachments are at most {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"attachments are at most {limit} bytes")
+            chunks.append(chunk)
+        ctype = request.headers.get("content-type", "")
+        title = request.query_params.get("title")
+
+        def work(session: Any, ctx: Any) -> Any:
+            return store_attachment(
+                session=session,
+                blobs=blobs,
+                stream=_RequestStream(chunks),  # type: ignore[arg-type]
+                content_type=ctype,
+                title=title,
+                principal=ctx.principal,
+                max_bytes=limit,
+            )
+
+        row = await guard.run(
+            request,
+            Interaction("create", "Attachment"),
+            work,
+            lambda r: [Touched(f"Attachment/{r.id}", None)],
+        )
+        return JSONResponse(fhir_attachment(settings.base_url, row), 201)
+
+    @router.get("/attachments/{attachment_id}")
+    async def download(request: Request, attachment_id: str) -> Response:
+        """The file, to those who may see in full a record that references it, with a token
+        whose scopes allow reading that record's type (403 for a token that may read no
+        clinical record; 404 to everyone else)."""
+        clinical = [d.type for d in guard.registry.definitions() if d.access == "clinical"]
+        row = await guard.run(
+            request,
+            Interaction("read", f"Attachment/{attachment_id}"),
+            lambda session, ctx: readable_attachment(
+                session=session,
+                principal=ctx.principal,
+                attachment_id=attachment_id,
+                base_url=settings.base_url,
+                clinical_types=clinical,
+            ),
+            lambda r: [Touched(f"Attachment/{r.id}", None)],
+        )
+        chunks = blobs.open(row.blob_key)
+        headers = {
+            "Content-Length": str(row.size),
+            "ETag": f'"{row.sha256}"',
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": "attachment",
+        }
+        return StreamingResponse(
+            iterate_in_threadpool(chunks), media_type=row.content_type, headers=headers
+        )
+
+    return router
