@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import asdict
 from typing import Any
 
@@ -32,7 +33,22 @@ CSV_COLUMNS = (
     "entity",
     "patient_id",
     "hash",
+    "description",
 )
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV Injection"):
+#: `=`, `+`, `-`, `@`, and tab and carriage return, which some programs skip before looking.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """A value as a CSV cell that a spreadsheet shows as text and never runs: one that starts
+    like a formula gets a leading single quote (OWASP's advice), the rest are as recorded."""
+    if value is None:
+        return ""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _auditors_only(principal: Principal) -> None:
@@ -47,7 +63,9 @@ def audit_router(guard: Guard) -> APIRouter:
     async def export_csv(request: Request) -> Response:
         """The AuditEvents matching a search (the parameters of `GET /fhir/AuditEvent`:
         date, agent, altid, hospital, patient, entity, subtype, outcome, ...), oldest first, as
-        UTF-8 CSV with a byte-order mark so spreadsheet programs read Chinese correctly."""
+        UTF-8 CSV with a byte-order mark so spreadsheet programs read Chinese correctly. Cells
+        that would start a formula are quoted (`csv_cell`): user names and descriptions are
+        whatever a caller typed, and an auditor opens the file in a spreadsheet."""
         params = list(request.query_params.multi_items())
         flt, _applied, _ignored = audit_filter(params)
 
@@ -62,9 +80,10 @@ def audit_router(guard: Guard) -> APIRouter:
             writer = csv.writer(out)
             writer.writerow(CSV_COLUMNS)
             for row in rows:
-                values = [getattr(row, c) for c in CSV_COLUMNS]
+                values = [getattr(row, c) for c in CSV_COLUMNS[:-1]]
                 values[1] = row.recorded.isoformat()
-                writer.writerow(["" if v is None else v for v in values])
+                values.append(json.loads(row.content).get("outcomeDesc"))
+                writer.writerow([csv_cell(v) for v in values])
             return out.getvalue()
 
         body = await guard.run(

@@ -10,8 +10,10 @@ from deletion, modification and overwriting).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -82,9 +84,91 @@ class AuditInput:
     extra_entities: list[str] = field(default_factory=list)
 
 
+# ---- what may be recorded ---------------------------------------------------------------------
+
+#: Longest text kept of each field that comes from a request. The searchable ones are the sizes
+#: of their columns (models.py), so an absurd value is clamped, never refused by the database;
+#: the others bound what an unauthenticated caller can make the trail store for one request.
+FIELD_LIMITS = {
+    "username": 64,
+    "hospital_id": 64,
+    "role": 64,
+    "practitioner_id": 64,
+    "client_address": 64,
+    "patient_id": 64,
+    "entity": 160,
+    "user_agent": 200,
+    "description": 2000,
+    "query": 4096,
+}
+#: Most entities beyond the first that one event lists.
+MAX_EXTRA = 100
+#: NUL, the other C0 controls, DEL, C1 controls and lone surrogates: PostgreSQL refuses NUL in
+#: text, a surrogate cannot be encoded as UTF-8 (so not hashed), and control characters forge
+#: lines and terminal escapes in whatever shows the trail later.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+#: Ends a value that was cut.
+CLAMPED = "\u2026"
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def recordable(value: str | None, limit: int) -> str | None:
+    """`value` as the trail can always keep it: unprintable characters escaped (`\\x00`,
+    `\\n`, `\\ud800`), then at most `limit` characters, the last one "…" when it was cut.
+    Only the first `limit` characters are looked at, so a megabyte costs no more than a line.
+    (A backslash typed by the caller stays as it is: the escapes are for reading, not for
+    decoding back.)"""
+    if value is None:
+        return None
+    text = _UNPRINTABLE.sub(_escape, value[: limit + 1])
+    if len(text) > limit or len(value) > limit:
+        text = text[: limit - 1] + CLAMPED
+    return text
+
+
+def _recordable_event(event: AuditInput) -> AuditInput:
+    """The event with every field that may come from a request made recordable (see
+    `recordable`): a request is audited whatever it carried (GB/T 22239-2019 8.1.4.3 a: audit
+    covers every user and every interaction), and never makes the trail fail or bloat."""
+    limit = FIELD_LIMITS
+    actor = event.actor
+    if actor is not None:
+        actor = dataclasses.replace(
+            actor,
+            username=recordable(actor.username, limit["username"]) or "",
+            hospital_id=recordable(actor.hospital_id, limit["hospital_id"]),
+            role=recordable(actor.role, limit["role"]),
+            practitioner_id=recordable(actor.practitioner_id, limit["practitioner_id"]),
+        )
+    return dataclasses.replace(
+        event,
+        subtype=recordable(event.subtype, 64) or "",
+        actor=actor,
+        client_address=recordable(event.client_address, limit["client_address"]),
+        entity=recordable(event.entity, limit["entity"]),
+        patient_id=recordable(event.patient_id, limit["patient_id"]),
+        query=recordable(event.query, limit["query"]),
+        description=recordable(event.description, limit["description"]),
+        user_agent=recordable(event.user_agent, limit["user_agent"]),
+        extra_entities=[
+            recordable(e, limit["entity"]) or "" for e in event.extra_entities[:MAX_EXTRA]
+        ],
+    )
+
+
 def build_event(
     event: AuditInput, *, event_id: str, recorded: datetime, server: str
 ) -> dict[str, Any]:
+    """The AuditEvent resource of `event`, with what came from the request made recordable."""
+    event = _recordable_event(event)
     system, code, display = EVENT_TYPES[event.type]
     subtype_system = RESTFUL if event.type == "rest" else DCM
     resource: dict[str, Any] = {
@@ -133,7 +217,7 @@ def build_event(
     if event.client_address:
         user["network"] = {"address": event.client_address, "type": "2"}
     if event.user_agent:
-        user["name"] = event.user_agent[:200]
+        user["name"] = event.user_agent
     agents.append(user)
     agents.append(
         {

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from alliance.audit.service import Actor, AuditInput, append, outcome_for_status
+from alliance.audit.service import Actor, AuditInput, append, outcome_for_status, recordable
 from alliance.config import Settings
 from alliance.db import Database
-from alliance.errors import AllianceError, Forbidden, Unavailable
+from alliance.errors import AllianceError, BadRequest, Forbidden, Unavailable
 from alliance.fhir.registry import Registry
 from alliance.fhir.store import Visibility, WriteCheck
 from alliance.security import sessions
@@ -75,6 +75,14 @@ class Interaction:
     entity: str | None = None  # Type/id asked for, when there is one
     query: str | None = None  # a search's query string
     type: str = "rest"
+
+
+def _refuse_nul(request: HTTPConnection) -> None:
+    """A NUL character in the path or the query names nothing (no id, code or name holds one)
+    and PostgreSQL cannot even compare text holding it: 400, audited like any refusal."""
+    query = request.scope.get("query_string", b"")
+    if "\x00" in request.scope.get("path", "") or b"%00" in query or b"\x00" in query:
+        raise BadRequest("the request's address holds a NUL character")
 
 
 class Guard:
@@ -139,6 +147,7 @@ class Guard:
                 actor = Actor(
                     who.username, who.hospital_id, who.role, who.practitioner_id, who.kind
                 )
+                _refuse_nul(request)
                 with self.db.transaction(write=True) as session:
                     principal = principal_for(session, who)
                     if check is not None:
@@ -188,5 +197,12 @@ class Guard:
             with self.db.transaction(write=True) as session:
                 self._append(session, [failed])
         except Exception:
-            # The interaction already failed; its own error is what the client hears.
-            log.exception("could not audit a failed interaction: %s", failed)
+            # The interaction already failed; its own error is what the client hears. What the
+            # caller sent is logged as the trail would have kept it: escaped and short.
+            log.exception(
+                "could not audit a failed interaction: %s %s by %s: %s",
+                failed.subtype,
+                recordable(failed.entity, 160),
+                recordable(failed.actor.username if failed.actor else "anonymous", 64),
+                recordable(failed.description, 200),
+            )

@@ -59,6 +59,9 @@ def log_in(
     with db.transaction(write=True) as session:
         account: Any = None
         try:
+            if "\x00" in username:
+                # No account or client is named so, and PostgreSQL cannot even look for one.
+                raise LoginFailure("the name holds a NUL character", username)
             if grant_type == "password":
                 account = authenticate(
                     session=session,
