@@ -147,6 +147,7 @@ WORDS: dict[str, tuple[str, str]] = {
     "required": ("必填", "required"),
     "next_page": ("下一页", "Next page"),
     "none": ("暂无", "None"),
+    "after_acceptance": ("（接受转诊后可查看）", "(opens on acceptance)"),
     "up": ("上转", "up"),
     "down": ("下转", "down"),
     "sent": ("发出", "sent"),

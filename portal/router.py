@@ -2153,23 +2153,27 @@ def _patient_view(patient: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _doc_view(doc: dict[str, Any]) -> dict[str, str]:
+def _doc_view(doc: dict[str, Any]) -> dict[str, str | None]:
     attachment = (doc.get("content") or [{}])[0].get("attachment", {})
     title = (
         attachment.get("title")
         or ((doc.get("type") or {}).get("coding") or [{}])[0].get("display")
         or doc["id"]
     )
-    return {"url": attachment.get("url", "#"), "title": title}
+    # A triage preview (before acceptance) carries no file: the title only, no link.
+    return {"url": attachment.get("url"), "title": title}
 
 
-def _study_view(study: dict[str, Any]) -> dict[str, str]:
+def _study_view(study: dict[str, Any]) -> dict[str, str | None]:
     uid = next(
         (i.get("value", "").removeprefix("urn:oid:") for i in study.get("identifier") or []), ""
     )
     modalities = ",".join(m.get("code", "") for m in study.get("modality") or [])
     text = f"{study.get('started', '')[:10]} {modalities} {study.get('description', '')}".strip()
-    return {"id": study["id"], "text": text or uid, "link": f"/viewer/{uid}", "uid": uid}
+    tags = [t.get("code") for t in (study.get("meta") or {}).get("tag") or []]
+    # A triage preview (before acceptance) shows what the study is, not its images.
+    link = None if "SUBSETTED" in tags else f"/viewer/{uid}"
+    return {"id": study["id"], "text": text or uid, "link": link, "uid": uid}
 
 
 def _timeline_item(rtype: str, res: dict[str, Any], stamp: str) -> dict[str, Any]:

@@ -311,3 +311,27 @@ def record_consent_body(form: dict[str, Any], data: list[str]) -> dict[str, Any]
             {"meaning": "instance", "reference": {"reference": r}} for r in data
         ]
     return body
+
+
+def test_the_portal_shows_the_specialist_the_triage_view(
+    as_user: Users, app: Any, client: TestClient
+) -> None:
+    """The specialist's referral page before acceptance: the patient's name, the diagnosis and
+    what the request lists, by title only (no link to the file or the images), and no
+    identity number anywhere on the page."""
+    from tests.test_portal_pages import sign_in
+
+    county = as_user("dr.xinyuan.people")
+    summary = document(county, "demo-aygul", title="入院病历摘要")
+    study = _ct_study(county)
+    _, task = _refer(
+        county, "subei", [f"DocumentReference/{summary['id']}", f"ImagingStudy/{study}"]
+    )
+    sign_in(client, "sp.subei")
+    page = client.get(f"/referrals/{task['id']}")
+    assert page.status_code == 200, page.text
+    assert "阿依古丽·努尔兰" in page.text and "急性心肌梗死" in page.text
+    assert "入院病历摘要" in page.text and "接受转诊后可查看" in page.text
+    assert summary["content"][0]["attachment"]["url"] not in page.text
+    assert f"/viewer/{study}" not in page.text
+    assert AYGUL not in page.text
