@@ -10,8 +10,9 @@ guarantee from `named_lock`, a transaction-scoped advisory lock.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from alliance.errors import Conflict, Unavailable
+
+log = logging.getLogger("alliance.db")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -111,7 +114,12 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        #: Shared with every session of this database as its `Session.info` (the wiring puts
+        #: here what kernel code finds through the session, such as the audit anchor).
+        self.info: dict[str, Any] = {}
+        self._sessions = sessionmaker(
+            self.engine, expire_on_commit=False, autoflush=True, info=self.info
+        )
         # SQLite has one writer. Threads of this process queue here for it, in order, instead
         # of polling for the database lock with back-off (which gives long tail latencies);
         # other processes still wait through busy_timeout.
@@ -133,11 +141,13 @@ class Database:
             assert self._writer is not None
             self._writer.acquire()
         session = self._sessions()
+        committed: list[Callable[[], None]] = []
         try:
             if write:
                 session.connection(execution_options={_WRITE_OPTION: True})
             yield session
             session.commit()
+            committed = session.info.pop(_AFTER_COMMIT, [])
         except IntegrityError as exc:
             # A constraint the code checks first was broken by a concurrent unit of work.
             session.rollback()
@@ -153,6 +163,12 @@ class Database:
             if queued:
                 assert self._writer is not None
                 self._writer.release()
+        for callback in committed:
+            try:
+                callback()
+            except Exception:
+                # The unit of work has committed: its caller must hear success.
+                log.exception("a task run after a commit failed")
 
     def ping(self) -> None:
         try:
@@ -163,6 +179,17 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_AFTER_COMMIT = "alliance_after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the unit of work of `session` (a `Database.transaction`) has
+    committed and let go of its locks and connection; never if it rolls back. For work that
+    must see the commit and must not hold the unit's locks (talking to the blob store). A
+    failing callback is logged: the unit of work has succeeded all the same."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 def named_lock(session: Session, name: str) -> None:

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from alliance.attachments.service import fhir_attachment, store_attachment
-from alliance.audit.service import verify
+from alliance.audit.anchor import verify_trail
 from alliance.codes import (
     DEPARTMENT,
     DEPARTMENT_CODES,
@@ -1674,7 +1674,7 @@ class Portal:
             request,
             session,
             Interaction("audit-verify", type="security"),
-            lambda s, _ctx: verify(s),
+            lambda s, _ctx: verify_trail(s, self.blobs),
             check=check,
         )
         return await self.audit(request, session, verified=result)

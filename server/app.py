@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alliance.attachments.router import attachment_router
+from alliance.audit.anchor import Anchor
 from alliance.audit.router import audit_router
 from alliance.config import Settings, get_settings
 from alliance.db import Database
@@ -40,6 +43,7 @@ class Services:
     blobs: BlobStore
     fhir: FhirStore
     guard: Guard
+    anchor: Anchor
 
 
 def build_services(settings: Settings) -> Services:
@@ -53,7 +57,16 @@ def build_services(settings: Settings) -> Services:
         blobs,
         FhirStore(registry, base_url=settings.fhir_base, server_url=settings.base_url),
         Guard(db, settings, registry),
+        Anchor(settings, db, blobs).attach(),
     )
+
+
+def _checkpoint_on_shutdown(anchor: Anchor) -> None:
+    """The trail's last records before a stop are anchored too, not only each N-th."""
+    try:
+        anchor.write_head()
+    except AllianceError as exc:
+        log.warning("no audit checkpoint written at shutdown: %s", exc.message)
 
 
 _API_PREFIXES = ("/fhir", "/api", "/auth", "/dicomweb", "/healthz", "/readyz", "/metrics")
@@ -82,7 +95,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     services = build_services(settings)
     metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(_checkpoint_on_shutdown, services.anchor)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Alliance referral, teleconsult and imaging service",
         description=(
             "FHIR R4 at `/fhir` (application/fhir+json), DICOMweb at `/dicomweb`, "
@@ -119,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _face_error(request, error)
 
     app.include_router(auth_router(services.db, settings))
-    app.include_router(audit_router(services.guard))
+    app.include_router(audit_router(services.guard, services.blobs))
     app.include_router(attachment_router(services.guard, services.blobs, settings))
     app.include_router(referral_router(services.guard))
     app.include_router(FhirApi(services.fhir, services.guard, settings).router())

@@ -6,10 +6,15 @@ import argparse
 import getpass
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from alliance.audit.service import Actor, AuditInput
 from alliance.config import Settings, get_settings
 from alliance.errors import AllianceError
+
+if TYPE_CHECKING:
+    from alliance.audit.anchor import Anchor
+    from alliance.db import Database
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -96,11 +101,10 @@ def _audited(subtype: str, entity: str, description: str) -> AuditInput:
 
 def _user(args: argparse.Namespace) -> int:
     from alliance.audit.service import append
-    from alliance.db import Database
     from alliance.security import service
 
     settings = get_settings()
-    db = Database(settings.database_url)
+    db = _anchored_database(settings)
     try:
         with db.transaction(write=True) as session:
             if args.user_command == "create":
@@ -161,11 +165,10 @@ def _user(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> int:
     from alliance.audit.service import append
-    from alliance.db import Database
     from alliance.security import service
 
     settings = get_settings()
-    db = Database(settings.database_url)
+    db = _anchored_database(settings)
     try:
         with db.transaction(write=True) as session:
             command = args.client_command
@@ -201,25 +204,92 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_verify(_args: argparse.Namespace) -> int:
-    from alliance.audit.service import verify
+def _anchor(settings: Settings) -> Anchor:
+    """The database with the audit trail's anchor attached (a command's audit record may be
+    the N-th, whose checkpoint is then due)."""
+    from alliance.audit.anchor import Anchor
     from alliance.db import Database
+    from alliance.storage import open_blob_store
 
-    db = Database(get_settings().database_url)
+    return Anchor(settings, Database(settings.database_url), open_blob_store(settings.storage_url))
+
+
+def _anchored_database(settings: Settings) -> Database:
+    return _anchor(settings).attach().db
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from alliance.audit.anchor import verify_trail
+    from alliance.db import Database
+    from alliance.storage import open_blob_store
+
+    settings = get_settings()
     try:
+        files = [(str(p), Path(p).read_bytes()) for p in args.checkpoint]
+        jwks = json.loads(Path(args.jwks).read_bytes()) if args.jwks else None
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    db = Database(settings.database_url)
+    try:
+        blobs = None if args.no_blob_store else open_blob_store(settings.storage_url)
         with db.transaction() as session:
-            result = verify(session)
+            result = verify_trail(session, blobs, files=files, jwks=jwks)
+    except AllianceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     finally:
         db.dispose()
+    anchored = result.checkpoints
+    if result.chain_ok:
+        print(f"hash chain intact: {result.checked} records verified")
+    else:
+        print(
+            f"audit trail BROKEN at record {result.first_bad_seq}: {result.problem} "
+            f"({result.checked} records before it verified)",
+            file=sys.stderr,
+        )
+    for problem in anchored.problems:
+        print(f"audit trail BROKEN: {problem}", file=sys.stderr)
+    latest = anchored.latest
+    if latest is None:
+        print("no checkpoint found to hold the trail to (write one: alliance audit checkpoint)")
+    elif anchored.ok:
+        print(
+            f"anchored: the checkpoint of {latest['time']} (record {latest['seq']}, signed by "
+            f"{latest['kid']}, {latest['source']}) matches the database"
+        )
     if result.ok:
         print(f"audit trail intact: {result.checked} records verified")
         return 0
+    return 1
+
+
+def _audit_checkpoint(_args: argparse.Namespace) -> int:
+    """Write a checkpoint of the newest record now; print it (JSON) to keep offline."""
+    import json
+
+    anchor = _anchor(get_settings())
+    try:
+        checkpoint = anchor.write_head()
+    except AllianceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        anchor.db.dispose()
+    if checkpoint is None:
+        print("the audit trail is empty: nothing to checkpoint", file=sys.stderr)
+        return 1
     print(
-        f"audit trail BROKEN at record {result.first_bad_seq}: {result.problem} "
-        f"({result.checked} records before it verified)",
+        f"audit checkpoint written: record {checkpoint.seq}, hash {checkpoint.hash}, "
+        f"{checkpoint.time}, signed by {checkpoint.kid}, at {checkpoint.source}",
         file=sys.stderr,
     )
-    return 1
+    print(json.dumps(checkpoint.document(), indent=1))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,9 +356,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="walk the hash chain and hold it to its signed checkpoints; exit 1 naming the "
+        "first record that does not match, or the records missing or altered",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also hold the trail to a checkpoint kept offline (repeatable)",
+    )
+    verify.add_argument(
+        "--jwks",
+        metavar="FILE",
+        help="verify checkpoint signatures with this JWK Set kept offline, not the database's keys",
+    )
+    verify.add_argument(
+        "--no-blob-store",
+        action="store_true",
+        help="use only the --checkpoint files, not the checkpoints in the blob store",
+    )
+    verify.set_defaults(func=_audit_verify)
     audit_sub.add_parser(
-        "verify", help="walk the hash chain; exit 1 naming the first record that does not match"
-    ).set_defaults(func=_audit_verify)
+        "checkpoint",
+        help="sign and store a checkpoint of the newest record now; print it to keep offline",
+    ).set_defaults(func=_audit_checkpoint)
     scp = sub.add_parser(
         "dicom-scp", help="run the DICOM C-STORE receiver alone (PACS and modalities send here)"
     )

@@ -13,6 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from alliance.audit.anchor import Anchor
 from alliance.audit.service import Actor, AuditInput, append
 from alliance.config import Settings
 from alliance.db import Database
@@ -43,6 +44,7 @@ def build_scp(settings: Settings) -> StorageSCP:
     """A C-STORE receiver with its own database engine and blob store client."""
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     blobs = open_blob_store(settings.storage_url)
+    Anchor(settings, db, blobs).attach()  # its audit records count towards checkpoints too
     fhir = FhirStore(
         build_registry(settings), base_url=settings.fhir_base, server_url=settings.base_url
     )

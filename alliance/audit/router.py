@@ -12,10 +12,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from alliance.audit.service import VerifyResult, audit_filter, search_events, verify
+from alliance.audit.anchor import TrailResult, verify_trail
+from alliance.audit.service import audit_filter, search_events
 from alliance.errors import Forbidden, PayloadTooLarge
 from alliance.security.access import Principal
 from alliance.security.guard import Guard, Interaction, Touched
+from alliance.storage import BlobStore
 
 #: The most records one export holds; a larger one asks the auditor to narrow the period.
 MAX_EXPORT_ROWS = 100_000
@@ -56,7 +58,7 @@ def _auditors_only(principal: Principal) -> None:
         raise Forbidden("only alliance auditors read the audit trail")
 
 
-def audit_router(guard: Guard) -> APIRouter:
+def audit_router(guard: Guard, blobs: BlobStore) -> APIRouter:
     router = APIRouter(prefix="/api/audit", tags=["audit"])
 
     @router.get("/events.csv")
@@ -101,11 +103,14 @@ def audit_router(guard: Guard) -> APIRouter:
 
     @router.get("/verify")
     async def verify_chain(request: Request) -> JSONResponse:
-        """Walk the hash chain: `{ok, checked, first_bad_seq, problem}`."""
-        result: VerifyResult = await guard.run(
+        """Walk the hash chain and hold it to its newest signed checkpoints in the blob store:
+        `{ok, checked, first_bad_seq, problem, checkpoints: {ok, read, latest, confirmed_seq,
+        missing, altered, problems}}`. `ok` is false when the chain is broken, when records a
+        checkpoint saw are missing or altered, or when a checkpoint's signature fails."""
+        result: TrailResult = await guard.run(
             request,
             Interaction("audit-verify", type="security"),
-            lambda session, _ctx: verify(session),
+            lambda session, _ctx: verify_trail(session, blobs),
             lambda r: [Touched(None, None)],
             check=_auditors_only,
         )

@@ -18,13 +18,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
-from alliance.db import named_lock
+from alliance.db import after_commit, named_lock
 from alliance.errors import BadRequest, Issue
 from alliance.fhir.search import date_condition, split_values
 from alliance.fhir.values import instant
@@ -295,11 +296,24 @@ def chain_hash(seq: int, prev_hash: str, content: str) -> str:
 
 #: How the server names itself in the AuditEvents it writes (agent and source).
 SERVER_NAME = "alliance"
+#: Where `append` finds the trail's anchor in `Session.info` (put there by the wiring through
+#: `Database.info`; see alliance.audit.anchor).
+ANCHOR_INFO = "alliance_audit_anchor"
+
+
+class Anchoring(Protocol):
+    """What `append` needs of the anchor (alliance.audit.anchor.Anchor)."""
+
+    every: int
+
+    def reached(self, seq: int, digest: str) -> None: ...
 
 
 def append(session: Session, events: list[AuditInput], *, server: str = SERVER_NAME) -> int:
     """Append events to the chain in the caller's transaction (they commit with it); returns
-    the position of the last one. The lock is held until that transaction ends."""
+    the position of the last one. The lock is held until that transaction ends. When the
+    appended records reach a multiple of the anchor's N, its checkpoint is written once the
+    transaction has committed (alliance.audit.anchor explains why then)."""
     if not events:
         return 0
     named_lock(session, AUDIT_LOCK)
@@ -327,6 +341,14 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
         )
         prev = digest
     session.execute(insert(AuditRecord), rows)
+    anchor: Anchoring | None = session.info.get(ANCHOR_INFO)
+    if anchor is not None and anchor.every > 0:
+        # Did this append reach a multiple of N? Arithmetic on what was just written: no query,
+        # no lock beyond the one held; the checkpoint itself is written after the commit.
+        mark = seq - seq % anchor.every
+        first = rows[0]["seq"]
+        if mark >= first:
+            after_commit(session, partial(anchor.reached, mark, rows[mark - first]["hash"]))
     return seq
 
 
