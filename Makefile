@@ -36,6 +36,7 @@ test: install-dev lint typecheck
 lint: install-dev
 	$(BIN)/ruff check $(PACKAGES) migrations tests bench
 	$(BIN)/ruff format --check $(PACKAGES) migrations tests bench
+	$(BIN)/lint-imports --no-cache   # .importlinter: what may import what (ARCHITECTURE.md)
 
 typecheck: install-dev
 	$(BIN)/mypy
