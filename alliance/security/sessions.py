@@ -10,13 +10,11 @@ request (alliance.security.service.principal_for)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
+
+from itsdangerous import BadSignature, URLSafeSerializer
 
 from alliance.config import Settings
 
@@ -46,37 +44,30 @@ class WebSession:
         return self.started + settings.portal_session_hours * 3600
 
 
-def _key(settings: Settings) -> bytes:
-    # A key of its own, derived from the signing key: a session cookie is not a token.
-    return hashlib.sha256(
-        b"alliance portal session\0" + settings.signing_keys[0][1].encode()
-    ).digest()
+def _serializer(settings: Settings) -> URLSafeSerializer:
+    """Signs the cookie (itsdangerous: HMAC-SHA1 over a derived key, URL-safe, no padding that
+    a cookie jar would quote). Its keys are the token signing keys, under a salt of their own
+    (a session cookie is not a token); the first signs, all verify, so rotating the token keys
+    rotates these too. itsdangerous signs with the last key of its list."""
+    secrets_ = [secret for _kid, secret in reversed(settings.signing_keys)]
+    return URLSafeSerializer(secrets_, salt="alliance portal session")
 
 
 def encode(settings: Settings, session: WebSession) -> str:
-    # No "=" padding: a cookie value with "=" gets quoted, and quotes do not survive every
-    # client's cookie jar.
-    payload = base64.urlsafe_b64encode(json.dumps(asdict(session)).encode()).decode().rstrip("=")
-    mac = hmac.new(_key(settings), payload.encode(), hashlib.sha256).hexdigest()
-    return f"{payload}.{mac}"
+    return str(_serializer(settings).dumps(asdict(session)))
 
 
 def decode(settings: Settings, cookie: str | None) -> WebSession | None:
     """The session in a cookie, or None when it is missing, forged, idle too long or past its
     absolute lifetime."""
-    if not cookie or "." not in cookie:
-        return None
-    payload, mac = cookie.rsplit(".", 1)
-    expected = hmac.new(_key(settings), payload.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(mac, expected):
+    if not cookie:
         return None
     try:
-        padded = payload + "=" * (-len(payload) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        data = _serializer(settings).loads(cookie)
         if not isinstance(data, dict) or "started" not in data:
             return None  # a cookie from before sessions had an absolute lifetime
         session = WebSession(**data)
-    except (ValueError, TypeError):
+    except (BadSignature, ValueError, TypeError):
         return None
     now = time.time()
     if now - session.seen > settings.portal_idle_minutes * 60 or now > session.ends(settings):

@@ -33,6 +33,8 @@ class TokenClaims:
     token_id: str
     #: The account's token epoch when the token was issued.
     epoch: int = 0
+    #: When it was issued (`iat`, epoch seconds), as verified; 0 for claims not yet issued.
+    issued_at: float = 0.0
 
 
 def invalid_token(message: str) -> Unauthorized:
@@ -118,6 +120,7 @@ def verify_token(settings: Settings, token: str) -> TokenClaims:
         practitioner_id=fhir_user.removeprefix("Practitioner/") or None,
         token_id=str(payload["jti"]),
         epoch=_epoch(payload.get("epoch", 0)),
+        issued_at=float(payload["iat"]),
     )
 
 
