@@ -5,11 +5,20 @@ With nothing set, everything lives under `./var/` of the working directory.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The fixed, public key of demo mode (never for production: anyone can read it here).
+DEMO_JWT_KEY = ("demo", "alliance-demo-signing-key-not-for-production-use")
+DEMO_CALLING_AES = {"XYPEOPLE": "xy-people", "XYTCM": "xy-tcm", "XYMCH": "xy-mch"}
 
 
 def _default_storage_url() -> str:
@@ -93,6 +102,37 @@ class Settings(BaseSettings):
     #: Browser origins of DICOMweb viewers allowed by CORS on /dicomweb, separated by commas.
     viewer_origins: str = ""
 
+    # Derived once, when the settings are loaded (a bad value fails `Settings()` with a clear
+    # message at start, not a request later), never parsed again per use.
+    _signing_keys: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+    _signature_seeds: list[tuple[str, bytes]] = PrivateAttr(default_factory=list)
+    _calling_ae_hospitals: dict[str, str] = PrivateAttr(default_factory=dict)
+    _viewer_origins: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Self:
+        for name in ("base_url",):
+            url = urlsplit(getattr(self, name))
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ValueError(f"ALLIANCE_{name.upper()} is an http(s) URL, not {url.geturl()!r}")
+        if not self.database_url.startswith(("sqlite:", "postgresql")):
+            raise ValueError("ALLIANCE_DATABASE_URL is sqlite:///… or postgresql+psycopg://…")
+        if urlsplit(self.storage_url).scheme not in ("file", "s3"):
+            raise ValueError("ALLIANCE_STORAGE_URL is file:///absolute/path or s3://…")
+        self._signing_keys = _jwt_keys(self.jwt_keys, self.demo)
+        self._signature_seeds = _signature_seeds(self.signature_keys)
+        self._calling_ae_hospitals = _calling_aes(self.dicom_calling_aes, self.demo)
+        self._viewer_origins = [
+            o.strip().rstrip("/") for o in self.viewer_origins.split(",") if o.strip()
+        ]
+        return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with `update`, loaded again, so what is derived follows the new values."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self)(**{**self.model_dump(), **update})
+
     @property
     def fhir_base(self) -> str:
         return self.base_url.rstrip("/") + "/fhir"
@@ -104,23 +144,11 @@ class Settings(BaseSettings):
     @property
     def calling_ae_hospitals(self) -> dict[str, str]:
         """Calling AE title -> hospital id of the C-STORE peers allowed to associate."""
-        pairs = [p.strip() for p in self.dicom_calling_aes.split(",") if p.strip()]
-        if not pairs and self.demo:
-            pairs = ["XYPEOPLE=xy-people", "XYTCM=xy-tcm", "XYMCH=xy-mch"]
-        found: dict[str, str] = {}
-        for pair in pairs:
-            ae, sep, hospital = (x.strip() for x in pair.partition("="))
-            if not sep or not ae or not hospital or len(ae) > 16:
-                raise ValueError(
-                    "ALLIANCE_DICOM_CALLING_AES holds AE=hospital-id pairs (AE titles of at "
-                    "most 16 characters)"
-                )
-            found[ae] = hospital
-        return found
+        return self._calling_ae_hospitals
 
     @property
     def viewer_origin_list(self) -> list[str]:
-        return [o.strip().rstrip("/") for o in self.viewer_origins.split(",") if o.strip()]
+        return self._viewer_origins
 
     @property
     def token_issuer(self) -> str:
@@ -128,21 +156,64 @@ class Settings(BaseSettings):
 
     @property
     def signing_keys(self) -> list[tuple[str, str]]:
-        """(kid, secret) pairs, signing key first. Demo mode has a fixed, public demo key."""
-        pairs = [p.strip() for p in self.jwt_keys.split(",") if p.strip()]
-        keys = []
-        for pair in pairs:
-            kid, sep, secret = pair.partition(":")
-            if not sep or not kid or len(secret) < 32:
-                raise ValueError(
-                    "ALLIANCE_JWT_KEYS holds kid:secret pairs with secrets of 32+ characters"
-                )
-            keys.append((kid, secret))
-        if not keys and self.demo:
-            keys = [("demo", "alliance-demo-signing-key-not-for-production-use")]
-        if not keys:
-            raise ValueError("ALLIANCE_JWT_KEYS must be set outside demo mode")
-        return keys
+        """Token signing keys as (kid, secret) pairs, signing key first. Demo mode has a
+        fixed, public demo key."""
+        return self._signing_keys
+
+    @property
+    def signature_seeds(self) -> list[tuple[str, bytes]]:
+        """Ed25519 signature keys as (kid, 32-byte seed), signing key first; may be empty."""
+        return self._signature_seeds
+
+
+def _jwt_keys(text: str, demo: bool) -> list[tuple[str, str]]:
+    keys = []
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        kid, sep, secret = pair.partition(":")
+        if not sep or not kid or len(secret) < 32:
+            raise ValueError(
+                "ALLIANCE_JWT_KEYS holds kid:secret pairs with secrets of 32+ characters"
+            )
+        keys.append((kid, secret))
+    if not keys and demo:
+        keys = [DEMO_JWT_KEY]
+    if not keys:
+        raise ValueError("ALLIANCE_JWT_KEYS must be set outside demo mode")
+    return keys
+
+
+def _signature_seeds(text: str) -> list[tuple[str, bytes]]:
+    seeds = []
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        kid, sep, seed_text = (x.strip() for x in pair.partition(":"))
+        try:
+            seed = base64.urlsafe_b64decode(seed_text + "=" * (-len(seed_text) % 4))
+        except (ValueError, binascii.Error):
+            seed = b""
+        if not sep or not kid or len(kid) > 64 or len(seed) != 32:
+            raise ValueError(
+                "ALLIANCE_SIGNATURE_KEYS holds kid:seed pairs, each seed 32 random bytes in "
+                "base64url (python -c 'import base64,os; "
+                "print(base64.urlsafe_b64encode(os.urandom(32)).decode())')"
+            )
+        seeds.append((kid, seed))
+    return seeds
+
+
+def _calling_aes(text: str, demo: bool) -> dict[str, str]:
+    pairs = [p.strip() for p in text.split(",") if p.strip()]
+    if not pairs and demo:
+        return dict(DEMO_CALLING_AES)
+    found: dict[str, str] = {}
+    for pair in pairs:
+        ae, sep, hospital = (x.strip() for x in pair.partition("="))
+        if not sep or not ae or not hospital or len(ae) > 16:
+            raise ValueError(
+                "ALLIANCE_DICOM_CALLING_AES holds AE=hospital-id pairs (AE titles of at most 16 "
+                "characters)"
+            )
+        found[ae] = hospital
+    return found
 
 
 @lru_cache(maxsize=1)

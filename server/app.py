@@ -47,7 +47,6 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    settings.signing_keys  # noqa: B018 -- refuse to start without token keys outside demo mode
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     blobs = open_blob_store(settings.storage_url)
     registry = build_registry(settings)

@@ -23,7 +23,10 @@ def _seed() -> str:
 
 
 def _with_keys(settings: Settings, keys: str, *, demo: bool = False) -> Settings:
-    return settings.model_copy(update={"signature_keys": keys, "demo": demo})
+    # Outside demo mode token keys are required when the settings load; these tests are about
+    # the signature keys only.
+    update = {"signature_keys": keys, "demo": demo, "jwt_keys": "t1:" + "t" * 40}
+    return settings.model_copy(update=update)
 
 
 def test_sign_and_verify_round_trip_and_jwks(settings: Settings, client: TestClient) -> None:

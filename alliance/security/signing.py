@@ -59,21 +59,9 @@ def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
 def private_keys(settings: Settings) -> list[tuple[str, Ed25519PrivateKey]]:
     """(kid, private key) pairs from ALLIANCE_SIGNATURE_KEYS, the signing key first; the demo
     key in demo mode when none is set; none otherwise (this process then cannot sign)."""
-    pairs = [p.strip() for p in settings.signature_keys.split(",") if p.strip()]
-    keys: list[tuple[str, Ed25519PrivateKey]] = []
-    for pair in pairs:
-        kid, sep, seed_text = (x.strip() for x in pair.partition(":"))
-        try:
-            seed = _unb64url(seed_text)
-        except ValueError:
-            seed = b""
-        if not sep or not kid or len(kid) > 64 or len(seed) != 32:
-            raise ValueError(
-                "ALLIANCE_SIGNATURE_KEYS holds kid:seed pairs, each seed 32 random bytes in "
-                "base64url (python -c 'import base64,os; "
-                "print(base64.urlsafe_b64encode(os.urandom(32)).decode())')"
-            )
-        keys.append((kid, Ed25519PrivateKey.from_private_bytes(seed)))
+    keys = [
+        (kid, Ed25519PrivateKey.from_private_bytes(seed)) for kid, seed in settings.signature_seeds
+    ]
     if not keys and settings.demo:
         keys = [(DEMO_KID, Ed25519PrivateKey.from_private_bytes(_DEMO_SEED))]
     return keys
