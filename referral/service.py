@@ -392,15 +392,16 @@ class ReferralRules:
         reason = f"ServiceRequest/{row.service_request_id}"
         actor = _audit_actor(ctx.actor)
         if after == "requested" and before in (None, "draft"):
-            # The hospital asked sees the Task (its worklist item) from now on, whatever
-            # becomes of it; and, until it decides, what it needs to decide (triage: the
+            # The hospital asked sees the Task (its worklist item) while the referral lasts
+            # (like everything it opens, it closes on rejection or cancellation and ends after
+            # completion); and, until it decides, what it needs to decide (triage: the
             # request, the patient's name, sex and birth date, previews of what it lists).
             # Declining closes the triage view; the records open in full on acceptance.
             open_grant(
                 session=ctx.session,
                 patient_id=row.patient_id,
                 hospital_id=row.owner_org,
-                reason=f"Task/{row.task_id}",
+                reason=reason,
                 resources=[("Task", row.task_id)],
                 actor=actor,
                 shared_by=row.placer_org,
@@ -536,6 +537,11 @@ class ReferralRules:
         )
         if row is None or self._party(ctx.actor, row) is None:
             raise Invalid("messages are exchanged between the two hospitals of a referral")
+        if previous is None and row.status in ("rejected", "cancelled"):
+            raise Invalid(
+                f"the referral is {row.status}: its messages ended with it",
+                expression=["Communication.basedOn"],
+            )
         self.check_shared(
             ctx,
             [
@@ -560,6 +566,10 @@ class ReferralRules:
         )
         assert row is not None
         other = row.owner_org if keeper_of(message) == row.placer_org else row.placer_org
+        # After completion a message stays open as long as the referral's other records.
+        until = None
+        if row.ended_at is not None:
+            until = row.ended_at + timedelta(days=self.settings.grant_days_after_completion)
         open_grant(
             session=ctx.session,
             patient_id=row.patient_id,
@@ -568,6 +578,7 @@ class ReferralRules:
             resources=[("Communication", version.id)],
             actor=_audit_actor(ctx.actor),
             shared_by=keeper_of(message),
+            valid_until=until,
         )
 
 

@@ -41,6 +41,11 @@ class Visibility(Protocol):
 
     def redact(self, session: Session, versions: list[Version]) -> None: ...
 
+    def may_read(self, resource_type: str) -> bool:
+        """Whether the caller's token may read this type at all (`_include` brings in only
+        types it may)."""
+        ...
+
 
 #: May the caller store this resource (replacing the previous version)? Raises if not.
 WriteCheck = Callable[[ResourceDefinition, Session, Resource, Resource | None], None]
@@ -375,7 +380,7 @@ class FhirStore:
             if inc.target_type:
                 query = query.where(ReferenceIndex.target_type == inc.target_type)
             for ttype, tid in session.execute(query):
-                if ttype in self.registry:
+                if ttype in self.registry and (visible is None or visible.may_read(ttype)):
                     targets[(ttype, tid)] = None
         matched = {(r.resource_type, r.id) for r in rows}
         wanted = [t for t in targets if t not in matched]

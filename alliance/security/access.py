@@ -255,6 +255,10 @@ class Reach:
             return visible(self.principal, definition)
         return clinical_reach(self.principal, resource_type)
 
+    def may_read(self, resource_type: str) -> bool:
+        scopes = list(self.principal.scopes)
+        return allows(scopes, resource_type, "r") or allows(scopes, resource_type, "s")
+
     def redact(self, session: Session, versions: list[Version]) -> None:
         """Cut the versions seen only through a triage grant down to their triage subset.
         One query per clinical type asks which of them are within full reach."""
