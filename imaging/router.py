@@ -45,9 +45,10 @@ from alliance.security.access import Principal
 from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.security.service import principal_for
 from imaging import dicom, pixels, qido
-from imaging.dicom import Rejected
+from imaging.access import reachable_studies
+from imaging.dicom import Rejected, resolve_base
 from imaging.models import Instance, Series, Study
-from imaging.service import Imaging, Outcome, Staged, reachable_studies, resolve_base
+from imaging.service import Imaging, Outcome, Staged
 from imaging.web import (
     MediaRange,
     MultipartReader,
