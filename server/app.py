@@ -22,7 +22,7 @@ from alliance.security.guard import Guard
 from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
 from fhir_mappings import build_registry
-from imaging.router import DicomwebApi, DicomwebCors
+from imaging.router import DicomwebApi
 from portal.router import Portal
 from referral.router import referral_router
 from server.dicom import build_imaging
@@ -78,21 +78,9 @@ def _face_error(request: Request, error: AllianceError) -> Response:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    services = build_services(settings)
-    metrics = Metrics()
-    app = FastAPI(
-        title="Alliance referral, teleconsult and imaging service",
-        description=(
-            "FHIR R4 at `/fhir` (application/fhir+json), DICOMweb at `/dicomweb`, "
-            "OAuth2 at `/auth`. These docs cover the operational endpoints; "
-            "`GET /fhir/metadata` is the FHIR CapabilityStatement."
-        ),
-        version="0.1.0",
-    )
-    app.state.services = services
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+def _install_error_handlers(app: FastAPI) -> None:
+    """Errors answer as the face they happen on expects (`_face_error`); installed on the
+    main application and on each mounted one (a mounted application handles its own)."""
 
     @app.exception_handler(AllianceError)
     async def _alliance_error(request: Request, exc: AllianceError) -> Response:
@@ -118,6 +106,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         error.issues = [Issue(error.message, "exception", "fatal")]
         return _face_error(request, error)
 
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    services = build_services(settings)
+    metrics = Metrics()
+    app = FastAPI(
+        title="Alliance referral, teleconsult and imaging service",
+        description=(
+            "FHIR R4 at `/fhir` (application/fhir+json), DICOMweb at `/dicomweb`, "
+            "OAuth2 at `/auth`. These docs cover the operational endpoints; "
+            "`GET /fhir/metadata` is the FHIR CapabilityStatement."
+        ),
+        version="0.1.0",
+    )
+    app.state.services = services
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    _install_error_handlers(app)
+
     app.include_router(auth_router(services.db, settings))
     app.include_router(audit_router(services.guard))
     app.include_router(attachment_router(services.guard, services.blobs, settings))
@@ -128,8 +135,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", portal.static(), name="static")
     imaging = build_imaging(settings, services.db, services.blobs, services.fhir)
     app.state.imaging = imaging
-    app.include_router(DicomwebApi(imaging, services.guard, settings).router())
-    app.add_middleware(DicomwebCors, origins=settings.viewer_origin_list)
+    dicomweb = DicomwebApi(imaging, services.guard, settings).app()
+    _install_error_handlers(dicomweb)
+    app.mount("/dicomweb", dicomweb)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
