@@ -65,8 +65,8 @@ from alliance.security.tokens import issue_token
 from alliance.storage import open_blob_store
 from fhir_mappings import build_registry
 from imaging import qido
+from imaging.access import reachable_studies
 from imaging.models import Series, Study
-from imaging.service import reachable_studies
 from server.demo import identity_number, seed_demo
 from server.migrate import upgrade
 

@@ -21,7 +21,7 @@ from fhir.resources.R4B.imagingstudy import ImagingStudy
 from alliance.codes import RECORD_KEEPER
 from alliance.directory.service import reference_id
 from alliance.fhir.registry import ResourceDefinition, SearchParam
-from imaging.service import StudyView
+from imaging.views import StudyView
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_UID = "urn:dicom:uid"

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Select, and_, exists, or_
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from alliance.errors import BadRequest
 from alliance.fhir.values import normalize
@@ -380,3 +380,95 @@ def instance_json(
 
 def ordered_studies(query: Select[Any]) -> Select[Any]:
     return query.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.study_uid)
+
+
+# ---- the searches ----------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """A page of QIDO-RS results, and the studies they come from (for the audit trail)."""
+
+    body: list[dict[str, Any]]
+    studies: list[Study]
+
+
+def _unique(studies: Any) -> list[Study]:
+    seen: dict[str, Study] = {}
+    for s in studies:
+        seen.setdefault(s.study_uid, s)
+    return list(seen.values())
+
+
+def search_studies(session: Session, visible: Select[Any], query: Query, base: str) -> Results:
+    """Studies among `visible` (imaging.access) that match the query (PS3.18 10.6.1.2.1)."""
+    rows = list(
+        session.scalars(
+            ordered_studies(visible.where(*query.conditions))
+            .limit(query.limit)
+            .offset(query.offset)
+        )
+    )
+    return Results([study_json(s, query, base) for s in rows], rows)
+
+
+def search_series(
+    session: Session, visible: Select[Any], query: Query, base: str, study_uid: str | None
+) -> Results:
+    """Series of the `visible` studies (of one study, if named) that match the query."""
+    scoped: set[Level] = {"study"} if study_uid else set()
+    if study_uid is not None:
+        visible = visible.where(Study.study_uid == study_uid)
+    sub = visible.with_only_columns(Study.study_uid).subquery()
+    statement = (
+        select(Series, Study)
+        .join(Study, Study.study_uid == Series.study_uid)
+        .where(Series.study_uid.in_(select(sub.c.study_uid)), *query.conditions)
+        .order_by(Study.study_uid, Series.series_number, Series.series_uid)
+        .limit(query.limit)
+        .offset(query.offset)
+    )
+    rows = list(session.execute(statement).tuples())
+    body = [series_json(se, st, query, base, scoped) for se, st in rows]
+    return Results(body, _unique(st for _, st in rows))
+
+
+def search_instances(
+    session: Session,
+    visible: Select[Any],
+    query: Query,
+    base: str,
+    study_uid: str | None,
+    series_uid: str | None,
+) -> Results:
+    """Instances of the `visible` studies (of one study or series, if named) that match."""
+    scoped: set[Level] = set()
+    if study_uid:
+        scoped.add("study")
+    if series_uid:
+        scoped.add("series")
+    if study_uid is not None:
+        visible = visible.where(Study.study_uid == study_uid)
+    sub = visible.with_only_columns(Study.study_uid).subquery()
+    statement = (
+        select(Instance, Series, Study)
+        .join(Series, Series.series_uid == Instance.series_uid)
+        .join(Study, Study.study_uid == Instance.study_uid)
+        .where(Instance.study_uid.in_(select(sub.c.study_uid)), *query.conditions)
+    )
+    if series_uid is not None:
+        statement = statement.where(Instance.series_uid == series_uid)
+    statement = (
+        statement.order_by(
+            Study.study_uid,
+            Series.series_number,
+            Series.series_uid,
+            Instance.instance_number,
+            Instance.sop_instance_uid,
+        )
+        .limit(query.limit)
+        .offset(query.offset)
+    )
+    rows = list(session.execute(statement).tuples())
+    body = [instance_json(i, se, st, query, base, scoped) for i, se, st in rows]
+    return Results(body, _unique(st for _, _, st in rows))

@@ -1,4 +1,6 @@
-"""Ingest (one path for STOW-RS and C-STORE), the index, who may see a study, and sweeping.
+"""Ingest (one path for STOW-RS and C-STORE), the index, linking to patients, and sweeping.
+
+Who may see a study is `imaging.access`; the views the FHIR derivation reads, `imaging.views`.
 
 An instance goes through two steps, whichever face received it:
 
@@ -30,13 +32,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from alliance.codes import HOSPITAL_MRN
@@ -46,16 +47,18 @@ from alliance.directory.identity import IdentityNumberError, parse_identity_numb
 from alliance.directory.models import PatientIdentity
 from alliance.errors import AllianceError, Invalid, NotFound
 from alliance.fhir.models import ResourceRow, TokenIndex
-from alliance.fhir.store import FhirStore, Visibility
+from alliance.fhir.store import FhirStore
 from alliance.fhir.values import normalize
 from alliance.storage import BlobStore, StoredBlob
 from imaging import dicom
-from imaging.dicom import Parsed, Rejected
+from imaging.access import IMAGING_STUDY
+from imaging.dicom import Parsed, Rejected, resolve_base
 from imaging.models import Instance, Series, Study
+from imaging.structure import mapped, scan
+from imaging.views import EndpointDeriver, StudyDeriver, study_view
 
 log = logging.getLogger("alliance.imaging")
 
-IMAGING_STUDY = "ImagingStudy"
 ENDPOINT_ID = "dicomweb"
 
 
@@ -111,48 +114,6 @@ class Outcome:
         )
 
 
-@dataclass
-class InstanceView:
-    sop_instance_uid: str
-    sop_class_uid: str
-    instance_number: int | None
-    number_of_frames: int | None
-
-
-@dataclass
-class SeriesView:
-    series_uid: str
-    modality: str | None
-    series_number: int | None
-    series_description: str | None
-    series_date: str | None
-    series_time: str | None
-    instances: list[InstanceView] = field(default_factory=list)
-
-
-@dataclass
-class StudyView:
-    """A study as the FHIR ImagingStudy derivation sees it (fhir_mappings.imaging)."""
-
-    study_uid: str
-    hospital_id: str
-    patient_id: str
-    study_date: str | None
-    study_time: str | None
-    timezone_offset: str | None
-    accession_number: str | None
-    study_description: str | None
-    modalities: list[str]
-    number_of_instances: int
-    series: list[SeriesView]
-
-
-#: (the study, the DICOMweb base URL, the Endpoint id) -> the ImagingStudy resource.
-StudyDeriver = Callable[[StudyView, str, str], dict[str, Any]]
-#: (the Endpoint id, the DICOMweb base URL) -> the Endpoint resource.
-EndpointDeriver = Callable[[str, str], dict[str, Any]]
-
-
 def study_lock(session: Session, study_uid: str) -> None:
     named_lock(session, f"imaging-study:{study_uid}")
 
@@ -190,8 +151,8 @@ class Imaging:
         request to `/studies/{study}` (PS3.18 10.5.1: instances of other studies fail).
         """
         try:
-            with dicom.mapped(path) as buf:
-                structure = dicom.scan(buf)
+            with mapped(path) as buf:
+                structure = scan(buf)
         except OSError as exc:
             raise Rejected(
                 dicom.OUT_OF_RESOURCES, f"cannot read the received file: {exc}"
@@ -476,59 +437,6 @@ class Imaging:
         return removed
 
 
-def resolve_base(text: bytes, base: str) -> bytes:
-    """Stored metadata with the DICOMweb base URL in place of `BASE_MARK`."""
-    return text.replace(f'"{dicom.BASE_MARK}/'.encode(), f'"{base}/'.encode())
-
-
-def study_view(session: Session, study: Study) -> StudyView:
-    assert study.patient_id is not None
-    series_rows = list(
-        session.scalars(
-            select(Series)
-            .where(Series.study_uid == study.study_uid)
-            .order_by(Series.series_number, Series.series_uid)
-        )
-    )
-    instances: dict[str, list[InstanceView]] = {}
-    for row in session.execute(
-        select(
-            Instance.series_uid,
-            Instance.sop_instance_uid,
-            Instance.sop_class_uid,
-            Instance.instance_number,
-            Instance.number_of_frames,
-        )
-        .where(Instance.study_uid == study.study_uid)
-        .order_by(Instance.instance_number, Instance.sop_instance_uid)
-    ):
-        instances.setdefault(row[0], []).append(InstanceView(row[1], row[2], row[3], row[4]))
-    return StudyView(
-        study_uid=study.study_uid,
-        hospital_id=study.hospital_id,
-        patient_id=study.patient_id,
-        study_date=study.study_date,
-        study_time=study.study_time,
-        timezone_offset=study.timezone_offset,
-        accession_number=study.accession_number,
-        study_description=study.study_description,
-        modalities=[m for m in study.modalities.split("\\") if m],
-        number_of_instances=study.number_of_instances,
-        series=[
-            SeriesView(
-                s.series_uid,
-                s.modality,
-                s.series_number,
-                s.series_description,
-                s.series_date,
-                s.series_time,
-                instances.get(s.series_uid, []),
-            )
-            for s in series_rows
-        ],
-    )
-
-
 # ---- patients --------------------------------------------------------------------------------
 
 
@@ -573,46 +481,6 @@ def match_patient(session: Session, hospital_id: str, parsed: Parsed) -> str | N
             .limit(1)
         )
     return None
-
-
-# ---- who may see a study -------------------------------------------------------------------
-
-
-def reachable_studies(
-    principal_hospital: str, capabilities: frozenset[str], visible: Visibility
-) -> Any:
-    """`select(Study)` limited to the studies the caller may see, filtered in SQL.
-
-    A linked study is visible exactly when its FHIR ImagingStudy is opened in full
-    (alliance.security.access: the owning hospital, the hospital keeping the patient, a full
-    grant in force; a request's triage preview shows the ImagingStudy, never the images); a
-    held study only to its own hospital's clinical users.
-    """
-    held = (
-        and_(Study.patient_id.is_(None), Study.hospital_id == principal_hospital)
-        if "clinical" in capabilities
-        else false()
-    )
-    return (
-        select(Study)
-        .outerjoin(
-            ResourceRow,
-            and_(
-                ResourceRow.resource_type == IMAGING_STUDY,
-                ResourceRow.id == Study.study_uid,
-                ResourceRow.deleted.is_(False),
-            ),
-        )
-        .where(or_(and_(ResourceRow.id.is_not(None), visible.full(IMAGING_STUDY)), held))
-    )
-
-
-def visible_study_uids(
-    principal_hospital: str, capabilities: frozenset[str], visible: Visibility
-) -> Any:
-    """The same rule as a subquery of study UIDs, for series and instance queries."""
-    query = reachable_studies(principal_hospital, capabilities, visible)
-    return query.with_only_columns(Study.study_uid)
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,7 +26,7 @@ from alliance.security.guard import Guard
 from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
 from fhir_mappings import build_registry
-from imaging.router import DicomwebApi, DicomwebCors
+from imaging.router import DicomwebApi
 from portal.router import Portal
 from referral.router import referral_router
 from server.dicom import build_imaging
@@ -90,28 +91,9 @@ def _face_error(request: Request, error: AllianceError) -> Response:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    services = build_services(settings)
-    metrics = Metrics()
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await run_in_threadpool(_checkpoint_on_shutdown, services.anchor)
-
-    app = FastAPI(
-        lifespan=lifespan,
-        title="Alliance referral, teleconsult and imaging service",
-        description=(
-            "FHIR R4 at `/fhir` (application/fhir+json), DICOMweb at `/dicomweb`, "
-            "OAuth2 at `/auth`. These docs cover the operational endpoints; "
-            "`GET /fhir/metadata` is the FHIR CapabilityStatement."
-        ),
-        version="0.1.0",
-    )
-    app.state.services = services
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+def _install_error_handlers(app: FastAPI) -> None:
+    """Errors answer as the face they happen on expects (`_face_error`); installed on the
+    main application and on each mounted one (a mounted application handles its own)."""
 
     @app.exception_handler(AllianceError)
     async def _alliance_error(request: Request, exc: AllianceError) -> Response:
@@ -137,6 +119,56 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         error.issues = [Issue(error.message, "exception", "fatal")]
         return _face_error(request, error)
 
+
+def _document_mounted(app: FastAPI, mounted: dict[str, FastAPI]) -> None:
+    """The API docs (`/docs`, `/openapi.json`) list the routes of the mounted applications
+    too (FastAPI leaves a mounted application out of its parent's OpenAPI document)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for prefix, sub in mounted.items():
+                part = sub.openapi()
+                for path, item in part.get("paths", {}).items():
+                    schema.setdefault("paths", {})[prefix + path] = item
+                found = part.get("components", {}).get("schemas", {})
+                schema.setdefault("components", {}).setdefault("schemas", {}).update(found)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    services = build_services(settings)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(_checkpoint_on_shutdown, services.anchor)
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="Alliance referral, teleconsult and imaging service",
+        description=(
+            "FHIR R4 at `/fhir` (application/fhir+json), DICOMweb at `/dicomweb`, "
+            "OAuth2 at `/auth`. These docs cover the operational endpoints; "
+            "`GET /fhir/metadata` is the FHIR CapabilityStatement."
+        ),
+        version="0.1.0",
+    )
+    app.state.services = services
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    _install_error_handlers(app)
+
     app.include_router(auth_router(services.db, settings))
     app.include_router(audit_router(services.guard, services.blobs))
     app.include_router(attachment_router(services.guard, services.blobs, settings))
@@ -147,8 +179,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", portal.static(), name="static")
     imaging = build_imaging(settings, services.db, services.blobs, services.fhir)
     app.state.imaging = imaging
-    app.include_router(DicomwebApi(imaging, services.guard, settings).router())
-    app.add_middleware(DicomwebCors, origins=settings.viewer_origin_list)
+    dicomweb = DicomwebApi(imaging, services.guard, settings).app()
+    _install_error_handlers(dicomweb)
+    app.mount("/dicomweb", dicomweb)
+    _document_mounted(app, {"/dicomweb": dicomweb})
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -43,6 +43,7 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        root = str(scope.get("root_path", ""))
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -55,6 +56,11 @@ class MetricsMiddleware:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path_format", None) or "unmatched"
+            # A mounted application (DICOMweb) matches below its mount point: label its routes
+            # with the whole path, as a client sees it.
+            mounted = str(scope.get("root_path", ""))[len(root) :]
+            if template != "unmatched" and not template.startswith(mounted):
+                template = mounted + template
             method = scope.get("method", "")
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)

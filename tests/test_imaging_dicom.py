@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from imaging import dicom
 from imaging.dicom import Rejected
+from imaging.structure import MAX_DEPTH, mapped, scan
 from tests.imaging_data import ct_slice, encode
 from tests.imaging_data import testfile as shipped_file
 
@@ -21,8 +22,8 @@ from tests.imaging_data import testfile as shipped_file
 def parsed(data: bytes, tmp_path: Path) -> dicom.Parsed:
     path = tmp_path / f"{generate_uid()}.dcm"
     path.write_bytes(data)
-    with dicom.mapped(path) as buf:
-        structure = dicom.scan(buf)
+    with mapped(path) as buf:
+        structure = scan(buf)
     return dicom.parse(path, structure)
 
 
@@ -95,7 +96,7 @@ def test_metadata_keeps_small_values_and_links_bulk_data(tmp_path: Path) -> None
 
 def test_the_scan_finds_encapsulated_fragments(tmp_path: Path) -> None:
     data = shipped_file("emri_small_RLE.dcm").read_bytes()
-    structure = dicom.scan(data)
+    structure = scan(data)
     assert structure.fragments == 10 and structure.pixel_length is None
     assert structure.transfer_syntax == "1.2.840.10008.1.2.5"
 
@@ -120,7 +121,7 @@ def test_nesting_limits_hold_in_every_encoding(tmp_path: Path) -> None:
     shallow = parsed(_implicit_nested(5), tmp_path)
     assert shallow.transfer_syntax == "1.2.840.10008.1.2"
     with pytest.raises(Rejected) as deep:
-        dicom.scan(_implicit_nested(dicom.MAX_DEPTH + 5))
+        scan(_implicit_nested(MAX_DEPTH + 5))
     assert "nest" in deep.value.reason
 
 
@@ -136,7 +137,7 @@ def test_nesting_limits_hold_in_every_encoding(tmp_path: Path) -> None:
 def test_malformed_files_are_refused_by_the_scan(mangle: object) -> None:
     data = encode(ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1))
     with pytest.raises(Rejected):
-        dicom.scan(mangle(data))  # type: ignore[operator]
+        scan(mangle(data))  # type: ignore[operator]
 
 
 def test_uids_are_checked_as_ps35_defines_them() -> None:

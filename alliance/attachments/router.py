@@ -11,7 +11,7 @@ from starlette.concurrency import iterate_in_threadpool
 
 from alliance.attachments.service import fhir_attachment, readable_attachment, store_attachment
 from alliance.config import Settings
-from alliance.errors import PayloadTooLarge
+from alliance.http import read_limited
 from alliance.security.guard import Guard, Interaction, Touched
 from alliance.storage import BlobStore
 
@@ -43,16 +43,8 @@ def attachment_router(guard: Guard, blobs: BlobStore, settings: Settings) -> API
         extension): a file is referenced only by records of the hospital that uploaded it.
         Over `ALLIANCE_MAX_ATTACHMENT_BYTES`: 413; another type: 415."""
         limit = settings.max_attachment_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"attachments are at most {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"attachments are at most {limit} bytes")
-            chunks.append(chunk)
+        too_large = f"attachments are at most {limit} bytes"
+        chunks = [chunk async for chunk in read_limited(request, limit, too_large)]
         ctype = request.headers.get("content-type", "")
         title = request.query_params.get("title")
 

@@ -22,13 +22,13 @@ from alliance.errors import (
     MethodNotAllowed,
     NotAcceptable,
     NotFound,
-    PayloadTooLarge,
     UnsupportedMediaType,
 )
 from alliance.fhir.capability import capability_statement
 from alliance.fhir.registry import Operation, OperationContext
 from alliance.fhir.store import FhirStore, SearchResult, Version, WriteResult
 from alliance.fhir.values import instant
+from alliance.http import read_body
 from alliance.security.guard import Context, Guard, Interaction, Touched
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -75,18 +75,9 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
         raise UnsupportedMediaType("this server accepts FHIR JSON only; XML is not supported")
     if ctype and ctype not in _JSON_TYPES:
         raise UnsupportedMediaType(f"Content-Type {ctype} is not FHIR JSON")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    raw = await read_body(request, limit)
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

@@ -1,0 +1,101 @@
+"""STOW-RS (PS3.18 10.5) apart from HTTP: who may store, one received part staged, and the
+response body (the ReferencedSOPSequence and FailedSOPSequence of PS3.18 10.5.3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydicom.filereader import read_file_meta_info
+
+from alliance.errors import Conflict, Forbidden
+from alliance.security.access import Principal
+from imaging import dicom
+from imaging.dicom import Rejected
+from imaging.service import Imaging, Outcome, Staged
+from imaging.web import Part
+
+
+class StowFailed(Conflict):
+    """No instance of a STOW-RS request was stored: audited as a failure, answered 409 with
+    the FailedSOPSequence (PS3.18 10.5.3)."""
+
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        super().__init__("no instance was stored")
+        self.outcomes = outcomes
+
+
+def may_store(principal: Principal) -> None:
+    principal.check_scope("ImagingStudy", "create")
+    if "clinical" not in principal.capabilities:
+        raise Forbidden(f"the role {principal.role} does not store imaging")
+
+
+def staged_key(staged: Staged) -> tuple[str | None, str | None]:
+    """(study UID, blob key) of a staged instance, as `Imaging.sweep` takes them."""
+    return staged.parsed.study_uid, staged.blob.key
+
+
+def stage_part(imaging: Imaging, part: Part, study: str | None) -> Staged | Outcome:
+    """Check and store one part of the body; its spooled file is discarded either way."""
+    try:
+        ctype = part.content_type or "application/dicom"
+        if ctype != "application/dicom":
+            return Outcome(dicom.CANNOT_UNDERSTAND, f"a part of type {ctype} is not DICOM")
+        return imaging.stage(part.path, expected_study=study)
+    except Rejected as exc:
+        sop_class, sop_instance = _uids_of(part.path)
+        return Outcome.rejected(exc, sop_class_uid=sop_class, sop_instance_uid=sop_instance)
+    finally:
+        part.discard()
+
+
+def stow_json(outcomes: list[Outcome], study: str | None, base: str) -> dict[str, Any]:
+    """The response body, keys in tag order (PS3.18 10.5.3, Table 10.5.3-1)."""
+    body: dict[str, Any] = {}
+    studies = {o.study_uid for o in outcomes if o.ok and o.study_uid}
+    target = study or (next(iter(studies)) if len(studies) == 1 else None)
+    if target:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{target}"]}
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [_sop_item(o) for o in failed]}
+    stored = [o for o in outcomes if o.ok]
+    if stored:
+        items = []
+        for o in stored:
+            item = _sop_item(o)
+            item["00081190"] = {
+                "vr": "UR",
+                "Value": [
+                    f"{base}/studies/{o.study_uid}/series/{o.series_uid}"
+                    f"/instances/{o.sop_instance_uid}"
+                ],
+            }
+            items.append(dict(sorted(item.items())))
+        body["00081199"] = {"vr": "SQ", "Value": items}
+    return dict(sorted(body.items()))
+
+
+def _sop_item(o: Outcome) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if o.sop_class_uid:
+        item["00081150"] = {"vr": "UI", "Value": [o.sop_class_uid]}
+    if o.sop_instance_uid:
+        item["00081155"] = {"vr": "UI", "Value": [o.sop_instance_uid]}
+    if not o.ok:
+        item["00081197"] = {"vr": "US", "Value": [o.status]}
+    return item
+
+
+def _uids_of(path: Path) -> tuple[str | None, str | None]:
+    """SOP Class and Instance UIDs of a refused file, from its file meta if readable, so the
+    FailedSOPSequence can name it."""
+    try:
+        meta = read_file_meta_info(str(path))
+    except Exception:
+        return None, None
+    found = [
+        str(meta.get(k) or "") for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID")
+    ]
+    return tuple(u if dicom.valid_uid(u) else None for u in found)  # type: ignore[return-value]
