@@ -48,8 +48,8 @@ from alliance.security.access import visibility
 from alliance.storage import BlobStore, open_blob_store
 from referral.models import Referral
 from referral.service import category_of, check_codes
+from teleconsult.common import ext, refuse
 from teleconsult.models import Booking
-from teleconsult.service import refuse
 from teleconsult.time import format_for_site
 
 LOINC = "http://loinc.org"
@@ -65,10 +65,6 @@ DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 _CONSULT_NOTE_CODING = {"system": LOINC, "code": CONSULT_NOTE, "display": "Consult note"}
 DRAFT = ("registered", "partial", "preliminary")
 SIGNED = ("final", "amended")
-
-
-def _ext(resource: Resource, url: str) -> Any:
-    return next((e for e in resource.get("extension") or [] if e.get("url") == url), None)
 
 
 def content_digest(content: str) -> str:
@@ -162,7 +158,7 @@ class OpinionRules:
                     f"{AMENDMENT_REASON})",
                     "DiagnosticReport.status",
                 )
-            reason = (_ext(report, AMENDMENT_REASON) or {}).get("valueString")
+            reason = (ext(report, AMENDMENT_REASON) or {}).get("valueString")
             if not isinstance(reason, str) or not reason.strip():
                 refuse(
                     Invalid,
@@ -276,8 +272,8 @@ class OpinionRules:
         )
         amended = ""
         if report.get("status") == "amended":
-            reason = (_ext(report, AMENDMENT_REASON) or {}).get("valueString", "")
-            replaced = (_ext(report, REPLACES) or {}).get("valueReference", {}).get("reference")
+            reason = (ext(report, AMENDMENT_REASON) or {}).get("valueString", "")
+            replaced = (ext(report, REPLACES) or {}).get("valueReference", {}).get("reference")
             amended = (
                 f"<p><strong>更正 Amendment</strong>: {e(reason)} (replaces {e(str(replaced))})</p>"
             )
