@@ -44,11 +44,10 @@ from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
 from alliance.records import reference_id, stamp_keeper
 from alliance.security import signing
-from alliance.security.access import visibility
 from alliance.storage import BlobStore, open_blob_store
 from referral.models import Referral
 from referral.service import category_of, check_codes
-from teleconsult.common import ext, refuse
+from teleconsult.common import ext, read_visible, refuse
 from teleconsult.models import Booking
 from teleconsult.time import format_for_site
 
@@ -121,8 +120,7 @@ class OpinionRules:
                 "a consult opinion is basedOn its teleconsult ServiceRequest",
                 "DiagnosticReport.basedOn",
             )
-        visible = visibility(ctx.actor, ctx.store.registry.get) if ctx.actor else None
-        sr = ctx.store.read("ServiceRequest", sr_ids[0], session=session, visible=visible)
+        sr = read_visible(ctx, "ServiceRequest", sr_ids[0])
         request = sr.resource()
         if category_of(request) != "teleconsult":
             refuse(Invalid, "opinion-request", f"ServiceRequest/{sr.id} is not a teleconsult")

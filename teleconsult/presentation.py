@@ -15,6 +15,7 @@ from alliance.config import Settings
 from alliance.fhir.models import ResourceRow, ResourceVersion
 from alliance.fhir.registry import Resource
 from alliance.fhir.store import Version
+from alliance.security.access import Principal
 from teleconsult.common import actor_key, dumps, parse_instant, set_ext
 from teleconsult.models import Booking, Calendar
 from teleconsult.time import format_for_site, shows_xinjiang_time
@@ -34,7 +35,9 @@ class Presentation:
             raise ValueError("ALLIANCE_TELECONSULT_ROOM_URL must contain {room}")
         self.settings = settings
 
-    def present_appointments(self, session: Session, reader: Any, versions: list[Version]) -> None:
+    def present_appointments(
+        self, session: Session, reader: Principal, versions: list[Version]
+    ) -> None:
         """For this reader: the appointment's time as their site shows it (Beijing time, with
         Xinjiang time beside it at a Xinjiang site), and the video room, to participants only,
         while the consult is booked or under way."""
@@ -79,10 +82,10 @@ class Presentation:
         }
 
 
-def is_participant(reader: Any, appt: Resource, booking: Booking) -> bool:
+def is_participant(reader: Principal, appt: Resource, booking: Booking) -> bool:
     """Whether the reader takes part: the specialist (by practitioner, whatever role), or a
     practitioner named among the participants (the booking doctor, an interpreter)."""
-    own = getattr(reader, "practitioner_id", None)
+    own = reader.practitioner_id
     if not own:
         return False
     if own == booking.practitioner_id:
