@@ -71,8 +71,8 @@ from fhir_mappings import build_registry
 from server.app import create_app
 from server.demo import seed_demo
 from server.migrate import upgrade
+from teleconsult.calendars import TEMPLATE_EXTENSION
 from teleconsult.models import Booking
-from teleconsult.service import TEMPLATE_EXTENSION
 from teleconsult.slots import (
     ScheduleFilter,
     busy_times,

@@ -6,18 +6,23 @@ from __future__ import annotations
 from alliance.config import Settings
 from alliance.fhir.registry import Registry
 from fhir_mappings import audit, directory, imaging, referral, teleconsult
+from referral.service import ReferralRules
+from teleconsult.service import Teleconsult
 
 
 def build_registry(settings: Settings) -> Registry:
-    """Every resource type the service serves."""
+    """Every resource type the service serves; each domain's rules are built here, once."""
+    referral_rules = ReferralRules(settings)
+    tele = Teleconsult.build(settings, referral_rules)
     registry = Registry(
         [
             *directory.definitions(),
             *audit.definitions(),
-            *referral.definitions(settings),
+            *referral.definitions(settings, referral_rules),
             *imaging.definitions(),
-            *teleconsult.definitions(settings),
+            *teleconsult.definitions(settings, tele),
         ]
     )
-    teleconsult.follow_tasks(registry, settings)
+    # A teleconsult is a referral: its Task's hooks are the referral's, then the teleconsult's.
+    registry.get("Task").after_write.extend(teleconsult.task_after_write(tele))
     return registry

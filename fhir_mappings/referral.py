@@ -50,8 +50,7 @@ def _task_writers(task: Resource) -> set[str | None]:
     return {keeper_of(task), reference_id(task.get("owner"), "Organization")}
 
 
-def definitions(settings: Settings) -> list[ResourceDefinition]:
-    rules = ReferralRules(settings)
+def definitions(settings: Settings, rules: ReferralRules) -> list[ResourceDefinition]:
     base = settings.base_url
 
     def consent_hook(ctx: WriteContext, consent: Resource, _prev: Resource | None) -> list[Any]:
@@ -212,7 +211,7 @@ def definitions(settings: Settings) -> list[ResourceDefinition]:
             interactions=NO_DELETE,
             prepare=rules.prepare_task,
             on_write=rules.check_task,
-            after_write=rules.after_task,
+            after_write=[rules.after_task],
             on_read=rules.on_read_task,
             present=rules.present_tasks,
             patient_of=_subject("for"),
@@ -291,7 +290,7 @@ def definitions(settings: Settings) -> list[ResourceDefinition]:
             interactions=NO_DELETE,
             prepare=rules.prepare_record,
             on_write=rules.check_communication,
-            after_write=rules.after_communication,
+            after_write=[rules.after_communication],
             patient_of=_subject("subject"),
             organization_of=keeper_of,
         ),

@@ -60,7 +60,7 @@ from portal.charts import bar_chart, stacked_months
 from portal.codes import COMMON_DIAGNOSES
 from portal.i18n import translator
 from referral.stats import Period, reason_reader, referral_figures
-from teleconsult.service import LOCAL_TIME, VIRTUAL_SERVICE
+from teleconsult.presentation import LOCAL_TIME, VIRTUAL_SERVICE
 
 HERE = Path(__file__).parent
 T = TypeVar("T")

@@ -31,7 +31,7 @@ from alliance.errors import NotFound
 from alliance.fhir.store import FhirStore
 from alliance.security.service import OPERATOR, create_user, get_user
 from fhir_mappings import build_registry
-from teleconsult.service import TEMPLATE_EXTENSION, TIME_ZONE_EXTENSION
+from teleconsult.calendars import TEMPLATE_EXTENSION, TIME_ZONE_EXTENSION
 
 Resource = dict[str, Any]
 

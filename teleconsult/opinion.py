@@ -44,12 +44,11 @@ from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
 from alliance.records import reference_id, stamp_keeper
 from alliance.security import signing
-from alliance.security.access import visibility
 from alliance.storage import BlobStore, open_blob_store
 from referral.models import Referral
 from referral.service import category_of, check_codes
+from teleconsult.common import ext, read_visible, refuse
 from teleconsult.models import Booking
-from teleconsult.service import refuse
 from teleconsult.time import format_for_site
 
 LOINC = "http://loinc.org"
@@ -65,10 +64,6 @@ DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 _CONSULT_NOTE_CODING = {"system": LOINC, "code": CONSULT_NOTE, "display": "Consult note"}
 DRAFT = ("registered", "partial", "preliminary")
 SIGNED = ("final", "amended")
-
-
-def _ext(resource: Resource, url: str) -> Any:
-    return next((e for e in resource.get("extension") or [] if e.get("url") == url), None)
 
 
 def content_digest(content: str) -> str:
@@ -125,8 +120,7 @@ class OpinionRules:
                 "a consult opinion is basedOn its teleconsult ServiceRequest",
                 "DiagnosticReport.basedOn",
             )
-        visible = visibility(ctx.actor, ctx.store.registry.get) if ctx.actor else None
-        sr = ctx.store.read("ServiceRequest", sr_ids[0], session=session, visible=visible)
+        sr = read_visible(ctx, "ServiceRequest", sr_ids[0])
         request = sr.resource()
         if category_of(request) != "teleconsult":
             refuse(Invalid, "opinion-request", f"ServiceRequest/{sr.id} is not a teleconsult")
@@ -162,7 +156,7 @@ class OpinionRules:
                     f"{AMENDMENT_REASON})",
                     "DiagnosticReport.status",
                 )
-            reason = (_ext(report, AMENDMENT_REASON) or {}).get("valueString")
+            reason = (ext(report, AMENDMENT_REASON) or {}).get("valueString")
             if not isinstance(reason, str) or not reason.strip():
                 refuse(
                     Invalid,
@@ -276,8 +270,8 @@ class OpinionRules:
         )
         amended = ""
         if report.get("status") == "amended":
-            reason = (_ext(report, AMENDMENT_REASON) or {}).get("valueString", "")
-            replaced = (_ext(report, REPLACES) or {}).get("valueReference", {}).get("reference")
+            reason = (ext(report, AMENDMENT_REASON) or {}).get("valueString", "")
+            replaced = (ext(report, REPLACES) or {}).get("valueReference", {}).get("reference")
             amended = (
                 f"<p><strong>更正 Amendment</strong>: {e(reason)} (replaces {e(str(replaced))})</p>"
             )

@@ -23,6 +23,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from alliance.codes import PROFESSIONAL_TITLE, TITLE_RANK
+from alliance.errors import BadRequest
 from alliance.fhir.models import ReferenceIndex, ResourceRow, TokenIndex
 from teleconsult.calendar import (
     Interval,
@@ -45,6 +46,8 @@ from teleconsult.models import (
     WorkingHours,
 )
 
+#: A coding as indexed: (system or None, code).
+Coding = tuple[str | None, str]
 _SLOT_ID = re.compile(r"^(?P<schedule>[A-Za-z0-9\-.]{1,51})\.(?P<at>\d{12})$")
 
 
@@ -384,6 +387,74 @@ def slot_by_id(session: Session, value: str, *, now: datetime) -> SlotView | Non
         if view.start == start:
             return view
     return None
+
+
+@dataclass(frozen=True)
+class SlotQuery:
+    """A Slot search, its values read by the FHIR face: schedule and organization ids,
+    statuses, `system|code` specialties, slot ids, the window of starts [start, end) (end
+    None: two weeks on), and whether the slots (as of now) meet `_lastUpdated`."""
+
+    start: datetime
+    end: datetime | None = None
+    schedule_ids: tuple[str, ...] = ()
+    organization_ids: tuple[str, ...] = ()
+    specialties: tuple[str, ...] = ()
+    statuses: frozenset[str] | None = None
+    ids: tuple[str, ...] | None = None
+    updated: bool = True
+
+
+def search_slots(
+    session: Session, query: SlotQuery, *, now: datetime, max_days: int
+) -> list[SlotView]:
+    """The slots a search finds, by start then schedule: never in the past, at most
+    `max_days` ahead (a wider search must be narrowed: BadRequest)."""
+    hi = query.end or query.start + timedelta(days=14)
+    lo = max(query.start, now)
+    if hi - lo > timedelta(days=max_days):
+        raise BadRequest(f"Slot searches look at most {max_days} days ahead; narrow start")
+    found = load_schedules(
+        session,
+        ScheduleFilter(
+            schedule_ids=query.schedule_ids,
+            hospital_ids=tuple(hospital_of(session, o) or "" for o in query.organization_ids),
+            specialties=query.specialties,
+        ),
+    )
+    statuses = set(query.statuses) if query.statuses is not None else None
+    if query.ids is not None:
+        by_id = [v for i in query.ids if (v := slot_by_id(session, i, now=now)) is not None]
+        wanted = {f.schedule_id for f in found}
+        views = [
+            v
+            for v in by_id
+            if v.schedule.schedule_id in wanted
+            and (statuses is None or v.status in statuses)
+            and v.start >= lo
+            and v.start < hi
+        ]
+    else:
+        views = list_slots(session, found, (lo, hi), now=now, statuses=statuses)
+    if not query.updated or hi <= lo:
+        return []
+    return views
+
+
+def role_specialties(session: Session, role_ids: Iterable[str]) -> dict[str, list[Coding]]:
+    """Each PractitionerRole's specialties as indexed, `(system, code)` by role id."""
+    roles = sorted(set(role_ids))
+    found: dict[str, list[Coding]] = {}
+    if roles:
+        for rid, system, code in session.execute(
+            select(TokenIndex.resource_id, TokenIndex.system, TokenIndex.code).where(
+                TokenIndex.resource_type == "PractitionerRole",
+                TokenIndex.param == "specialty",
+                TokenIndex.resource_id.in_(roles),
+            )
+        ):
+            found.setdefault(rid, []).append((system, code))
+    return found
 
 
 # ---- finding a time (IHE ITI-115) ---------------------------------------------------------

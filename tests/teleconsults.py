@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from teleconsult.service import TEMPLATE_EXTENSION, TIME_ZONE_EXTENSION
+from teleconsult.calendars import TEMPLATE_EXTENSION, TIME_ZONE_EXTENSION
 from teleconsult.time import BEIJING
 from tests.referrals import Client, create, document, record_consent, request_body, task_body
 

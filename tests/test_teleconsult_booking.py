@@ -372,10 +372,10 @@ def test_races_and_the_database_refusing_a_double_booking(
     # With the check before the insert and the lock taken away, the occupancy key still
     # refuses the second booking of the specialist (as a race between two workers would meet
     # it), naming the rule.
-    import teleconsult.service as service
+    import teleconsult.booking as booking
 
-    monkeypatch.setattr(service, "busy_times", lambda *a, **k: {})
-    monkeypatch.setattr(service.TeleconsultRules, "_lock_people", staticmethod(lambda *a: None))
+    monkeypatch.setattr(booking, "busy_times", lambda *a, **k: {})
+    monkeypatch.setattr(booking.Bookings, "_lock_people", staticmethod(lambda *a: None))
     other, _ = open_consult(doctor, "demo-wang-jianguo")
     same = proposal_at(
         other,

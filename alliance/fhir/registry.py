@@ -129,7 +129,9 @@ class ResourceDefinition:
     access: AccessClass = "clinical"
     prepare: Prepare | None = None
     on_write: WriteHook | None = None
-    after_write: AfterWrite | None = None
+    #: Run in order; several domains may add theirs to one type (a Task is the referral's,
+    #: and a teleconsult frees its bookings when its request ends).
+    after_write: list[AfterWrite] = field(default_factory=list)
     on_read: ReadHook | None = None
     present: Presenter | None = None
     #: The Patient id whose compartment the resource is in, for access rules.

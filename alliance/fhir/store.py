@@ -619,8 +619,8 @@ class FhirStore:
         session.add_all(rows)
         session.flush()
         written = Version.of(row, current.patient_id)
-        if definition.after_write is not None:
-            definition.after_write(ctx, written, previous)
+        for after_write in definition.after_write:
+            after_write(ctx, written, previous)
         return WriteResult(written, created=method == "create", warnings=warnings)
 
     def _clear_index(self, session: Session, resource_type: str, resource_id: str) -> None:
