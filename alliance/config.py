@@ -157,7 +157,10 @@ class Settings(BaseSettings):
     @property
     def signing_keys(self) -> list[tuple[str, str]]:
         """Token signing keys as (kid, secret) pairs, signing key first. Demo mode has a
-        fixed, public demo key."""
+        fixed, public demo key. Commands that issue or check no token (migrating, verifying
+        the audit trail) run without them; the server does not start without them."""
+        if not self._signing_keys:
+            raise ValueError("ALLIANCE_JWT_KEYS must be set outside demo mode")
         return self._signing_keys
 
     @property
@@ -177,8 +180,6 @@ def _jwt_keys(text: str, demo: bool) -> list[tuple[str, str]]:
         keys.append((kid, secret))
     if not keys and demo:
         keys = [DEMO_JWT_KEY]
-    if not keys:
-        raise ValueError("ALLIANCE_JWT_KEYS must be set outside demo mode")
     return keys
 
 

@@ -146,6 +146,7 @@ def _document_mounted(app: FastAPI, mounted: dict[str, FastAPI]) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.signing_keys  # noqa: B018 -- the server does not start without token keys
     services = build_services(settings)
     metrics = Metrics()
 

@@ -3,10 +3,13 @@ variable, at start, not in a request later; what is derived is not parsed again 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from alliance.config import Settings
+from server.app import create_app
 
 GOOD_KEY = "k1:" + "s" * 40
 
@@ -15,7 +18,6 @@ GOOD_KEY = "k1:" + "s" * 40
     ("values", "named"),
     [
         ({"jwt_keys": "k1:short"}, "ALLIANCE_JWT_KEYS"),
-        ({"jwt_keys": ""}, "ALLIANCE_JWT_KEYS must be set outside demo mode"),
         ({"jwt_keys": GOOD_KEY, "signature_keys": "s1:not-32-bytes"}, "ALLIANCE_SIGNATURE_KEYS"),
         ({"jwt_keys": GOOD_KEY, "dicom_calling_aes": "TOO_LONG_AE_TITLE_X=xy-people"}, "AE"),
         ({"jwt_keys": GOOD_KEY, "dicom_calling_aes": "XYPEOPLE"}, "ALLIANCE_DICOM_CALLING_AES"),
@@ -44,3 +46,10 @@ def test_derived_settings_follow_a_copy_with_new_values() -> None:
     assert moved.signing_keys == [("k1", "s" * 40)]
     with pytest.raises(ValidationError):
         settings.model_copy(update={"viewer_origins": "x", "base_url": "nope"})
+
+
+def test_the_server_does_not_start_without_token_keys_outside_demo_mode(tmp_path: Path) -> None:
+    """Migrating or verifying the trail needs no token key; serving does."""
+    settings = Settings(demo=False, database_url=f"sqlite:///{tmp_path / 'a.db'}")
+    with pytest.raises(ValueError, match="ALLIANCE_JWT_KEYS must be set outside demo mode"):
+        create_app(settings)
