@@ -9,6 +9,7 @@ repeated parameters answer the same status on a generically kept type, on the au
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,6 +24,7 @@ TYPES = [d.type for d in REGISTRY.definitions() if "search-type" in d.interactio
 PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 #: A date in the past, so that a Slot search (which looks ahead of now) stays in its window.
 DAY = "2020-01-01"
+DAY_AFTER = timedelta(hours=30)
 
 #: Where a provider still disagrees with the kernel grammar: the Slot provider parses its own
 #: date prefixes until the teleconsult split moves it onto `parse_date` (alliance.fhir.search).
@@ -115,6 +117,14 @@ def test_every_date_prefix_is_the_kernels() -> None:
     assert day.matches(day.low, day.high)
     assert parse_date(f"sa{DAY}").matches(day.high, day.high)
     assert not parse_date(f"eb{DAY}").matches(day.low, day.high)
+    # What matches lies in the window a derived type generates in.
+    for prefix in PREFIXES:
+        value = parse_date(f"{prefix}{DAY}")
+        earliest, latest = value.window()
+        for moment in (day.low - timedelta(days=400), day.low, day.high, day.high + DAY_AFTER):
+            if value.matches(moment, moment):
+                assert earliest is None or moment >= earliest, (prefix, moment)
+                assert latest is None or moment <= latest, (prefix, moment)
 
 
 # ---- the audit trail: the grammar's meaning, not only its statuses ---------------------------

@@ -121,6 +121,23 @@ class DateValue:
             "ap": low < hi + self.slack() and high > lo - self.slack(),
         }[self.prefix]
 
+    def window(self) -> tuple[datetime | None, datetime | None]:
+        """Where an instant that matches can lie, `[earliest, latest]` (None: unbounded): a
+        superset, for a provider that derives what it searches (Slots) to generate only
+        there, then keep what `matches`."""
+        lo, hi = self.low, self.high
+        return {
+            "eq": (lo, hi),
+            "ne": (None, None),
+            "gt": (hi, None),
+            "sa": (hi, None),
+            "ge": (lo, None),
+            "lt": (None, lo),
+            "eb": (None, lo),
+            "le": (None, hi),
+            "ap": (lo - self.slack(), hi + self.slack()),
+        }[self.prefix]
+
     def slack(self) -> timedelta:
         """How far `ap` reaches: 10% of the distance from now, at least a day (search.html
         suggests 10%)."""
