@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from alliance.audit.models import AuditRecord
-from alliance.audit.service import AuditFilter, audit_filter, search_events
+from alliance.audit.service import audit_conditions, search_events
 from alliance.errors import BadRequest, NotFound
 from alliance.fhir.registry import ResourceDefinition, SearchParam
 from alliance.fhir.search import SearchSpec
@@ -41,54 +41,40 @@ def _version(row: AuditRecord) -> Version:
 
 class AuditProvider:
     def read(self, session: Session, resource_id: str, visible: ColumnElement[bool]) -> Version:
-        flt = AuditFilter(conditions=[AuditRecord.id == resource_id, visible])
-        rows, _ = search_events(session, flt, limit=1)
+        rows, _ = search_events(session, [AuditRecord.id == resource_id, visible], limit=1)
         if not rows:
             raise NotFound(f"AuditEvent/{resource_id} is not known")
         return _version(rows[0])
 
-    def search(
-        self,
-        session: Session,
-        params: list[tuple[str, str]],
-        *,
-        default_count: int,
-        max_count: int,
-        lenient: bool,
-        visible: ColumnElement[bool],
+    def search_parsed(
+        self, session: Session, spec: SearchSpec, *, visible: ColumnElement[bool]
     ) -> SearchResult:
-        flt, applied, warnings = audit_filter(params, lenient=lenient)
-        flt.conditions.append(visible)
-        given = dict(params)
-        count = min(_number(given.get("_count"), default_count, "_count"), max_count)
-        offset = _number(given.get("_page_offset"), 0, "_page_offset")
-        sort = given.get("_sort", "-date")
-        if sort not in ("date", "-date"):
-            raise BadRequest("AuditEvent sorts by date or -date only")
-        want_total = given.get("_total", "none") != "none" or count == 0
+        """The kernel's parsed search over the trail: newest first unless `_sort=date`, paged
+        by offset (the trail has no keyset link)."""
+        if spec.page_after is not None:
+            raise BadRequest("AuditEvent pages by _page_offset", expression=["_page_after"])
+        if not spec.order:
+            spec.order = [("date", True)]
+            spec.applied.append(("_sort", "-date"))
+        if len(spec.order) != 1 or spec.order[0][0] not in ("date", "_lastUpdated"):
+            raise BadRequest("AuditEvent sorts by date or -date only", expression=["_sort"])
+        newest_first = spec.order[0][1]
+        conditions = [*audit_conditions(spec.filters), visible]
+        if spec.summary_count or spec.count == 0:
+            _, total = search_events(session, conditions, limit=0, count=True)
+            return SearchResult(spec, [], [], total, None)
         rows, total = search_events(
             session,
-            flt,
-            newest_first=sort == "-date",
-            limit=count + 1,
-            offset=offset,
-            count=want_total,
+            conditions,
+            newest_first=newest_first,
+            limit=spec.count + 1,
+            offset=spec.offset,
+            count=spec.wants_total,
         )
-        spec = SearchSpec("AuditEvent", count=count, offset=offset, warnings=warnings)
-        spec.applied = [*applied, ("_sort", sort)]
-        spec.order = [("date", sort == "-date")]
-        more = len(rows) > count
-        matches = [_version(r) for r in rows[:count]]
-        next_page = ("_page_offset", str(offset + count)) if more else None
+        more = len(rows) > spec.count
+        matches = [_version(r) for r in rows[: spec.count]]
+        next_page = ("_page_offset", str(spec.offset + spec.count)) if more else None
         return SearchResult(spec, matches, [], total, next_page)
-
-
-def _number(value: str | None, default: int, name: str) -> int:
-    if value is None:
-        return default
-    if not value.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer")
-    return int(value)
 
 
 def definitions() -> list[ResourceDefinition]:

@@ -13,8 +13,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from alliance.audit.anchor import TrailResult, verify_trail
-from alliance.audit.service import audit_filter, search_events
+from alliance.audit.service import audit_conditions, search_events
 from alliance.errors import Forbidden, PayloadTooLarge
+from alliance.fhir.search import parse_search
 from alliance.security.access import Principal
 from alliance.security.guard import Guard, Interaction, Touched
 from alliance.storage import BlobStore
@@ -68,11 +69,21 @@ def audit_router(guard: Guard, blobs: BlobStore) -> APIRouter:
         UTF-8 CSV with a byte-order mark so spreadsheet programs read Chinese correctly. Cells
         that would start a formula are quoted (`csv_cell`): user names and descriptions are
         whatever a caller typed, and an auditor opens the file in a spreadsheet."""
-        params = list(request.query_params.multi_items())
-        flt, _applied, _ignored = audit_filter(params)
+        # The FHIR search's own parse (its filters; paging does not apply to an export).
+        spec = parse_search(
+            guard.registry.get("AuditEvent"),
+            guard.registry,
+            list(request.query_params.multi_items()),
+            base_url=guard.settings.fhir_base,
+            default_count=guard.settings.default_page_size,
+            max_count=guard.settings.max_page_size,
+        )
+        conditions = audit_conditions(spec.filters)
 
         def work(session: Any, _ctx: Any) -> str:
-            rows, _ = search_events(session, flt, newest_first=False, limit=MAX_EXPORT_ROWS + 1)
+            rows, _ = search_events(
+                session, conditions, newest_first=False, limit=MAX_EXPORT_ROWS + 1
+            )
             if len(rows) > MAX_EXPORT_ROWS:
                 raise PayloadTooLarge(
                     f"more than {MAX_EXPORT_ROWS} records match; narrow the period"

@@ -21,13 +21,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, false, func, insert, not_, or_, select
 from sqlalchemy.orm import Session
 
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
 from alliance.db import after_commit, named_lock
-from alliance.errors import BadRequest, Issue
-from alliance.fhir.search import date_condition, split_values
+from alliance.fhir.search import Filter, string_pattern
 from alliance.fhir.values import instant
 
 AUDIT_LOCK = "audit-chain"
@@ -442,58 +441,18 @@ def _rows_in_order(session: Session, batch: int) -> Iterator[AuditRecord]:
         session.expunge_all()
 
 
-@dataclass
-class AuditFilter:
-    """A search of the trail; every field narrows it (None: any)."""
-
-    username: str | None = None
-    practitioner_id: str | None = None
-    hospital_id: str | None = None
-    role: str | None = None
-    patient_id: str | None = None
-    entity: str | None = None
-    subtype: list[str] | None = None
-    outcome: list[str] | None = None
-    action: list[str] | None = None
-    type: list[str] | None = None
-    address: str | None = None
-    conditions: list[Any] = field(default_factory=list)  # extra SQL, e.g. date ranges
-
-
 def search_events(
     session: Session,
-    flt: AuditFilter,
+    conditions: list[ColumnElement[bool]],
     *,
     newest_first: bool = True,
     limit: int | None = None,
     offset: int = 0,
     count: bool = False,
 ) -> tuple[list[AuditRecord], int | None]:
-    """Matching rows, newest first by default, and their number when `count` is asked."""
-    query = select(AuditRecord)
-    equal = {
-        AuditRecord.username: flt.username,
-        AuditRecord.practitioner_id: flt.practitioner_id,
-        AuditRecord.hospital_id: flt.hospital_id,
-        AuditRecord.role: flt.role,
-        AuditRecord.patient_id: flt.patient_id,
-        AuditRecord.entity: flt.entity,
-        AuditRecord.client_address: flt.address,
-    }
-    for column, value in equal.items():
-        if value is not None:
-            query = query.where(column == value)
-    listed = {
-        AuditRecord.subtype: flt.subtype,
-        AuditRecord.outcome: flt.outcome,
-        AuditRecord.action: flt.action,
-        AuditRecord.type: flt.type,
-    }
-    for column, values in listed.items():
-        if values:
-            query = query.where(column.in_(values))
-    for condition in flt.conditions:
-        query = query.where(condition)
+    """Rows meeting every condition, newest first by default, and their number when `count`
+    is asked."""
+    query = select(AuditRecord).where(*conditions)
     total = None
     if count:
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -504,53 +463,56 @@ def search_events(
     return list(session.scalars(query)), total
 
 
-#: Paging and transport parameters a search of the trail may carry besides its filters.
-RESULT_PARAMS = {"_count", "_sort", "_total", "_page_offset", "_format", "_pretty"}
+def audit_conditions(filters: list[Filter]) -> list[ColumnElement[bool]]:
+    """The AuditEvent search (parsed by alliance.fhir.search; fhir_mappings.audit declares its
+    parameters) over the trail's columns: every filter holds, a filter's values are
+    alternatives."""
+    return [_audit_condition(f) for f in filters]
 
 
-def _last(value: str, prefix: str) -> str:
-    return value.split("|")[-1].removeprefix(prefix)
+#: Token parameters and the column holding their code. Each column holds codes of one system
+#: per event type, so the system a client writes is not compared.
+_TOKEN_COLUMNS: dict[str, Any] = {
+    "altid": AuditRecord.username,
+    "agent-role": AuditRecord.role,
+    "subtype": AuditRecord.subtype,
+    "outcome": AuditRecord.outcome,
+    "action": AuditRecord.action,
+    "type": AuditRecord.type,
+}
 
 
-def audit_filter(
-    params: list[tuple[str, str]], *, lenient: bool = False
-) -> tuple[AuditFilter, list[tuple[str, str]], list[Issue]]:
-    """The filter a search asks for, the parameters applied, and what was ignored."""
-    flt = AuditFilter()
-    applied: list[tuple[str, str]] = []
-    warnings: list[Issue] = []
-    for name, value in params:
-        if name in RESULT_PARAMS or not value:
-            continue
-        values = split_values(value)
-        if name == "_id":
-            flt.conditions.append(AuditRecord.id.in_(values))
-        elif name in ("date", "_lastUpdated"):
-            flt.conditions.append(date_condition(value, AuditRecord.recorded, AuditRecord.recorded))
-        elif name == "agent":
-            if value.startswith("Practitioner/"):
-                flt.practitioner_id = value.removeprefix("Practitioner/")
-            else:
-                flt.username = value
-        elif name == "altid":
-            flt.username = _last(value, "")
-        elif name == "agent-role":
-            flt.role = _last(value, "")
-        elif name == "hospital":
-            flt.hospital_id = value.removeprefix("Organization/")
-        elif name == "entity":
-            flt.entity = value
-        elif name == "patient":
-            flt.patient_id = value.removeprefix("Patient/")
-        elif name in ("subtype", "outcome", "action", "type"):
-            setattr(flt, name, [_last(v, "") for v in values])
-        elif name == "address":
-            flt.address = value
-        else:
-            message = f"unknown search parameter {name!r} for AuditEvent"
-            if not lenient:
-                raise BadRequest(message, expression=[name])
-            warnings.append(Issue(f"{message} (ignored)", "not-supported", "warning"))
-            continue
-        applied.append((name, value))
-    return flt, applied, warnings
+def _audit_condition(f: Filter) -> ColumnElement[bool]:
+    if f.name == "_id":
+        return AuditRecord.id.in_(f.values)
+    if f.param.type == "date":  # date and _lastUpdated: when it was recorded
+        recorded = AuditRecord.recorded
+        return or_(false(), *(d.condition(recorded, recorded) for d in f.dates))
+    if f.param.type == "token":
+        column = _TOKEN_COLUMNS[f.name]
+        codes = [column == t.code if t.code else column.is_not(None) for t in f.tokens]
+        matched = or_(false(), *codes)
+        return or_(column.is_(None), not_(matched)) if f.modifier == "not" else matched
+    if f.param.type == "string":  # address (FHIR R4 AuditEvent: a string parameter)
+        column = AuditRecord.client_address
+        if f.modifier == "exact":
+            return column.in_(f.values)
+        patterns = (func.lower(column).like(string_pattern(v, f.modifier), "\\") for v in f.values)
+        return or_(false(), *patterns)
+    return or_(false(), *(_reference(f.name, t, i) for t, i in f.references))
+
+
+def _reference(name: str, rtype: str | None, rid: str) -> ColumnElement[bool]:
+    if name == "agent":  # a Practitioner, or a user by account name
+        if rtype == "Practitioner":
+            return AuditRecord.practitioner_id == rid
+        return AuditRecord.username == rid if rtype is None else false()
+    if name == "entity":
+        if rtype is None:
+            return AuditRecord.entity.endswith(f"/{rid}", autoescape=True)
+        return AuditRecord.entity == f"{rtype}/{rid}"
+    column, wanted = {
+        "hospital": (AuditRecord.hospital_id, "Organization"),
+        "patient": (AuditRecord.patient_id, "Patient"),
+    }[name]
+    return column == rid if rtype in (None, wanted) else false()

@@ -14,7 +14,14 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
-    from alliance.fhir.store import FhirStore, ResourceProvider, Version, Visibility, WriteCheck
+    from alliance.fhir.store import (
+        FhirStore,
+        RawParamsProvider,
+        ResourceProvider,
+        Version,
+        Visibility,
+        WriteCheck,
+    )
 
 from alliance.errors import Issue, NotFound
 
@@ -145,7 +152,7 @@ class ResourceDefinition:
     #: answers 409 even without If-Match (a workflow resource must not lose a move).
     versioned_updates: bool = False
     #: Serves the type from its own tables instead of the generic store (read and search).
-    provider: ResourceProvider | None = None
+    provider: ResourceProvider | RawParamsProvider | None = None
     #: Rewrites what one reader is served (ReaderPresenter), after `present`.
     present_to: ReaderPresenter | None = None
     #: Type-level operations by name (without the `$`).

@@ -60,12 +60,117 @@ class Include:
     text: str
 
 
+@dataclass(frozen=True)
+class Token:
+    """A token search value (search.html#token): `code`, `system|code`, `|code` (no system),
+    `system|` (any code of the system). None is "any"; `no_system` asks for none."""
+
+    system: str | None
+    code: str | None
+    no_system: bool = False
+
+
+@dataclass(frozen=True)
+class DateValue:
+    """A date search value: its prefix (search.html#prefix) and the instants `[low, high)` its
+    date covers at the precision written."""
+
+    prefix: str
+    low: datetime
+    high: datetime
+
+    def condition(
+        self, low: SQLColumnExpression[datetime], high: SQLColumnExpression[datetime]
+    ) -> ColumnElement[bool]:
+        """The prefix over a stored range `[low, high)` in SQL."""
+        lo, hi = self.low, self.high
+        within = and_(low >= lo, high <= hi)
+        if self.prefix == "eq":
+            return within
+        if self.prefix == "ne":
+            return not_(within)
+        if self.prefix == "gt":
+            return high > hi
+        if self.prefix == "lt":
+            return low < lo
+        if self.prefix == "ge":
+            return or_(high > hi, within)
+        if self.prefix == "le":
+            return or_(low < lo, within)
+        if self.prefix == "sa":
+            return low >= hi
+        if self.prefix == "eb":
+            return high <= lo
+        slack = self.slack()  # ap
+        return and_(low < hi + slack, high > lo - slack)
+
+    def matches(self, low: datetime, high: datetime) -> bool:
+        """The same prefix over a range held in Python (a derived resource, such as a Slot,
+        or "now" for `_lastUpdated` of one derived as of now)."""
+        lo, hi = self.low, self.high
+        within = low >= lo and high <= hi
+        return {
+            "eq": within,
+            "ne": not within,
+            "gt": high > hi,
+            "lt": low < lo,
+            "ge": high > hi or within,
+            "le": low < lo or within,
+            "sa": low >= hi,
+            "eb": high <= lo,
+            "ap": low < hi + self.slack() and high > lo - self.slack(),
+        }[self.prefix]
+
+    def window(self) -> tuple[datetime | None, datetime | None]:
+        """Where an instant that matches can lie, `[earliest, latest]` (None: unbounded): a
+        superset, for a provider that derives what it searches (Slots) to generate only
+        there, then keep what `matches`."""
+        lo, hi = self.low, self.high
+        return {
+            "eq": (lo, hi),
+            "ne": (None, None),
+            "gt": (hi, None),
+            "sa": (hi, None),
+            "ge": (lo, None),
+            "lt": (None, lo),
+            "eb": (None, lo),
+            "le": (None, hi),
+            "ap": (lo - self.slack(), hi + self.slack()),
+        }[self.prefix]
+
+    def slack(self) -> timedelta:
+        """How far `ap` reaches: 10% of the distance from now, at least a day (search.html
+        suggests 10%)."""
+        return max(abs(datetime.now(UTC) - self.low) / 10, timedelta(days=1))
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One search parameter as asked, its values parsed by its type's grammar. The values are
+    alternatives (a comma: OR); the filters of a search all hold (repeated parameter: AND)."""
+
+    param: SearchParam
+    modifier: str
+    #: The alternatives as written, unescaped.
+    values: tuple[str, ...]
+    tokens: tuple[Token, ...] = ()
+    #: (type or None when the value names no type, id); a value that cannot match (a
+    #: reference to another type than the `:Type` modifier asks) is left out.
+    references: tuple[tuple[str | None, str], ...] = ()
+    dates: tuple[DateValue, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.param.name
+
+
 @dataclass
 class SearchSpec:
-    """A parsed search: filters, order, page, and what to include."""
+    """A parsed search (FHIR R4 search.html): the filters and the result parameters. The one
+    parse every type's search goes through; a provider answers it from its own tables."""
 
     resource_type: str
-    conditions: list[ColumnElement[bool]] = field(default_factory=list)
+    filters: list[Filter] = field(default_factory=list)
     order: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
     count: int = 20
     page_after: str | None = None
@@ -75,7 +180,13 @@ class SearchSpec:
     summary_count: bool = False
     #: The parameters that were applied, in order, for the self and next links.
     applied: list[tuple[str, str]] = field(default_factory=list)
+    #: What a lenient search left out, as asked, and why (`warnings`).
+    ignored: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
+
+    @property
+    def wants_total(self) -> bool:
+        return self.summary_count or self.total != "none" or self.count == 0
 
 
 def parse_search(
@@ -88,35 +199,36 @@ def parse_search(
     max_count: int,
     lenient: bool = False,
 ) -> SearchSpec:
+    """Parse a search of `definition`'s type: result parameters, and each filter by the grammar
+    of its parameter's type. What is not understood is a 400, or with `lenient` (Prefer:
+    handling=lenient) left out with a warning."""
     spec = SearchSpec(definition.type, count=default_count)
-
-    def refuse(message: str, name: str) -> None:
-        if not lenient:
-            raise BadRequest(message, expression=[name])
-        spec.warnings.append(Issue(f"{message} (ignored)", "not-supported", "warning"))
 
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
         if raw_name in _TRANSPORT_PARAMS:
             continue
-        if name in _RESULT_PARAMS:
-            _apply_result_param(spec, definition, registry, name, value, max_count, refuse)
-            continue
-        param = _SPECIAL.get(name) or definition.param(name)
-        if param is None:
-            refuse(f"unknown search parameter {name!r} for {definition.type}", name)
-            continue
         try:
-            spec.conditions.append(_condition(definition.type, param, modifier, value, base_url))
+            if name in _RESULT_PARAMS:
+                _apply_result_param(spec, definition, registry, name, value, max_count)
+            else:
+                param = _SPECIAL.get(name) or definition.param(name)
+                if param is None:
+                    raise _Unsupported(f"unknown search parameter {name!r} for {definition.type}")
+                spec.filters.append(parse_filter(param, modifier, value, base_url))
         except _Unsupported as exc:
-            refuse(str(exc), raw_name)
+            if not lenient:
+                raise BadRequest(str(exc), expression=[raw_name]) from None
+            spec.warnings.append(Issue(f"{exc} (ignored)", "not-supported", "warning"))
+            spec.ignored.append((raw_name, value))
             continue
-        spec.applied.append((raw_name, value))
+        if name not in _RESULT_PARAMS:  # result parameters add themselves as applied
+            spec.applied.append((raw_name, value))
     return spec
 
 
 class _Unsupported(Exception):
-    pass
+    """A parameter, modifier or value this server does not support (ignored when lenient)."""
 
 
 def _apply_result_param(
@@ -126,22 +238,17 @@ def _apply_result_param(
     name: str,
     value: str,
     max_count: int,
-    refuse: Any,
 ) -> None:
     if name == "_count":
-        if not value.isdigit():
-            raise BadRequest(f"_count must be a non-negative integer, not {value!r}")
-        spec.count = min(int(value), max_count)
+        spec.count = min(non_negative(value, "_count"), max_count)
         if spec.count == 0:  # asking for no entries is asking for the count
             spec.total = "accurate"
         return
-    if name in (PAGE_AFTER, PAGE_OFFSET):
-        if name == PAGE_AFTER:
-            spec.page_after = value
-        elif value.isdigit():
-            spec.offset = int(value)
-        else:
-            raise BadRequest(f"{PAGE_OFFSET} must be a non-negative integer")
+    if name == PAGE_AFTER:
+        spec.page_after = value
+        return
+    if name == PAGE_OFFSET:
+        spec.offset = non_negative(value, PAGE_OFFSET)
         return
     if name == "_sort":
         for key in filter(None, value.split(",")):
@@ -149,21 +256,19 @@ def _apply_result_param(
             pname = key.lstrip("-")
             param = _SPECIAL.get(pname) or definition.param(pname)
             if param is None or param.type == "reference":
-                refuse(f"cannot sort {definition.type} by {pname!r}", "_sort")
-                continue
+                raise _Unsupported(f"cannot sort {definition.type} by {pname!r}")
             spec.order.append((pname, desc))
         spec.applied.append(("_sort", value))
         return
     if name == "_include":
         parts = value.split(":")
-        param = definition.param(parts[1]) if len(parts) in (2, 3) else None
-        if parts[0] != definition.type or param is None or param.type != "reference":
-            refuse(f"_include={value} is not supported on {definition.type}", "_include")
-            return
+        if len(parts) not in (2, 3) or ":".join(parts[:2]) not in definition.includes:
+            raise _Unsupported(f"_include={value} is not supported on {definition.type}")
+        param = definition.param(parts[1])
+        assert param is not None
         target = parts[2] if len(parts) == 3 else None
         if target is not None and target not in registry:
-            refuse(f"_include target type {target!r} is not supported", "_include")
-            return
+            raise _Unsupported(f"_include target type {target!r} is not supported")
         spec.includes.append(Include(param, target, value))
         spec.applied.append(("_include", value))
         return
@@ -172,7 +277,7 @@ def _apply_result_param(
         return
     if name == "_total":
         if value not in ("none", "estimate", "accurate"):
-            raise BadRequest("_total must be none, estimate or accurate")
+            raise BadRequest("_total must be none, estimate or accurate", expression=["_total"])
         spec.total = value
         spec.applied.append(("_total", value))
         return
@@ -181,8 +286,14 @@ def _apply_result_param(
             spec.summary_count = True
             spec.applied.append(("_summary", value))
         elif value != "false":
-            refuse(f"_summary={value} is not supported (count and false are)", "_summary")
+            raise _Unsupported(f"_summary={value} is not supported (count and false are)")
         return
+
+
+def non_negative(value: str, name: str) -> int:
+    if not value.isdigit():
+        raise BadRequest(f"{name} must be a non-negative integer, not {value!r}", expression=[name])
+    return int(value)
 
 
 def split_values(value: str) -> list[str]:
@@ -191,125 +302,141 @@ def split_values(value: str) -> list[str]:
     return [p.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$") for p in parts]
 
 
+#: Modifiers each parameter type takes (search.html#modifiers); a reference also takes its
+#: target types (`subject:Patient`).
+_MODIFIERS: dict[str, tuple[str, ...]] = {
+    "token": ("", "not"),
+    "string": ("", "exact", "contains"),
+    "reference": ("",),
+    "date": ("",),
+}
+
+
+def parse_filter(param: SearchParam, modifier: str, value: str, base_url: str) -> Filter:
+    """One parameter's value by the grammar of its type; a value that cannot be parsed is a
+    400 (lenient or not: it is not an unknown parameter but a wrong value)."""
+    allowed = _MODIFIERS[param.type]
+    if param.type == "reference":
+        allowed = (*allowed, *param.targets)
+    if param.condition is not None or param.name in _SPECIAL:
+        allowed = ("",)
+    if modifier not in allowed:
+        raise _Unsupported(f"modifier :{modifier} is not supported on {param.name}")
+    values = tuple(split_values(value))
+    if param.condition is not None or param.name == "_id":
+        return Filter(param, modifier, values)
+    if param.type == "token":
+        return Filter(param, modifier, values, tokens=tuple(_token_value(v) for v in values))
+    if param.type == "reference":
+        refs = (_reference_value(v, modifier or None, param, base_url) for v in values)
+        return Filter(param, modifier, values, references=tuple(r for r in refs if r))
+    if param.type == "date":
+        return Filter(param, modifier, values, dates=tuple(parse_date(v) for v in values))
+    return Filter(param, modifier, values)
+
+
+def parse_date(value: str) -> DateValue:
+    """One date search value with its prefix (search.html#prefix; none means eq). A prefix
+    this grammar does not know, or a date that is not one, is a 400."""
+    prefix, text = (value[:2], value[2:]) if value[:2] in _DATE_PREFIXES else ("eq", value)
+    try:
+        low, high = date_range(text)
+    except ValueError:
+        raise BadRequest(f"{value!r} is not a valid date search value") from None
+    return DateValue(prefix, low, high)
+
+
+def parse_dates(value: str) -> list[DateValue]:
+    """Every alternative of a date parameter's value (a comma: OR)."""
+    return [parse_date(v) for v in split_values(value)]
+
+
+def _token_value(value: str) -> Token:
+    if "|" not in value:
+        return Token(None, value)
+    system, _, code = value.partition("|")
+    return Token(system or None, code or None, no_system=not system)
+
+
+def _reference_value(
+    value: str, type_modifier: str | None, param: SearchParam, base_url: str
+) -> tuple[str | None, str] | None:
+    parsed = parse_reference(value, base_url)
+    if parsed is not None:
+        return None if type_modifier and parsed[0] != type_modifier else parsed
+    if "/" in value:
+        raise BadRequest(f"{value!r} is not a reference to a resource on this server")
+    target = type_modifier or (param.targets[0] if len(param.targets) == 1 else None)
+    return target, value
+
+
+# ---- the filters as SQL over the generic index tables -------------------------------------
+
+
 def _owner_ids(table: Any, rtype: str, pname: str, *conds: ColumnElement[bool]) -> Any:
     return select(table.resource_id).where(
-        table.resource_type == rtype, table.param == pname, or_(*conds)
+        table.resource_type == rtype, table.param == pname, or_(false(), *conds)
     )
 
 
-def _condition(
-    rtype: str, param: SearchParam, modifier: str, value: str, base_url: str
-) -> ColumnElement[bool]:
-    values = split_values(value)
+def filter_condition(rtype: str, f: Filter) -> ColumnElement[bool]:
+    """A filter as a condition on `ResourceRow` of a generically kept type."""
+    param = f.param
     if param.condition is not None:
-        if modifier:
-            raise _Unsupported(f"modifier :{modifier} is not supported on {param.name}")
-        return or_(*(param.condition(v) for v in values))
+        return or_(*(param.condition(v) for v in f.values))
     if param.name == "_id":
-        if modifier:
-            raise _Unsupported(f"modifier :{modifier} is not supported on _id")
-        return ResourceRow.id.in_(values)
+        return ResourceRow.id.in_(f.values)
     if param.name == "_lastUpdated":
-        if modifier:
-            raise _Unsupported(f"modifier :{modifier} is not supported on _lastUpdated")
         col = ResourceRow.last_updated
-        return or_(*(date_condition(v, col, col) for v in values))
+        return or_(*(d.condition(col, col) for d in f.dates))
     if param.type == "token":
-        if modifier not in ("", "not"):
-            raise _Unsupported(f"modifier :{modifier} is not supported on token {param.name}")
         cond = ResourceRow.id.in_(
-            _owner_ids(TokenIndex, rtype, param.name, *(_token(v) for v in values))
+            _owner_ids(TokenIndex, rtype, param.name, *(_token(t) for t in f.tokens))
         )
-        return not_(cond) if modifier == "not" else cond
+        return not_(cond) if f.modifier == "not" else cond
     if param.type == "string":
-        if modifier not in ("", "exact", "contains"):
-            raise _Unsupported(f"modifier :{modifier} is not supported on string {param.name}")
-        return ResourceRow.id.in_(
-            _owner_ids(StringIndex, rtype, param.name, *(_string(v, modifier) for v in values))
-        )
+        conds = (_string(v, f.modifier) for v in f.values)
+        return ResourceRow.id.in_(_owner_ids(StringIndex, rtype, param.name, *conds))
     if param.type == "reference":
-        if modifier and modifier not in param.targets:
-            raise _Unsupported(f"modifier :{modifier} is not supported on {param.name}")
-        conds = [_reference(v, modifier or None, param, base_url) for v in values]
+        conds = (_reference(t, i) for t, i in f.references)
         return ResourceRow.id.in_(_owner_ids(ReferenceIndex, rtype, param.name, *conds))
     if param.type == "date":
-        if modifier:
-            raise _Unsupported(f"modifier :{modifier} is not supported on date {param.name}")
-        conds = [date_condition(v, DateIndex.low, DateIndex.high) for v in values]
+        conds = (d.condition(DateIndex.low, DateIndex.high) for d in f.dates)
         return ResourceRow.id.in_(_owner_ids(DateIndex, rtype, param.name, *conds))
     raise AssertionError(param.type)
 
 
-def _token(value: str) -> ColumnElement[bool]:
-    if "|" not in value:
-        return TokenIndex.code == value
-    system, _, code = value.partition("|")
-    if not system:
-        return and_(TokenIndex.system.is_(None), TokenIndex.code == code)
-    if not code:
-        return TokenIndex.system == system
-    return and_(TokenIndex.system == system, TokenIndex.code == code)
+def _token(token: Token) -> ColumnElement[bool]:
+    conds: list[ColumnElement[bool]] = []
+    if token.no_system:
+        conds.append(TokenIndex.system.is_(None))
+    elif token.system is not None:
+        conds.append(TokenIndex.system == token.system)
+    if token.code is not None:
+        conds.append(TokenIndex.code == token.code)
+    return and_(*conds)
 
 
-def _like_escape(text: str) -> str:
+def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def string_pattern(value: str, modifier: str) -> str:
+    """The LIKE pattern (escape `\\`) of a string search value over its normalised form:
+    starts with by default, anywhere with `:contains` (search.html#string)."""
+    needle = like_escape(normalize(value))
+    return f"%{needle}%" if modifier == "contains" else f"{needle}%"
 
 
 def _string(value: str, modifier: str) -> ColumnElement[bool]:
     if modifier == "exact":
         return StringIndex.exact == value
-    needle = _like_escape(normalize(value))
-    pattern = f"%{needle}%" if modifier == "contains" else f"{needle}%"
-    return StringIndex.norm.like(pattern, escape="\\")
+    return StringIndex.norm.like(string_pattern(value, modifier), escape="\\")
 
 
-def _reference(
-    value: str, type_modifier: str | None, param: SearchParam, base_url: str
-) -> ColumnElement[bool]:
-    parsed = parse_reference(value, base_url)
-    if parsed is not None:
-        rtype, rid = parsed
-        if type_modifier and rtype != type_modifier:
-            return false()
-        return and_(ReferenceIndex.target_type == rtype, ReferenceIndex.target_id == rid)
-    if "/" in value:
-        raise BadRequest(f"{value!r} is not a reference to a resource on this server")
-    target = type_modifier or (param.targets[0] if len(param.targets) == 1 else None)
-    cond = ReferenceIndex.target_id == value
-    return and_(ReferenceIndex.target_type == target, cond) if target else cond
-
-
-def date_condition(
-    value: str, low: SQLColumnExpression[datetime], high: SQLColumnExpression[datetime]
-) -> ColumnElement[bool]:
-    """Prefix semantics of FHIR R4 search.html#prefix over ranges `[low, high)`."""
-    prefix = value[:2] if value[:2] in _DATE_PREFIXES else "eq"
-    text = value[2:] if value[:2] in _DATE_PREFIXES else value
-    try:
-        lo, hi = date_range(text)
-    except ValueError:
-        raise BadRequest(f"{value!r} is not a valid date search value") from None
-    within = and_(low >= lo, high <= hi)
-    if prefix == "eq":
-        return within
-    if prefix == "ne":
-        return not_(within)
-    if prefix == "gt":
-        return high > hi
-    if prefix == "lt":
-        return low < lo
-    if prefix == "ge":
-        return or_(high > hi, within)
-    if prefix == "le":
-        return or_(low < lo, within)
-    if prefix == "sa":
-        return low >= hi
-    if prefix == "eb":
-        return high <= lo
-    # ap: within 10% of the distance from now (at least a day), as search.html suggests.
-    now = datetime.now(UTC)
-    slack = max(abs(now - lo) / 10, timedelta(days=1))
-    return and_(low < hi + slack, high > lo - slack)
+def _reference(target_type: str | None, target_id: str) -> ColumnElement[bool]:
+    cond = ReferenceIndex.target_id == target_id
+    return and_(ReferenceIndex.target_type == target_type, cond) if target_type else cond
 
 
 def sort_key(spec: SearchSpec, definition: ResourceDefinition, pname: str, desc: bool) -> Any:
@@ -346,8 +473,8 @@ def matching_rows(
     query = select(ResourceRow).where(
         ResourceRow.resource_type == spec.resource_type, ResourceRow.deleted.is_(False)
     )
-    for cond in spec.conditions:
-        query = query.where(cond)
+    for f in spec.filters:
+        query = query.where(filter_condition(spec.resource_type, f))
     if extra is not None:
         query = query.where(extra)
     return query
