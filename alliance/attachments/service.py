@@ -27,8 +27,7 @@ from alliance.attachments.models import Attachment
 from alliance.codes import ATTACHMENT_SHA256
 from alliance.errors import Forbidden, Invalid, NotFound, UnsupportedMediaType
 from alliance.fhir.models import ResourceRow, TokenIndex
-from alliance.security.access import FULL, Principal, kept_by
-from alliance.security.models import AccessGrant, AccessGrantResource
+from alliance.security.access import Principal, kept_by, opened_in_full
 from alliance.security.scopes import allows
 from alliance.storage import BlobStore
 
@@ -195,19 +194,6 @@ def readable_attachment(
         raise NotFound(f"attachment {attachment_id} is not known")
     url = attachment_url(base_url, attachment_id)[:255]
     hospital = principal.hospital_id
-    opened = (
-        select(AccessGrantResource.resource_id)
-        .join(AccessGrant, AccessGrant.id == AccessGrantResource.grant_id)
-        .where(
-            AccessGrant.hospital_id == hospital,
-            AccessGrant.level == FULL,
-            AccessGrantResource.resource_type == ResourceRow.resource_type,
-            AccessGrantResource.resource_id == ResourceRow.id,
-            AccessGrant.valid_from <= datetime.now(UTC),
-            or_(AccessGrant.valid_until.is_(None), AccessGrant.valid_until > datetime.now(UTC)),
-            AccessGrant.closed_at.is_(None),
-        )
-    )
     holder = (
         select(ResourceRow.id)
         .join(
@@ -222,7 +208,7 @@ def readable_attachment(
             TokenIndex.code == url,
             ResourceRow.resource_type.in_(readable),
             ResourceRow.deleted.is_(False),
-            or_(kept_by(hospital), exists(opened)),
+            or_(kept_by(hospital), opened_in_full(hospital, datetime.now(UTC))),
         )
     )
     if session.scalar(select(exists(holder))):

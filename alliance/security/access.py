@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, false, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select, true
 from sqlalchemy.orm import Session
 
 from alliance.codes import RECORD_KEEPER, RECORD_PATIENT
@@ -123,25 +123,38 @@ SUBSETTED = {
 _KEPT_EXTENSIONS = frozenset({RECORD_KEEPER, RECORD_PATIENT})
 
 
-def granted_ids(
-    hospital_id: str, resource_type: str, at: datetime, *, triage: bool = False
-) -> ColumnElement[bool]:
-    """ResourceRow ids of `resource_type` opened to `hospital_id` by a grant in force at `at`
-    (full grants only, or triage grants too)."""
-    levels = (FULL, TRIAGE) if triage else (FULL,)
-    opened = (
+def _opened(hospital_id: str, at: datetime, levels: tuple[str, ...]) -> Select[str]:
+    """The grant rows in force at `at` that open records to `hospital_id`, at these levels."""
+    return (
         select(AccessGrantResource.resource_id)
         .join(AccessGrant, AccessGrant.id == AccessGrantResource.grant_id)
         .where(
             AccessGrant.hospital_id == hospital_id,
-            AccessGrantResource.resource_type == resource_type,
             AccessGrant.valid_from <= at,
             or_(AccessGrant.valid_until.is_(None), AccessGrant.valid_until > at),
             AccessGrant.closed_at.is_(None),
             AccessGrant.level.in_(levels),
         )
     )
-    return ResourceRow.id.in_(opened)
+
+
+def granted_ids(
+    hospital_id: str, resource_type: str, at: datetime, *, triage: bool = False
+) -> ColumnElement[bool]:
+    """ResourceRow ids of `resource_type` opened to `hospital_id` by a grant in force at `at`
+    (full grants only, or triage grants too)."""
+    levels = (FULL, TRIAGE) if triage else (FULL,)
+    opened = _opened(hospital_id, at, levels)
+    return ResourceRow.id.in_(opened.where(AccessGrantResource.resource_type == resource_type))
+
+
+def opened_in_full(hospital_id: str, at: datetime) -> ColumnElement[bool]:
+    """The `ResourceRow` (of any type) is opened in full to `hospital_id` by a grant in force."""
+    opened = _opened(hospital_id, at, (FULL,)).where(
+        AccessGrantResource.resource_type == ResourceRow.resource_type,
+        AccessGrantResource.resource_id == ResourceRow.id,
+    )
+    return exists(opened)
 
 
 def visible(principal: Principal, definition: ResourceDefinition) -> ColumnElement[bool]:
