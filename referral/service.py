@@ -32,11 +32,12 @@ from alliance.codes import (
 from alliance.config import Settings
 from alliance.errors import BadRequest, Conflict, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
-from alliance.fhir.registry import Resource, WriteContext
-from alliance.fhir.store import FhirStore, Version
+from alliance.fhir.registry import Resource, Store, WriteContext
+from alliance.fhir.types import Actor as Acting
+from alliance.fhir.types import Version
 from alliance.fhir.values import date_range, instant
 from alliance.records import keeper_of, reference_id, stamp_keeper
-from alliance.security.access import TRIAGE, Principal, shareable, visibility
+from alliance.security.access import TRIAGE, shareable, visibility
 from alliance.security.service import close_grants, end_grants, open_grant
 from referral.models import Referral
 from referral.workflow import AWAITING_DECISION, FINAL_STATES, check_move
@@ -89,7 +90,8 @@ class ReferralRules:
         if ctx.actor is None:
             return []
         for i, info in enumerate(sr.get("supportingInfo") or []):
-            shared = self._shared_record(ctx, info, f"ServiceRequest.supportingInfo[{i}]")
+            where = f"ServiceRequest.supportingInfo[{i}]"
+            shared = self._shared_record(ctx, ctx.actor, info, where)
             about = shared.patient_id
             if about is not None and about != patient_id:
                 raise Invalid(
@@ -97,7 +99,7 @@ class ReferralRules:
                     expression=[f"ServiceRequest.supportingInfo[{i}]"],
                 )
         if category == "down-referral":
-            up = self._based_on_up_referral(ctx, sr, patient_id)
+            up = self._based_on_up_referral(ctx, ctx.actor, sr, patient_id)
             if target != keeper_of(up):
                 raise Invalid(
                     f"a down-referral goes back to the hospital that referred the patient up: "
@@ -129,22 +131,26 @@ class ReferralRules:
                 )
         return []
 
-    def _visible_record(self, ctx: WriteContext, reference: Any, where: str) -> Version:
+    def _visible_record(
+        self, ctx: WriteContext, actor: Acting, reference: object, where: str
+    ) -> Version:
         """A referenced record the actor can see (404 otherwise, as if it did not exist)."""
         ref = reference.get("reference") if isinstance(reference, dict) else None
         parts = ref.split("/") if isinstance(ref, str) else []
         if len(parts) != 2 or parts[0] not in ctx.store.registry:
             raise Invalid(f"{where} must reference a record on this server", expression=[where])
-        visible = visibility(ctx.actor, ctx.store.registry.get)
+        visible = visibility(actor, ctx.store.registry.get)
         return ctx.store.read(parts[0], parts[1], session=ctx.session, visible=visible)
 
-    def _shared_record(self, ctx: WriteContext, reference: Any, where: str) -> Version:
+    def _shared_record(
+        self, ctx: WriteContext, actor: Acting, reference: object, where: str
+    ) -> Version:
         """A referenced record the actor's hospital may share: one it can see (404 otherwise)
         that it keeps or whose patient it keeps, not one it sees only through a referral
         (alliance.security.access.shareable: no re-sharing)."""
-        found = self._visible_record(ctx, reference, where)
+        found = self._visible_record(ctx, actor, reference, where)
         pair = (found.resource_type, found.id)
-        if not shareable(ctx.session, ctx.actor.hospital_id, [pair]):
+        if not shareable(ctx.session, actor.hospital_id, [pair]):
             raise Invalid(
                 f"{found.resource_type}/{found.id} is a record another hospital shared with "
                 "yours; only the hospital that keeps it (or keeps the patient) can share it",
@@ -152,15 +158,17 @@ class ReferralRules:
             )
         return found
 
-    def check_shared(self, ctx: WriteContext, references: list[tuple[str, Any]]) -> None:
+    def check_shared(self, ctx: WriteContext, references: list[tuple[str, object]]) -> None:
         """Every record a write lists to share ((where, reference) pairs) is one the writer
         may share; see `_shared_record`."""
         if ctx.actor is None:
             return
         for where, reference in references:
-            self._shared_record(ctx, reference, where)
+            self._shared_record(ctx, ctx.actor, reference, where)
 
-    def _based_on_up_referral(self, ctx: WriteContext, sr: Resource, patient_id: str) -> Resource:
+    def _based_on_up_referral(
+        self, ctx: WriteContext, actor: Acting, sr: Resource, patient_id: str
+    ) -> Resource:
         ups = [reference_id(b, "ServiceRequest") for b in sr.get("basedOn") or []]
         ups = [u for u in ups if u]
         if not ups:
@@ -169,7 +177,7 @@ class ReferralRules:
                 expression=["ServiceRequest.basedOn"],
             )
         up = self._visible_record(
-            ctx, {"reference": f"ServiceRequest/{ups[0]}"}, "ServiceRequest.basedOn"
+            ctx, actor, {"reference": f"ServiceRequest/{ups[0]}"}, "ServiceRequest.basedOn"
         ).resource()
         if category_of(up) != "up-referral" or reference_id(up.get("subject"), "Patient") != (
             patient_id
@@ -203,7 +211,7 @@ class ReferralRules:
         if ctx.actor is not None and previous is None:
             # Who creates a Task must see its request; who moves one needs only see the Task.
             sr = self._visible_record(
-                ctx, {"reference": f"ServiceRequest/{sr_id}"}, "Task.focus"
+                ctx, ctx.actor, {"reference": f"ServiceRequest/{sr_id}"}, "Task.focus"
             ).resource()
         else:
             sr = ctx.store.read("ServiceRequest", sr_id, session=session).resource()
@@ -273,7 +281,7 @@ class ReferralRules:
         self._move(ctx, row, task, sr, str(target))
         return []
 
-    def _party(self, actor: Principal | None, row: Referral) -> str | None:
+    def _party(self, actor: Acting | None, row: Referral) -> str | None:
         if actor is None:
             return None
         if actor.hospital_id == row.placer_org:
@@ -466,7 +474,9 @@ class ReferralRules:
         """The owner opening a requested referral receives it (Task status `received`)."""
         actor = ctx.actor
         row = ctx.session.get(Referral, version.id)
-        if row is None or row.status != "requested" or actor.hospital_id != row.owner_org:
+        if row is None or row.status != "requested":
+            return version
+        if actor is None or actor.hospital_id != row.owner_org:
             return version
         task = version.resource()
         task["status"] = "received"
@@ -529,7 +539,8 @@ class ReferralRules:
                 "a message is basedOn the referral's ServiceRequest",
                 expression=["Communication.basedOn"],
             )
-        self._visible_record(ctx, {"reference": f"ServiceRequest/{sr_id}"}, "Communication.basedOn")
+        basis = {"reference": f"ServiceRequest/{sr_id}"}
+        self._visible_record(ctx, ctx.actor, basis, "Communication.basedOn")
         row = ctx.session.scalar(
             select(Referral)
             .where(Referral.service_request_id == sr_id)
@@ -625,7 +636,7 @@ def check_codes(concepts: Iterable[Resource], where: str) -> None:
 
 
 def active_consents(
-    store: FhirStore, session: Session, patient_id: str, recipient: str
+    store: Store, session: Session, patient_id: str, recipient: str
 ) -> list[Version]:
     """The patient's consents in force that name `recipient` as a recipient."""
     found = store.search(
@@ -711,7 +722,7 @@ def record_provenance(ctx: WriteContext, version: Version, move: str, patient_id
     ctx.store.create("Provenance", provenance, session=ctx.session, resource_id=str(uuid.uuid4()))
 
 
-def _audit_actor(actor: Principal | None) -> Actor | None:
+def _audit_actor(actor: Acting | None) -> Actor | None:
     if actor is None:
         return None
     return Actor(actor.username, actor.hospital_id, actor.role, actor.practitioner_id, actor.kind)

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from alliance.fhir.models import DateIndex, ReferenceIndex, StringIndex, TokenIndex
-from alliance.fhir.registry import ResourceDefinition, SearchParam
+from alliance.fhir.registry import ResourceDefinition
+from alliance.fhir.types import SearchParam
 from alliance.fhir.values import (
     date_range,
     elements_at,

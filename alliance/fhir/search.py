@@ -8,7 +8,6 @@ query, never after it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +25,9 @@ from sqlalchemy import (
 
 from alliance.errors import BadRequest, Issue
 from alliance.fhir.models import DateIndex, ReferenceIndex, ResourceRow, StringIndex, TokenIndex
-from alliance.fhir.registry import Registry, ResourceDefinition, SearchParam
+from alliance.fhir.registry import Registry, ResourceDefinition
+from alliance.fhir.types import Include, SearchParam
+from alliance.fhir.types import SearchSpec as SearchSpec  # still imported from here
 from alliance.fhir.values import date_range, normalize, parse_reference
 
 #: Parameters the paging links carry; clients should treat them as opaque.
@@ -51,31 +52,6 @@ _SPECIAL = {
     "_lastUpdated": SearchParam("_lastUpdated", "date", "meta.lastUpdated", "When last changed"),
 }
 COMMON_PARAMS = list(_SPECIAL.values())
-
-
-@dataclass(frozen=True)
-class Include:
-    param: SearchParam
-    target_type: str | None
-    text: str
-
-
-@dataclass
-class SearchSpec:
-    """A parsed search: filters, order, page, and what to include."""
-
-    resource_type: str
-    conditions: list[ColumnElement[bool]] = field(default_factory=list)
-    order: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
-    count: int = 20
-    page_after: str | None = None
-    offset: int = 0
-    includes: list[Include] = field(default_factory=list)
-    total: str = "none"
-    summary_count: bool = False
-    #: The parameters that were applied, in order, for the self and next links.
-    applied: list[tuple[str, str]] = field(default_factory=list)
-    warnings: list[Issue] = field(default_factory=list)
 
 
 def parse_search(

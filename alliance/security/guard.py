@@ -25,8 +25,8 @@ from alliance.audit.service import Actor, AuditInput, append, outcome_for_status
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.errors import AllianceError, BadRequest, Forbidden, Unavailable
-from alliance.fhir.registry import Registry
-from alliance.fhir.store import Visibility, WriteCheck
+from alliance.fhir.registry import Registry, WriteCheck
+from alliance.fhir.types import Visibility
 from alliance.security import sessions
 from alliance.security.access import Principal, check_write, visibility
 from alliance.security.service import principal_for
