@@ -8,8 +8,8 @@ query, never after it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -52,6 +52,7 @@ _SPECIAL = {
     "_lastUpdated": SearchParam("_lastUpdated", "date", "meta.lastUpdated", "When last changed"),
 }
 COMMON_PARAMS = list(_SPECIAL.values())
+_IndexTable = type[TokenIndex] | type[StringIndex] | type[ReferenceIndex] | type[DateIndex]
 
 
 def parse_search(
@@ -102,7 +103,7 @@ def _apply_result_param(
     name: str,
     value: str,
     max_count: int,
-    refuse: Any,
+    refuse: Callable[[str, str], None],
 ) -> None:
     if name == "_count":
         if not value.isdigit():
@@ -167,7 +168,9 @@ def split_values(value: str) -> list[str]:
     return [p.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$") for p in parts]
 
 
-def _owner_ids(table: Any, rtype: str, pname: str, *conds: ColumnElement[bool]) -> Any:
+def _owner_ids(
+    table: _IndexTable, rtype: str, pname: str, *conds: ColumnElement[bool]
+) -> Select[str]:
     return select(table.resource_id).where(
         table.resource_type == rtype, table.param == pname, or_(*conds)
     )
@@ -288,15 +291,17 @@ def date_condition(
     return and_(low < hi + slack, high > lo - slack)
 
 
-def sort_key(spec: SearchSpec, definition: ResourceDefinition, pname: str, desc: bool) -> Any:
+def sort_key(
+    spec: SearchSpec, definition: ResourceDefinition, pname: str, desc: bool
+) -> SQLColumnExpression[str] | SQLColumnExpression[datetime]:
     if pname == "_id":
         return ResourceRow.id
     if pname == "_lastUpdated":
         return ResourceRow.last_updated
     param = definition.param(pname)
     assert param is not None
-    table: Any
-    column: Any
+    table: type[StringIndex] | type[DateIndex] | type[TokenIndex]
+    column: ColumnElement[str] | ColumnElement[datetime]
     if param.type == "string":
         table, column = StringIndex, func.min(StringIndex.norm)
     elif param.type == "date":
@@ -317,7 +322,7 @@ def sort_key(spec: SearchSpec, definition: ResourceDefinition, pname: str, desc:
 
 def matching_rows(
     spec: SearchSpec, definition: ResourceDefinition, extra: ColumnElement[bool] | None
-) -> Select[Any]:
+) -> Select[ResourceRow]:
     """The filtered rows, unordered and unpaged (for counting and for the page query)."""
     query = select(ResourceRow).where(
         ResourceRow.resource_type == spec.resource_type, ResourceRow.deleted.is_(False)
@@ -331,7 +336,7 @@ def matching_rows(
 
 def page_query(
     spec: SearchSpec, definition: ResourceDefinition, extra: ColumnElement[bool] | None
-) -> Select[Any]:
+) -> Select[ResourceRow]:
     """One page: keyset on id when no `_sort` is asked (stable under concurrent writes),
     otherwise ordered by the sort keys with the id as tie-breaker and an offset."""
     query = matching_rows(spec, definition, extra)

@@ -226,8 +226,8 @@ class FhirStore:
             total = session.scalar(select(func.count()).select_from(counted)) or 0
         if spec.summary_count or spec.count == 0:
             return SearchResult(spec, [], [], total, None)
-        page = page_query(spec, definition, condition).limit(spec.count + 1)
-        page = page.join(
+        rows_page = page_query(spec, definition, condition).limit(spec.count + 1)
+        page = rows_page.join(
             ResourceVersion,
             and_(
                 ResourceVersion.resource_type == ResourceRow.resource_type,
