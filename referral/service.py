@@ -13,7 +13,6 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -30,7 +29,7 @@ from alliance.codes import (
     WORKFLOW_MOVE,
 )
 from alliance.config import Settings
-from alliance.errors import BadRequest, Conflict, Invalid, NotFound
+from alliance.errors import BadRequest, Conflict, Invalid, Issue, NotFound
 from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import Resource, Store, WriteContext
 from alliance.fhir.types import Actor as Acting
@@ -70,7 +69,7 @@ class ReferralRules:
 
     def check_request(
         self, ctx: WriteContext, sr: Resource, previous: Resource | None
-    ) -> list[Any]:
+    ) -> list[Issue]:
         session = ctx.session
         category = category_of(sr)
         if category is None:
@@ -201,7 +200,9 @@ class ReferralRules:
         else:
             task.pop("restriction", None)
 
-    def check_task(self, ctx: WriteContext, task: Resource, previous: Resource | None) -> list[Any]:
+    def check_task(
+        self, ctx: WriteContext, task: Resource, previous: Resource | None
+    ) -> list[Issue]:
         session = ctx.session
         sr_id = reference_id(task.get("focus"), "ServiceRequest")
         if sr_id is None:
@@ -527,7 +528,7 @@ class ReferralRules:
 
     def check_communication(
         self, ctx: WriteContext, message: Resource, previous: Resource | None
-    ) -> list[Any]:
+    ) -> list[Issue]:
         """A message between the two doctors of a referral; only they (their hospitals) see it."""
         if ctx.actor is None:
             return []
@@ -675,7 +676,7 @@ def _document_type(ctx: WriteContext, info: Resource) -> str | None:
     return None
 
 
-def _notes(task: Resource) -> tuple[Any, Any]:
+def _notes(task: Resource) -> tuple[object, object]:
     return task.get("output"), task.get("note")
 
 

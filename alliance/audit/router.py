@@ -7,16 +7,16 @@ import csv
 import io
 import json
 from dataclasses import asdict
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from alliance.audit.anchor import TrailResult, verify_trail
 from alliance.audit.service import audit_filter, search_events
 from alliance.errors import Forbidden, PayloadTooLarge
 from alliance.security.access import Principal
-from alliance.security.guard import Guard, Interaction, Touched
+from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.storage import BlobStore
 
 #: The most records one export holds; a larger one asks the auditor to narrow the period.
@@ -71,7 +71,7 @@ def audit_router(guard: Guard, blobs: BlobStore) -> APIRouter:
         params = list(request.query_params.multi_items())
         flt, _applied, _ignored = audit_filter(params)
 
-        def work(session: Any, _ctx: Any) -> str:
+        def work(session: Session, _ctx: Context) -> str:
             rows, _ = search_events(session, flt, newest_first=False, limit=MAX_EXPORT_ROWS + 1)
             if len(rows) > MAX_EXPORT_ROWS:
                 raise PayloadTooLarge(

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.orm import Session
 
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
@@ -457,7 +457,8 @@ class AuditFilter:
     action: list[str] | None = None
     type: list[str] | None = None
     address: str | None = None
-    conditions: list[Any] = field(default_factory=list)  # extra SQL, e.g. date ranges
+    #: Extra SQL, e.g. date ranges.
+    conditions: list[ColumnElement[bool]] = field(default_factory=list)
 
 
 def search_events(
