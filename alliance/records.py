@@ -7,14 +7,12 @@ extension, which the server sets on create and carries over on update, whatever 
 
 from __future__ import annotations
 
-from typing import Any
-
 from alliance.codes import RECORD_KEEPER, RECORD_PATIENT
 from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.values import parse_reference
 
 
-def reference_id(reference: Any, resource_type: str) -> str | None:
+def reference_id(reference: object, resource_type: str) -> str | None:
     """The id of a `{"reference": "Type/id"}` to `resource_type`, else None."""
     if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
         return None

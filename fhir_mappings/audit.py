@@ -16,8 +16,8 @@ from alliance.audit.models import AuditRecord
 from alliance.audit.service import audit_conditions, search_events
 from alliance.errors import BadRequest, NotFound
 from alliance.fhir.registry import ResourceDefinition, SearchParam
-from alliance.fhir.search import SearchSpec
 from alliance.fhir.store import SearchResult, Version
+from alliance.fhir.types import SearchSpec
 
 _PARAMS = [
     SearchParam("date", "date", "recorded", "When the event was recorded (prefixes allowed)"),

@@ -4,7 +4,7 @@ state machine in referral.workflow)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from fhir.resources.R4B.careplan import CarePlan
 from fhir.resources.R4B.communication import Communication
@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement
 
 from alliance.attachments.service import ATTACHMENT_PARAM
 from alliance.config import Settings
+from alliance.errors import Issue
 from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import (
     ALL_INTERACTIONS,
@@ -34,7 +35,7 @@ NO_DELETE = ALL_INTERACTIONS - {"delete"}
 READ_ONLY = frozenset({"read", "vread", "history-instance", "search-type"})
 
 
-def _subject(path: str) -> Any:
+def _subject(path: str) -> Callable[[Resource], str | None]:
     def patient_of(resource: Resource) -> str | None:
         return reference_id(resource.get(path), "Patient")
 
@@ -53,7 +54,7 @@ def _task_writers(task: Resource) -> set[str | None]:
 def definitions(settings: Settings, rules: ReferralRules) -> list[ResourceDefinition]:
     base = settings.base_url
 
-    def consent_hook(ctx: WriteContext, consent: Resource, _prev: Resource | None) -> list[Any]:
+    def consent_hook(ctx: WriteContext, consent: Resource, _prev: Resource | None) -> list[Issue]:
         check_consent(ctx, consent, base)
         # The records a consent names to share are records its hospital may share.
         data = (consent.get("provision") or {}).get("data") or []
@@ -67,7 +68,7 @@ def definitions(settings: Settings, rules: ReferralRules) -> list[ResourceDefini
         )
         return []
 
-    def document_hook(ctx: WriteContext, doc: Resource, _prev: Resource | None) -> list[Any]:
+    def document_hook(ctx: WriteContext, doc: Resource, _prev: Resource | None) -> list[Issue]:
         check_document(ctx, doc, base)
         return []
 

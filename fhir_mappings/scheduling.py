@@ -20,8 +20,9 @@ from alliance.fhir.registry import (
     OperationResult,
     Resource,
 )
-from alliance.fhir.search import SearchSpec, split_values
+from alliance.fhir.search import split_values
 from alliance.fhir.store import SearchResult, Version
+from alliance.fhir.types import SearchSpec
 from alliance.fhir.values import date_range, instant, parse_reference
 from teleconsult.booking import PARTICIPATION
 from teleconsult.common import TELECONSULT_CATEGORY

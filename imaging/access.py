@@ -6,14 +6,12 @@ lookup here answers `NotFound` for both (ARCHITECTURE: existence does not leak).
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import Select, and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from alliance.errors import NotFound
 from alliance.fhir.models import ResourceRow
-from alliance.fhir.store import Visibility
+from alliance.fhir.types import Visibility
 from alliance.security.guard import Context
 from imaging.models import Instance, Study
 
@@ -22,7 +20,7 @@ IMAGING_STUDY = "ImagingStudy"
 
 def reachable_studies(
     principal_hospital: str, capabilities: frozenset[str], visible: Visibility
-) -> Any:
+) -> Select[Study]:
     """`select(Study)` limited to the studies the caller may see, filtered in SQL.
 
     A linked study is visible exactly when its FHIR ImagingStudy is opened in full
@@ -51,13 +49,13 @@ def reachable_studies(
 
 def visible_study_uids(
     principal_hospital: str, capabilities: frozenset[str], visible: Visibility
-) -> Any:
+) -> Select[str]:
     """The same rule as a subquery of study UIDs, for series and instance queries."""
     query = reachable_studies(principal_hospital, capabilities, visible)
     return query.with_only_columns(Study.study_uid)
 
 
-def visible_studies(ctx: Context) -> Any:
+def visible_studies(ctx: Context) -> Select[Study]:
     """`reachable_studies` for the principal of a guarded unit of work."""
     p = ctx.principal
     return reachable_studies(p.hospital_id, p.capabilities, ctx.visible)

@@ -12,12 +12,13 @@ matches the start of any name component (so `努尔兰` finds `阿依古丽·努
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from alliance.errors import BadRequest
 from alliance.fhir.values import normalize
@@ -36,6 +37,8 @@ class Attr:
     keyword: str
     vr: str
     level: Level
+    #: The index column it matches; Any because mypy reads a mapped attribute held in a
+    #: dataclass field through its descriptor (as the column's value, not the column).
     column: Any = None
     #: How a value is matched: exact/wildcard string, UID list, date/time range, integer,
     #: a PatientName, ModalitiesInStudy, or not matchable (returned only).
@@ -195,13 +198,16 @@ def _condition(attr: Attr, value: str, fuzzy: bool) -> ColumnElement[bool] | Non
     value = value.strip()
     if value == "" or value == "*" or attr.match == "none":
         return None  # universal matching
-    column: InstrumentedAttribute[Any] = attr.column
-    if attr.match == "uids":
-        values = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
-        return column.in_(values)
     if attr.match == "modalities":
         values = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
         return exists().where(Series.study_uid == Study.study_uid, Series.modality.in_(values))
+    if attr.match == "name":
+        return _name(value, fuzzy)
+    column: QueryableAttribute[object] = attr.column
+    assert column is not None, f"{attr.keyword} is matched on a column"
+    if attr.match == "uids":
+        values = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
+        return column.in_(values)
     if attr.match == "int":
         try:
             return column == int(value)
@@ -209,12 +215,10 @@ def _condition(attr: Attr, value: str, fuzzy: bool) -> ColumnElement[bool] | Non
             raise BadRequest(f"{attr.keyword} matches an integer, not {value!r}") from None
     if attr.match == "range":
         return _range(attr, column, value)
-    if attr.match == "name":
-        return _name(value, fuzzy)
     return _string(column, value)
 
 
-def _range(attr: Attr, column: Any, value: str) -> ColumnElement[bool]:
+def _range(attr: Attr, column: QueryableAttribute[object], value: str) -> ColumnElement[bool]:
     if attr.vr == "DA":  # dates as some clients write them, 2026-01-02, made YYYYMMDD
         value = re.sub(r"(\d{4})-(\d{2})-(\d{2})", r"\1\2\3", value)
     low, sep, high = value.partition("-")
@@ -226,8 +230,8 @@ def _range(attr: Attr, column: Any, value: str) -> ColumnElement[bool]:
         raise BadRequest(f"{attr.keyword} takes times as HHMMSS, or a range of them")
     if not sep:
         if attr.vr == "TM":
-            return column.like(_escape(low) + "%", escape=_ESCAPE)  # type: ignore[no-any-return]
-        return column == low  # type: ignore[no-any-return]
+            return column.like(_escape(low) + "%", escape=_ESCAPE)
+        return column == low
     conds = []
     if low:
         conds.append(column >= low)
@@ -247,10 +251,10 @@ def _like(pattern: str) -> str:
     return _escape(pattern).replace("*", "%").replace("?", "_")
 
 
-def _string(column: Any, value: str) -> ColumnElement[bool]:
+def _string(column: QueryableAttribute[object], value: str) -> ColumnElement[bool]:
     if "*" in value or "?" in value:
-        return column.like(_like(value), escape=_ESCAPE)  # type: ignore[no-any-return]
-    return column == value  # type: ignore[no-any-return]
+        return column.like(_like(value), escape=_ESCAPE)
+    return column == value
 
 
 def _name(value: str, fuzzy: bool) -> ColumnElement[bool]:
@@ -267,13 +271,15 @@ def _name(value: str, fuzzy: bool) -> ColumnElement[bool]:
     return or_(*(_name_group(col, folded, fuzzy) for col in columns))
 
 
-def _name_group(column: Any, pattern: str, fuzzy: bool) -> ColumnElement[bool]:
+def _name_group(
+    column: QueryableAttribute[object], pattern: str, fuzzy: bool
+) -> ColumnElement[bool]:
     wild = "*" in pattern or "?" in pattern
     like = _like(pattern)
     if not fuzzy:
         if wild:
-            return column.like(like, escape=_ESCAPE)  # type: ignore[no-any-return]
-        return column == pattern  # type: ignore[no-any-return]
+            return column.like(like, escape=_ESCAPE)
+        return column == pattern
     body = like if wild else like + "%"
     # Any component, or any part of one joined by a space or the middle dot, may start it.
     return or_(
@@ -378,7 +384,7 @@ def instance_json(
     return dict(sorted(out.items()))
 
 
-def ordered_studies(query: Select[Any]) -> Select[Any]:
+def ordered_studies(query: Select[Study]) -> Select[Study]:
     return query.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.study_uid)
 
 
@@ -393,14 +399,14 @@ class Results:
     studies: list[Study]
 
 
-def _unique(studies: Any) -> list[Study]:
+def _unique(studies: Iterable[Study]) -> list[Study]:
     seen: dict[str, Study] = {}
     for s in studies:
         seen.setdefault(s.study_uid, s)
     return list(seen.values())
 
 
-def search_studies(session: Session, visible: Select[Any], query: Query, base: str) -> Results:
+def search_studies(session: Session, visible: Select[Study], query: Query, base: str) -> Results:
     """Studies among `visible` (imaging.access) that match the query (PS3.18 10.6.1.2.1)."""
     rows = list(
         session.scalars(
@@ -413,7 +419,7 @@ def search_studies(session: Session, visible: Select[Any], query: Query, base: s
 
 
 def search_series(
-    session: Session, visible: Select[Any], query: Query, base: str, study_uid: str | None
+    session: Session, visible: Select[Study], query: Query, base: str, study_uid: str | None
 ) -> Results:
     """Series of the `visible` studies (of one study, if named) that match the query."""
     scoped: set[Level] = {"study"} if study_uid else set()
@@ -435,7 +441,7 @@ def search_series(
 
 def search_instances(
     session: Session,
-    visible: Select[Any],
+    visible: Select[Study],
     query: Query,
     base: str,
     study_uid: str | None,

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from alliance.config import Settings
 from alliance.errors import AllianceError, BadRequest, UnsupportedMediaType
@@ -429,7 +430,7 @@ class ViewerCors(CORSMiddleware):
     multipart boundary, Warning) are exposed. A preflight is answered 204 when allowed and 403
     when not, with no body either way."""
 
-    def __init__(self, app: Any, origins: list[str]) -> None:
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
         super().__init__(
             app,
             allow_origins=origins,

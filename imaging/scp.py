@@ -23,11 +23,13 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
 
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session
 
 from alliance.audit.service import Actor, AuditInput, append
@@ -90,14 +92,14 @@ class StorageSCP:
             self.ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(VERIFICATION)
         self.ae.maximum_associations = 16
-        self._server: Any = None
+        self._server: ThreadedAssociationServer | None = None
         # Studies touched per association, to refresh when it ends; lives only as long as the
         # association, which belongs to this process anyway.
         self._touched: dict[int, set[str]] = {}
         self._lock = threading.Lock()
 
     def start(self, host: str, port: int, *, block: bool = False) -> None:
-        handlers: list[Any] = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
@@ -111,6 +113,8 @@ class StorageSCP:
 
     @property
     def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the C-STORE receiver is not started")
         return int(self._server.server_address[1])
 
     def stop(self) -> None:
@@ -120,7 +124,7 @@ class StorageSCP:
 
     # ---- handlers ---------------------------------------------------------------------
 
-    def _actor(self, event: Any) -> tuple[Actor, str | None]:
+    def _actor(self, event: Event) -> tuple[Actor, str | None]:
         calling = str(event.assoc.requestor.ae_title).strip()
         hospital = self.calling_aes.get(calling)
         return (
@@ -128,7 +132,7 @@ class StorageSCP:
             event.assoc.requestor.address,
         )
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Event) -> int:
         actor, address = self._actor(event)
         hospital = actor.hospital_id
         if hospital is None:  # cannot happen: require_calling_aet refused it
@@ -150,10 +154,13 @@ class StorageSCP:
                 path.unlink(missing_ok=True)
         return _status(outcome.status)
 
-    def _spool(self, event: Any) -> Path:
+    def _spool(self, event: Event) -> Path:
         """The received data set as a PS3.10 file: preamble, file meta, then the bytes exactly
         as sent (they are what is stored and served)."""
-        encoded = event.request.DataSet.getvalue()
+        request = event.request
+        if not isinstance(request, C_STORE) or request.DataSet is None:
+            raise Rejected(dicom.CANNOT_UNDERSTAND, "a C-STORE request without a data set")
+        encoded = request.DataSet.getvalue()
         if len(encoded) > self.max_instance_bytes:
             raise Rejected(dicom.OUT_OF_RESOURCES, "the instance is over the size limit")
         meta = event.file_meta
@@ -202,7 +209,7 @@ class StorageSCP:
         with self._lock:
             self._touched.setdefault(assoc, set()).add(study_uid)
 
-    def _on_end(self, event: Any) -> None:
+    def _on_end(self, event: Event) -> None:
         with self._lock:
             studies = self._touched.pop(id(event.assoc), set())
         if not studies:
@@ -216,7 +223,7 @@ class StorageSCP:
             # The next ingest of the study, or the next metadata request, catches up.
             log.exception("refreshing studies after an association failed")
 
-    def _on_rejected(self, event: Any) -> None:
+    def _on_rejected(self, event: Event) -> None:
         calling = str(event.assoc.requestor.ae_title).strip()
         self._audit_event(
             AuditInput(

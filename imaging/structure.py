@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
@@ -45,6 +44,8 @@ _LONG_VRS = frozenset(
 )
 _VR_RE = re.compile(rb"[A-Z]{2}")
 _DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"})
+#: What a file is scanned in: its bytes, or the file mapped into memory (`mapped`).
+Buffer = bytes | mmap.mmap
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Structure:
 
 
 class _Scanner:
-    def __init__(self, buf: Any, little: bool, explicit: bool) -> None:
+    def __init__(self, buf: Buffer, little: bool, explicit: bool) -> None:
         self.buf = buf
         self.little = little
         self.explicit = explicit
@@ -204,7 +205,7 @@ class _Scanner:
         return pos + length
 
 
-def scan(buf: Any) -> Structure:
+def scan(buf: Buffer) -> Structure:
     """Check the structure of a PS3.10 file in `buf` (bytes or mmap); see the module docstring."""
     size = len(buf)
     if size < 132 or bytes(buf[128:132]) != b"DICM":
@@ -251,7 +252,7 @@ def scan(buf: Any) -> Structure:
 
 
 @contextmanager
-def mapped(path: Path) -> Iterator[Any]:
+def mapped(path: Path) -> Iterator[Buffer]:
     """The file as a read-only buffer, paged in by the OS rather than read into memory."""
     with path.open("rb") as handle:
         if path.stat().st_size == 0:

@@ -8,7 +8,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,11 +21,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from alliance.attachments.service import fhir_attachment, store_attachment
-from alliance.audit.anchor import verify_trail
+from alliance.audit.anchor import TrailResult, verify_trail
 from alliance.codes import (
     DEPARTMENT,
     DEPARTMENT_CODES,
@@ -39,10 +40,12 @@ from alliance.codes import (
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.errors import AllianceError, Forbidden, Invalid, NotFound, Unauthorized
-from alliance.fhir.registry import OperationContext
-from alliance.fhir.store import FhirStore, Version
+from alliance.fhir.registry import Operation, OperationContext, OperationResult
+from alliance.fhir.store import FhirStore
+from alliance.fhir.types import SearchResult, Version
 from alliance.records import keeper_of
 from alliance.security import sessions
+from alliance.security.access import Principal
 from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.security.login import LoginRefused, log_in, log_out_everywhere
 from alliance.security.models import User
@@ -210,9 +213,9 @@ class Portal:
         request: Request,
         session: sessions.WebSession,
         interaction: Interaction,
-        work: Callable[[Any, Context], T],
+        work: Callable[[Session, Context], T],
         touched: Callable[[T], list[Touched]] | None = None,
-        check: Callable[[Any], None] | None = None,
+        check: Callable[[Principal], None] | None = None,
     ) -> T:
         return await self.guard.run(
             request,
@@ -299,7 +302,9 @@ class Portal:
     def static(self) -> StaticFiles:
         return StaticFiles(directory=str(HERE / "static"))
 
-    def _page(self, handler: Callable[..., Any], *, post: bool = False) -> Callable[..., Any]:
+    def _page(
+        self, handler: Callable[..., Awaitable[Page | Response]], *, post: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a handler: a session is required (else the login page), a form post must carry
         the session's CSRF token (else 403), and errors become readable pages."""
 
@@ -451,7 +456,7 @@ class Portal:
         if after:
             params.append(("_page_after", after))
 
-        def work(s: Any, ctx: Context) -> Any:
+        def work(s: Session, ctx: Context) -> SearchResult:
             return self.store.search(
                 "Patient",
                 params,
@@ -506,7 +511,7 @@ class Portal:
         if values.get("phone"):
             patient["telecom"] = [{"system": "phone", "value": values["phone"]}]
 
-        def work(s: Any, ctx: Context) -> Version:
+        def work(s: Session, ctx: Context) -> Version:
             return self.store.create(
                 "Patient",
                 patient,
@@ -538,7 +543,7 @@ class Portal:
     async def patient(
         self, request: Request, session: sessions.WebSession, patient_id: str
     ) -> Page:
-        def work(s: Any, ctx: Context) -> dict[str, Any]:
+        def work(s: Session, ctx: Context) -> dict[str, Any]:
             patient = self.store.read("Patient", patient_id, session=s, visible=ctx.visible)
             timeline: list[dict[str, Any]] = []
             for rtype, date_key in (
@@ -608,7 +613,7 @@ class Portal:
     ) -> Page:
         claims = self.claims(session)
 
-        def work(s: Any, ctx: Context) -> dict[str, Any]:
+        def work(s: Session, ctx: Context) -> dict[str, Any]:
             patient = self.store.read("Patient", patient_id, session=s, visible=ctx.visible)
             orgs = self._search(
                 s, ctx, "Organization", [("_count", "200"), ("active", "true")], 200
@@ -680,7 +685,7 @@ class Portal:
         priority = str(form.get("priority", "routine"))
         summary = str(form["summary"]).strip()
 
-        def work(s: Any, ctx: Context) -> str:
+        def work(s: Session, ctx: Context) -> str:
             principal = ctx.principal
             dept = self.store.read(
                 "Organization", target_dept, session=s, visible=ctx.visible
@@ -840,7 +845,7 @@ class Portal:
 
     def _file_document(
         self,
-        s: Any,
+        s: Session,
         ctx: Context,
         upload: UploadFile,
         subject: dict[str, Any],
@@ -872,13 +877,13 @@ class Portal:
 
     def _search(
         self,
-        s: Any,
+        s: Session,
         ctx: Context,
         resource_type: str,
         params: list[tuple[str, str]],
         count: int,
         reader: bool = False,
-    ) -> Any:
+    ) -> SearchResult:
         """A search as the caller may see it (`reader`: shown as it is shown to them)."""
         return self.store.search(
             resource_type,
@@ -891,7 +896,7 @@ class Portal:
         )
 
     def _update(
-        self, s: Any, ctx: Context, resource_type: str, resource_id: str, body: dict[str, Any]
+        self, s: Session, ctx: Context, resource_type: str, resource_id: str, body: dict[str, Any]
     ) -> Version:
         return self.store.update(
             resource_type,
@@ -903,7 +908,7 @@ class Portal:
             actor=ctx.principal,
         ).version
 
-    def _create(self, s: Any, ctx: Context, body: dict[str, Any]) -> Version:
+    def _create(self, s: Session, ctx: Context, body: dict[str, Any]) -> Version:
         return self.store.create(
             body["resourceType"],
             body,
@@ -939,7 +944,7 @@ class Portal:
     ) -> Page:
         hospital = self.claims(session).hospital_id
 
-        def work(s: Any, ctx: Context) -> Any:
+        def work(s: Session, ctx: Context) -> SearchResult:
             return self._search(s, ctx, "Task", [*params, ("_count", "100")], 100)
 
         result = await self.run(
@@ -979,7 +984,7 @@ class Portal:
     ) -> Page:
         claims = self.claims(session)
 
-        def work(s: Any, ctx: Context) -> dict[str, Any]:
+        def work(s: Session, ctx: Context) -> dict[str, Any]:
             task_version = self.store.read(
                 "Task", task_id, session=s, visible=ctx.visible, actor=ctx.principal
             )
@@ -1151,7 +1156,7 @@ class Portal:
         opinion = form.get("opinion")
         version = str(form.get("version", ""))
 
-        def work(s: Any, ctx: Context) -> Version:
+        def work(s: Session, ctx: Context) -> Version:
             current = self.store.read("Task", task_id, session=s, visible=ctx.visible)
             task = current.resource()
             if version and version != str(current.version):
@@ -1202,7 +1207,7 @@ class Portal:
                 request, session, task_id, error=translator(session.lang)("down_needs")
             )
 
-        def work(s: Any, ctx: Context) -> str:
+        def work(s: Session, ctx: Context) -> str:
             up_task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
             up = self.store.read(
                 "ServiceRequest",
@@ -1292,7 +1297,7 @@ class Portal:
     ) -> Response:
         text = str(form.get("text", "")).strip()
 
-        def work(s: Any, ctx: Context) -> Version:
+        def work(s: Session, ctx: Context) -> Version:
             task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
             return self._create(
                 s,
@@ -1320,10 +1325,10 @@ class Portal:
 
     # ---- teleconsults ---------------------------------------------------------------------------
 
-    def _operation(self, name: str) -> Any:
+    def _operation(self, name: str) -> Operation:
         return self.store.registry.get("Appointment").operations[name]
 
-    def _op_context(self, s: Any, ctx: Context) -> OperationContext:
+    def _op_context(self, s: Session, ctx: Context) -> OperationContext:
         return OperationContext(s, self.store, ctx.principal, ctx.visible, ctx.authorize)
 
     async def consult_times(
@@ -1333,7 +1338,7 @@ class Portal:
         each shown as people here read it."""
         days = max(1, min(28, int(request.query_params.get("days", "7") or 7)))
 
-        def work(s: Any, ctx: Context) -> dict[str, Any]:
+        def work(s: Session, ctx: Context) -> dict[str, Any]:
             task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
             sr_ref = task["focus"]["reference"]
             sr = self.store.read(
@@ -1398,7 +1403,7 @@ class Portal:
         except ValueError:
             raise Invalid("choose one of the times offered") from None
 
-        def work(s: Any, ctx: Context) -> Any:
+        def work(s: Session, ctx: Context) -> OperationResult:
             return self._operation("book").run(
                 self._op_context(s, ctx),
                 {
@@ -1424,7 +1429,7 @@ class Portal:
         claims = self.claims(session)
         who = f"Practitioner/{claims.practitioner_id}" if claims.practitioner_id else None
 
-        def work(s: Any, ctx: Context) -> Any:
+        def work(s: Session, ctx: Context) -> SearchResult:
             params = [("status", "booked,arrived,pending"), ("_sort", "date"), ("_count", "100")]
             if who:
                 params.append(("practitioner", who))
@@ -1475,7 +1480,7 @@ class Portal:
     ) -> Response:
         claims = self.claims(session)
 
-        def work(s: Any, ctx: Context) -> Version:
+        def work(s: Session, ctx: Context) -> Version:
             roles = self._search(
                 s,
                 ctx,
@@ -1512,7 +1517,7 @@ class Portal:
             )
         code, _, display = diagnosis.partition(" ")
 
-        def work(s: Any, ctx: Context) -> Version:
+        def work(s: Session, ctx: Context) -> Version:
             task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
             report: dict[str, Any] = {
                 "resourceType": "DiagnosticReport",
@@ -1566,7 +1571,7 @@ class Portal:
         rules and the audit apply to every request; this page only checks the study exists
         for this user, so another hospital's study answers the not-found page."""
 
-        def work(s: Any, ctx: Context) -> Any:
+        def work(s: Session, ctx: Context) -> Version:
             found = self._search(
                 s, ctx, "ImagingStudy", [("identifier", f"urn:oid:{study_uid}")], 1
             )
@@ -1586,7 +1591,7 @@ class Portal:
     # ---- auditors ---------------------------------------------------------------------------
 
     async def audit(
-        self, request: Request, session: sessions.WebSession, verified: Any = None
+        self, request: Request, session: sessions.WebSession, verified: TrailResult | None = None
     ) -> Page:
         q = {k: v for k, v in request.query_params.items() if v}
         params = [
@@ -1599,7 +1604,7 @@ class Portal:
         if q.get("to"):
             params.append(("date", f"le{q['to']}"))
 
-        def work(s: Any, ctx: Context) -> Any:
+        def work(s: Session, ctx: Context) -> SearchResult:
             return self._search(s, ctx, "AuditEvent", [*params, ("_count", "50")], 50)
 
         result = await self.run(
@@ -1683,11 +1688,11 @@ class Portal:
         first = today.replace(year=today.year - 1)
         period = Period.of_days(first, today)
 
-        def check(principal: Any) -> None:
+        def check(principal: Principal) -> None:
             if not principal.capabilities & {"audit", "administer"}:
                 raise Forbidden("auditors and administrators only")
 
-        def work(s: Any, ctx: Context) -> dict[str, Any]:
+        def work(s: Session, ctx: Context) -> dict[str, Any]:
             figures = referral_figures(s, period, reader_hospital=reason_reader(ctx.principal))
             names = {}
             orgs = self._search(s, ctx, "Organization", [("_count", "200")], 200)
@@ -1717,7 +1722,7 @@ class Portal:
     ) -> Page:
         hospital = self.claims(session).hospital_id
 
-        def work(s: Any, ctx: Context) -> list[dict[str, Any]]:
+        def work(s: Session, ctx: Context) -> list[dict[str, Any]]:
             found = self._search(
                 s,
                 ctx,
@@ -1825,7 +1830,7 @@ class Portal:
         if action not in ("close", "open"):
             raise NotFound(action)
 
-        def work(s: Any, ctx: Context) -> Version:
+        def work(s: Session, ctx: Context) -> Version:
             org = self.store.read(
                 "Organization", dept_id, session=s, visible=ctx.visible
             ).resource()
@@ -1841,7 +1846,7 @@ class Portal:
         )
         return RedirectResponse("/admin/departments", 303)
 
-    def _calendar(self, s: Any, ctx: Context, hospital: str) -> Version | None:
+    def _calendar(self, s: Session, ctx: Context, hospital: str) -> Version | None:
         found = self._search(
             s, ctx, "HealthcareService", [("organization", f"Organization/{hospital}")], 1
         )
@@ -1854,7 +1859,7 @@ class Portal:
         closures, which the teleconsult booking respects."""
         hospital = self.claims(session).hospital_id
 
-        def work(s: Any, ctx: Context) -> dict[str, Any] | None:
+        def work(s: Session, ctx: Context) -> dict[str, Any] | None:
             found = self._calendar(s, ctx, hospital)
             return found.resource() if found else None
 
@@ -1892,7 +1897,7 @@ class Portal:
     ) -> Page | Response:
         hospital = self.claims(session).hospital_id
 
-        def work(s: Any, ctx: Context) -> Version:
+        def work(s: Session, ctx: Context) -> Version:
             found = self._calendar(s, ctx, hospital)
             if found is None:
                 raise NotFound("this hospital has no consult calendar")
@@ -1969,7 +1974,7 @@ class Portal:
 
         return await self._change_calendar(request, session, remove)
 
-    def _admins_only(self, principal: Any) -> None:
+    def _admins_only(self, principal: Principal) -> None:
         if "administer" not in principal.capabilities:
             raise Forbidden("hospital administrators only")
 
@@ -1983,7 +1988,7 @@ class Portal:
     ) -> Page:
         hospital = self.claims(session).hospital_id
 
-        def work(s: Any, _ctx: Context) -> list[dict[str, Any]]:
+        def work(s: Session, _ctx: Context) -> list[dict[str, Any]]:
             users = s.scalars(
                 select(User).where(User.hospital_id == hospital).order_by(User.username)
             )
@@ -1997,7 +2002,7 @@ class Portal:
                 for u in users
             ]
 
-        def listed(s: Any, ctx: Context) -> tuple[list[dict[str, Any]], list[str]]:
+        def listed(s: Session, ctx: Context) -> tuple[list[dict[str, Any]], list[str]]:
             return work(s, ctx), manageable_roles(s, ctx.principal)
 
         users, roles = await self.run(
@@ -2023,7 +2028,7 @@ class Portal:
         values = {k: str(v).strip() for k, v in form.items() if isinstance(v, str)}
         role = values.get("role", "county-doctor")
 
-        def work(s: Any, ctx: Context) -> str:
+        def work(s: Session, ctx: Context) -> str:
             create_user(
                 session=s,
                 by=ctx.principal,
@@ -2059,7 +2064,7 @@ class Portal:
     ) -> Page | Response:
         new_role = str(form.get("role", "")) if form is not None else ""
 
-        def work(s: Any, ctx: Context) -> str | None:
+        def work(s: Session, ctx: Context) -> str | None:
             # Which accounts an administrator manages is the service's rule (check_manage).
             if action in ("lock", "unlock"):
                 set_locked(session=s, by=ctx.principal, username=username, locked=action == "lock")
@@ -2119,7 +2124,7 @@ def _category(request: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _auditors_only(principal: Any) -> None:
+def _auditors_only(principal: Principal) -> None:
     if "audit" not in principal.capabilities:
         raise Forbidden("the audit trail is for alliance auditors")
 

@@ -13,12 +13,11 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
-from alliance.audit.service import Actor
+from alliance.audit.service import actor_of
 from alliance.codes import (
     DECLINE_REASON,
     ICD10_CN,
@@ -30,13 +29,14 @@ from alliance.codes import (
     WORKFLOW_MOVE,
 )
 from alliance.config import Settings
-from alliance.errors import BadRequest, Conflict, Invalid, NotFound
+from alliance.errors import BadRequest, Conflict, Invalid, Issue, NotFound
 from alliance.fhir.models import ResourceRow
-from alliance.fhir.registry import Resource, WriteContext
-from alliance.fhir.store import FhirStore, Version
+from alliance.fhir.registry import Resource, Store, WriteContext
+from alliance.fhir.types import Actor as Acting
+from alliance.fhir.types import Version
 from alliance.fhir.values import date_range, instant
 from alliance.records import keeper_of, reference_id, stamp_keeper
-from alliance.security.access import TRIAGE, Principal, shareable, visibility
+from alliance.security.access import TRIAGE, shareable, visibility
 from alliance.security.service import close_grants, end_grants, open_grant
 from referral.models import Referral
 from referral.workflow import AWAITING_DECISION, FINAL_STATES, check_move
@@ -69,7 +69,7 @@ class ReferralRules:
 
     def check_request(
         self, ctx: WriteContext, sr: Resource, previous: Resource | None
-    ) -> list[Any]:
+    ) -> list[Issue]:
         session = ctx.session
         category = category_of(sr)
         if category is None:
@@ -89,7 +89,8 @@ class ReferralRules:
         if ctx.actor is None:
             return []
         for i, info in enumerate(sr.get("supportingInfo") or []):
-            shared = self._shared_record(ctx, info, f"ServiceRequest.supportingInfo[{i}]")
+            where = f"ServiceRequest.supportingInfo[{i}]"
+            shared = self._shared_record(ctx, ctx.actor, info, where)
             about = shared.patient_id
             if about is not None and about != patient_id:
                 raise Invalid(
@@ -97,7 +98,7 @@ class ReferralRules:
                     expression=[f"ServiceRequest.supportingInfo[{i}]"],
                 )
         if category == "down-referral":
-            up = self._based_on_up_referral(ctx, sr, patient_id)
+            up = self._based_on_up_referral(ctx, ctx.actor, sr, patient_id)
             if target != keeper_of(up):
                 raise Invalid(
                     f"a down-referral goes back to the hospital that referred the patient up: "
@@ -129,22 +130,26 @@ class ReferralRules:
                 )
         return []
 
-    def _visible_record(self, ctx: WriteContext, reference: Any, where: str) -> Version:
+    def _visible_record(
+        self, ctx: WriteContext, actor: Acting, reference: object, where: str
+    ) -> Version:
         """A referenced record the actor can see (404 otherwise, as if it did not exist)."""
         ref = reference.get("reference") if isinstance(reference, dict) else None
         parts = ref.split("/") if isinstance(ref, str) else []
         if len(parts) != 2 or parts[0] not in ctx.store.registry:
             raise Invalid(f"{where} must reference a record on this server", expression=[where])
-        visible = visibility(ctx.actor, ctx.store.registry.get)
+        visible = visibility(actor, ctx.store.registry.get)
         return ctx.store.read(parts[0], parts[1], session=ctx.session, visible=visible)
 
-    def _shared_record(self, ctx: WriteContext, reference: Any, where: str) -> Version:
+    def _shared_record(
+        self, ctx: WriteContext, actor: Acting, reference: object, where: str
+    ) -> Version:
         """A referenced record the actor's hospital may share: one it can see (404 otherwise)
         that it keeps or whose patient it keeps, not one it sees only through a referral
         (alliance.security.access.shareable: no re-sharing)."""
-        found = self._visible_record(ctx, reference, where)
+        found = self._visible_record(ctx, actor, reference, where)
         pair = (found.resource_type, found.id)
-        if not shareable(ctx.session, ctx.actor.hospital_id, [pair]):
+        if not shareable(ctx.session, actor.hospital_id, [pair]):
             raise Invalid(
                 f"{found.resource_type}/{found.id} is a record another hospital shared with "
                 "yours; only the hospital that keeps it (or keeps the patient) can share it",
@@ -152,15 +157,17 @@ class ReferralRules:
             )
         return found
 
-    def check_shared(self, ctx: WriteContext, references: list[tuple[str, Any]]) -> None:
+    def check_shared(self, ctx: WriteContext, references: list[tuple[str, object]]) -> None:
         """Every record a write lists to share ((where, reference) pairs) is one the writer
         may share; see `_shared_record`."""
         if ctx.actor is None:
             return
         for where, reference in references:
-            self._shared_record(ctx, reference, where)
+            self._shared_record(ctx, ctx.actor, reference, where)
 
-    def _based_on_up_referral(self, ctx: WriteContext, sr: Resource, patient_id: str) -> Resource:
+    def _based_on_up_referral(
+        self, ctx: WriteContext, actor: Acting, sr: Resource, patient_id: str
+    ) -> Resource:
         ups = [reference_id(b, "ServiceRequest") for b in sr.get("basedOn") or []]
         ups = [u for u in ups if u]
         if not ups:
@@ -169,7 +176,7 @@ class ReferralRules:
                 expression=["ServiceRequest.basedOn"],
             )
         up = self._visible_record(
-            ctx, {"reference": f"ServiceRequest/{ups[0]}"}, "ServiceRequest.basedOn"
+            ctx, actor, {"reference": f"ServiceRequest/{ups[0]}"}, "ServiceRequest.basedOn"
         ).resource()
         if category_of(up) != "up-referral" or reference_id(up.get("subject"), "Patient") != (
             patient_id
@@ -193,7 +200,9 @@ class ReferralRules:
         else:
             task.pop("restriction", None)
 
-    def check_task(self, ctx: WriteContext, task: Resource, previous: Resource | None) -> list[Any]:
+    def check_task(
+        self, ctx: WriteContext, task: Resource, previous: Resource | None
+    ) -> list[Issue]:
         session = ctx.session
         sr_id = reference_id(task.get("focus"), "ServiceRequest")
         if sr_id is None:
@@ -203,7 +212,7 @@ class ReferralRules:
         if ctx.actor is not None and previous is None:
             # Who creates a Task must see its request; who moves one needs only see the Task.
             sr = self._visible_record(
-                ctx, {"reference": f"ServiceRequest/{sr_id}"}, "Task.focus"
+                ctx, ctx.actor, {"reference": f"ServiceRequest/{sr_id}"}, "Task.focus"
             ).resource()
         else:
             sr = ctx.store.read("ServiceRequest", sr_id, session=session).resource()
@@ -273,7 +282,7 @@ class ReferralRules:
         self._move(ctx, row, task, sr, str(target))
         return []
 
-    def _party(self, actor: Principal | None, row: Referral) -> str | None:
+    def _party(self, actor: Acting | None, row: Referral) -> str | None:
         if actor is None:
             return None
         if actor.hospital_id == row.placer_org:
@@ -390,7 +399,7 @@ class ReferralRules:
         if previous is None and after == "draft":
             return
         reason = f"ServiceRequest/{row.service_request_id}"
-        actor = _audit_actor(ctx.actor)
+        actor = actor_of(ctx.actor)
         if after == "requested" and before in (None, "draft"):
             # The hospital asked sees the Task (its worklist item) while the referral lasts
             # (like everything it opens, it closes on rejection or cancellation and ends after
@@ -466,7 +475,9 @@ class ReferralRules:
         """The owner opening a requested referral receives it (Task status `received`)."""
         actor = ctx.actor
         row = ctx.session.get(Referral, version.id)
-        if row is None or row.status != "requested" or actor.hospital_id != row.owner_org:
+        if row is None or row.status != "requested":
+            return version
+        if actor is None or actor.hospital_id != row.owner_org:
             return version
         task = version.resource()
         task["status"] = "received"
@@ -517,7 +528,7 @@ class ReferralRules:
 
     def check_communication(
         self, ctx: WriteContext, message: Resource, previous: Resource | None
-    ) -> list[Any]:
+    ) -> list[Issue]:
         """A message between the two doctors of a referral; only they (their hospitals) see it."""
         if ctx.actor is None:
             return []
@@ -529,7 +540,8 @@ class ReferralRules:
                 "a message is basedOn the referral's ServiceRequest",
                 expression=["Communication.basedOn"],
             )
-        self._visible_record(ctx, {"reference": f"ServiceRequest/{sr_id}"}, "Communication.basedOn")
+        basis = {"reference": f"ServiceRequest/{sr_id}"}
+        self._visible_record(ctx, ctx.actor, basis, "Communication.basedOn")
         row = ctx.session.scalar(
             select(Referral)
             .where(Referral.service_request_id == sr_id)
@@ -576,7 +588,7 @@ class ReferralRules:
             hospital_id=other,
             reason=f"ServiceRequest/{sr_id}",
             resources=[("Communication", version.id)],
-            actor=_audit_actor(ctx.actor),
+            actor=actor_of(ctx.actor),
             shared_by=keeper_of(message),
             valid_until=until,
         )
@@ -625,7 +637,7 @@ def check_codes(concepts: Iterable[Resource], where: str) -> None:
 
 
 def active_consents(
-    store: FhirStore, session: Session, patient_id: str, recipient: str
+    store: Store, session: Session, patient_id: str, recipient: str
 ) -> list[Version]:
     """The patient's consents in force that name `recipient` as a recipient."""
     found = store.search(
@@ -664,7 +676,7 @@ def _document_type(ctx: WriteContext, info: Resource) -> str | None:
     return None
 
 
-def _notes(task: Resource) -> tuple[Any, Any]:
+def _notes(task: Resource) -> tuple[object, object]:
     return task.get("output"), task.get("note")
 
 
@@ -709,12 +721,6 @@ def record_provenance(ctx: WriteContext, version: Version, move: str, patient_id
         "agent": [agent],
     }
     ctx.store.create("Provenance", provenance, session=ctx.session, resource_id=str(uuid.uuid4()))
-
-
-def _audit_actor(actor: Principal | None) -> Actor | None:
-    if actor is None:
-        return None
-    return Actor(actor.username, actor.hospital_id, actor.role, actor.practitioner_id, actor.kind)
 
 
 def _dumps(resource: Resource) -> str:

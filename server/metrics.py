@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,7 +53,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route: Any = scope.get("route")
+            route: object = scope.get("route")
             template = getattr(route, "path_format", None) or "unmatched"
             # A mounted application (DICOMweb) matches below its mount point: label its routes
             # with the whole path, as a client sees it.

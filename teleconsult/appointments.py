@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, select
 
+from alliance.audit.service import actor_of
 from alliance.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.models import ReferenceIndex, ResourceRow
 from alliance.fhir.registry import Resource, WriteContext
@@ -19,7 +20,7 @@ from alliance.security.service import open_grant
 from referral.models import Referral
 from referral.service import ReferralRules
 from teleconsult.booking import BOOKABLE_TASK, CONSULTING_HOSPITAL, HOLD_EXPIRES, Bookings
-from teleconsult.common import actor_key, audit_actor, ext, refuse, set_ext
+from teleconsult.common import acting, actor_key, ext, refuse, set_ext
 from teleconsult.models import HOLDING, Booking
 from teleconsult.presentation import LOCAL_TIME, VIRTUAL_SERVICE
 
@@ -124,7 +125,7 @@ class AppointmentRules:
                     f"the hold expired at {instant(booking.hold_expires or now)}; find and hold "
                     "a time again",
                 )
-            if not server and ctx.actor.hospital_id != booking.requesting_hospital:
+            if not server and acting(ctx).hospital_id != booking.requesting_hospital:
                 refuse(Forbidden, "booking-hospital", "the hospital that holds it books it")
             sr, row, _patient = self.booking.consult(ctx, appt)
             if row.status not in BOOKABLE_TASK:
@@ -207,7 +208,7 @@ class AppointmentRules:
             hospital_id=booking.specialist_hospital,
             reason=f"ServiceRequest/{booking.service_request_id}",
             resources=[*shared, ("Appointment", version.id)],
-            actor=audit_actor(ctx.actor),
+            actor=actor_of(ctx.actor),
             shared_by=row.placer_org,
         )
 

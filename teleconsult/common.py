@@ -8,12 +8,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from alliance.audit.service import Actor
 from alliance.codes import REQUEST_CATEGORY
-from alliance.errors import AllianceError, Invalid
+from alliance.errors import AllianceError, Forbidden, Invalid
 from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
-from alliance.security.access import Principal, visibility
+from alliance.fhir.types import Actor
+from alliance.security.access import visibility
 from referral.models import Referral
 
 TELECONSULT_CATEGORY = {"coding": [{"system": REQUEST_CATEGORY, "code": "teleconsult"}]}
@@ -26,12 +26,6 @@ def refuse(
 ) -> NoReturn:
     """Raise `kind` with the rule's name first, so the OperationOutcome says which rule."""
     raise kind(f"[{rule}] {message}", expression=[where] if where else None)
-
-
-def audit_actor(actor: Principal | None) -> Actor | None:
-    if actor is None:
-        return None
-    return Actor(actor.username, actor.hospital_id, actor.role, actor.practitioner_id, actor.kind)
 
 
 def ext(resource: Resource, url: str) -> Any:
@@ -86,3 +80,11 @@ def move_task(ctx: WriteContext, task_id: str, target: str) -> None:
 
 def dumps(resource: Resource) -> str:
     return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+
+
+def acting(ctx: WriteContext) -> Actor:
+    """Who acts in a write that only a signed-in user makes (signing, booking): never the
+    server on its own."""
+    if ctx.actor is None:
+        raise Forbidden("only a signed-in user does this")
+    return ctx.actor

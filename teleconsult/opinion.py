@@ -47,7 +47,7 @@ from alliance.security import signing
 from alliance.storage import BlobStore, open_blob_store
 from referral.models import Referral
 from referral.service import category_of, check_codes
-from teleconsult.common import ext, read_visible, refuse
+from teleconsult.common import acting, ext, read_visible, refuse
 from teleconsult.models import Booking
 from teleconsult.time import format_for_site
 
@@ -131,7 +131,7 @@ class OpinionRules:
         )
         if row is None:
             raise NotFound(f"ServiceRequest/{sr.id} has no Task")
-        if ctx.actor is not None and ctx.actor.hospital_id != row.owner_org:
+        if ctx.actor is not None and acting(ctx).hospital_id != row.owner_org:
             refuse(
                 Forbidden,
                 "opinion-author",
@@ -232,7 +232,7 @@ class OpinionRules:
         now = datetime.now(UTC)
         report["issued"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         report["resultsInterpreter"] = [{"reference": f"Practitioner/{signer}"}]
-        report.setdefault("performer", [{"reference": f"Organization/{ctx.actor.hospital_id}"}])
+        report.setdefault("performer", [{"reference": f"Organization/{acting(ctx).hospital_id}"}])
         attachment = self._render(ctx, report, request, signer, now)
         report["presentedForm"] = [attachment]
 
@@ -257,7 +257,7 @@ class OpinionRules:
             ),
             "",
         )
-        hospital = ctx.store.read("Organization", ctx.actor.hospital_id, session=session)
+        hospital = ctx.store.read("Organization", acting(ctx).hospital_id, session=session)
         patient_id = reference_id(report.get("subject"), "Patient") or ""
         patient = ctx.store.read("Patient", patient_id, session=session).resource()
         patient_name = next((n.get("text") for n in patient.get("name") or []), patient_id)
@@ -297,8 +297,8 @@ class OpinionRules:
             size=stored.size,
             content_type="text/html",
             title="远程会诊意见",
-            hospital_id=ctx.actor.hospital_id,
-            uploaded_by=ctx.actor.username,
+            hospital_id=acting(ctx).hospital_id,
+            uploaded_by=acting(ctx).username,
             created=now,
         )
         session.add(row)
@@ -318,7 +318,7 @@ class OpinionRules:
         assert version.content is not None
         signer = reference_id(report["resultsInterpreter"][0], "Practitioner") or ""
         patient_id = reference_id(report.get("subject"), "Patient") or ""
-        hospital = ctx.actor.hospital_id
+        hospital = acting(ctx).hospital_id
         now = datetime.now(UTC)
         target = f"DiagnosticReport/{version.id}/_history/{version.version}"
         token = self._attest(ctx.session, signer, target, version.content, now)
@@ -422,7 +422,7 @@ class OpinionRules:
             "date": report["issued"],
             "author": [{"reference": f"Practitioner/{signer}"}],
             "authenticator": {"reference": f"Practitioner/{signer}"},
-            "custodian": {"reference": f"Organization/{ctx.actor.hospital_id}"},
+            "custodian": {"reference": f"Organization/{acting(ctx).hospital_id}"},
             "description": "远程会诊意见",
             "content": [{"attachment": report["presentedForm"][0]}],
             "context": {

@@ -15,7 +15,7 @@ from alliance.config import Settings
 from alliance.fhir.models import ResourceRow, ResourceVersion
 from alliance.fhir.registry import Resource
 from alliance.fhir.store import Version
-from alliance.security.access import Principal
+from alliance.fhir.types import Actor
 from teleconsult.common import actor_key, dumps, parse_instant, set_ext
 from teleconsult.models import Booking, Calendar
 from teleconsult.time import format_for_site, shows_xinjiang_time
@@ -36,7 +36,7 @@ class Presentation:
         self.settings = settings
 
     def present_appointments(
-        self, session: Session, reader: Principal, versions: list[Version]
+        self, session: Session, reader: Actor, versions: list[Version]
     ) -> None:
         """For this reader: the appointment's time as their site shows it (Beijing time, with
         Xinjiang time beside it at a Xinjiang site), and the video room, to participants only,
@@ -82,7 +82,7 @@ class Presentation:
         }
 
 
-def is_participant(reader: Principal, appt: Resource, booking: Booking) -> bool:
+def is_participant(reader: Actor, appt: Resource, booking: Booking) -> bool:
     """Whether the reader takes part: the specialist (by practitioner, whatever role), or a
     practitioner named among the participants (the booking doctor, an interpreter)."""
     own = reader.practitioner_id

@@ -3,16 +3,16 @@ sharing rule of alliance.attachments.service."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import iterate_in_threadpool
 
+from alliance.attachments.models import Attachment
 from alliance.attachments.service import fhir_attachment, readable_attachment, store_attachment
 from alliance.config import Settings
 from alliance.http import read_limited
-from alliance.security.guard import Guard, Interaction, Touched
+from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.storage import BlobStore
 
 
@@ -48,7 +48,7 @@ def attachment_router(guard: Guard, blobs: BlobStore, settings: Settings) -> API
         ctype = request.headers.get("content-type", "")
         title = request.query_params.get("title")
 
-        def work(session: Any, ctx: Any) -> Any:
+        def work(session: Session, ctx: Context) -> Attachment:
             return store_attachment(
                 session=session,
                 blobs=blobs,

@@ -50,7 +50,7 @@ ACCEPTED_TYPES: dict[str, tuple[bytes, ...]] = {
 class _Sniffer:
     """Reads the upload through, checking its first bytes against its declared type."""
 
-    def __init__(self, stream: Any, content_type: str) -> None:
+    def __init__(self, stream: BinaryIO, content_type: str) -> None:
         self.stream = stream
         self.signatures = ACCEPTED_TYPES[content_type]
         self.head = b""
@@ -131,7 +131,9 @@ def fhir_attachment(base_url: str, row: Attachment) -> Resource:
     return attachment
 
 
-def attachments_in(resource: Any, base_url: str, path: str = "") -> Iterator[tuple[str, Resource]]:
+def attachments_in(
+    resource: object, base_url: str, path: str = ""
+) -> Iterator[tuple[str, Resource]]:
     """Every element of a resource, at any depth, that points at one of our uploads: an
     object whose `url` is under `/api/attachments/` (the shape of FHIR's Attachment, in any
     element, extension or contained resource), as (element path, the object)."""

@@ -7,17 +7,17 @@ import csv
 import io
 import json
 from dataclasses import asdict
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from alliance.audit.anchor import TrailResult, verify_trail
 from alliance.audit.service import audit_conditions, search_events
 from alliance.errors import Forbidden, PayloadTooLarge
 from alliance.fhir.search import parse_search
 from alliance.security.access import Principal
-from alliance.security.guard import Guard, Interaction, Touched
+from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.storage import BlobStore
 
 #: The most records one export holds; a larger one asks the auditor to narrow the period.
@@ -80,7 +80,7 @@ def audit_router(guard: Guard, blobs: BlobStore) -> APIRouter:
         )
         conditions = audit_conditions(spec.filters)
 
-        def work(session: Any, _ctx: Any) -> str:
+        def work(session: Session, _ctx: Context) -> str:
             rows, _ = search_events(
                 session, conditions, newest_first=False, limit=MAX_EXPORT_ROWS + 1
             )

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
 from alliance.db import after_commit, named_lock
-from alliance.fhir.search import Filter, string_pattern
+from alliance.fhir.search import string_pattern
+from alliance.fhir.types import Filter
 from alliance.fhir.values import instant
 
 AUDIT_LOCK = "audit-chain"
@@ -59,11 +60,35 @@ def outcome_for_status(status: int) -> str:
 
 @dataclass(frozen=True)
 class Actor:
+    """Who acted, as the trail records it (BALP agent)."""
+
     username: str
     hospital_id: str | None = None
     role: str | None = None
     practitioner_id: str | None = None
     kind: str = "user"
+
+
+class Speaker(Protocol):
+    """Whoever a request speaks for: a token's claims or a principal."""
+
+    @property
+    def username(self) -> str: ...
+    @property
+    def hospital_id(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def practitioner_id(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+
+
+def actor_of(who: Speaker | None) -> Actor | None:
+    """The trail's record of who acts (None: the server itself)."""
+    if who is None:
+        return None
+    return Actor(who.username, who.hospital_id, who.role, who.practitioner_id, who.kind)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from alliance.fhir.values import parse_reference
 Resource = dict[str, Any]
 
 
-def reference_id(reference: Any, resource_type: str, base_url: str = "") -> str | None:
+def reference_id(reference: object, resource_type: str, base_url: str = "") -> str | None:
     """The id of a `{"reference": "Type/id"}` to `resource_type`, else None."""
     if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
         return None

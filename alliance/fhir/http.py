@@ -26,7 +26,8 @@ from alliance.errors import (
 )
 from alliance.fhir.capability import capability_statement
 from alliance.fhir.registry import Operation, OperationContext
-from alliance.fhir.store import FhirStore, SearchResult, Version, WriteResult
+from alliance.fhir.store import FhirStore
+from alliance.fhir.types import SearchResult, Version, WriteResult
 from alliance.fhir.values import instant
 from alliance.http import read_body
 from alliance.security.guard import Context, Guard, Interaction, Touched

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from alliance.fhir.models import DateIndex, ReferenceIndex, StringIndex, TokenIndex
-from alliance.fhir.registry import ResourceDefinition, SearchParam
+from alliance.fhir.registry import ResourceDefinition
+from alliance.fhir.types import Resource, SearchParam
 from alliance.fhir.values import (
     date_range,
     elements_at,
@@ -24,7 +24,7 @@ INDEX_TABLES = (TokenIndex, StringIndex, ReferenceIndex, DateIndex)
 
 
 def index_rows(
-    definition: ResourceDefinition, resource_id: str, resource: dict[str, Any], base_url: str
+    definition: ResourceDefinition, resource_id: str, resource: Resource, base_url: str
 ) -> list[IndexRow]:
     rows: list[IndexRow] = []
     for param in definition.search_params:
@@ -34,7 +34,7 @@ def index_rows(
 
 
 def _rows_for(
-    rtype: str, rid: str, param: SearchParam, element: Any, base_url: str
+    rtype: str, rid: str, param: SearchParam, element: object, base_url: str
 ) -> list[IndexRow]:
     common = {"resource_type": rtype, "resource_id": rid, "param": param.name}
     if param.type == "token":
@@ -58,7 +58,7 @@ def _rows_for(
     raise AssertionError(f"unknown search parameter type {param.type}")
 
 
-def _date_span(element: Any) -> tuple[datetime, datetime] | None:
+def _date_span(element: object) -> tuple[datetime, datetime] | None:
     if isinstance(element, str):
         return date_range(element)
     if isinstance(element, dict) and ("start" in element or "end" in element):

@@ -8,26 +8,48 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal, Protocol
 
-from sqlalchemy import ColumnElement
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-if TYPE_CHECKING:
-    from alliance.fhir.store import (
-        FhirStore,
-        RawParamsProvider,
-        ResourceProvider,
-        Version,
-        Visibility,
-        WriteCheck,
-    )
-
 from alliance.errors import Issue, NotFound
+from alliance.fhir.types import (
+    Actor,
+    RawParamsProvider,
+    Resource,
+    ResourceProvider,
+    SearchParam,
+    SearchResult,
+    Version,
+    Visibility,
+    WriteResult,
+)
 
-ParamType = Literal["token", "string", "reference", "date"]
+__all__ = [
+    "ALL_INTERACTIONS",
+    "AccessClass",
+    "AfterWrite",
+    "Operation",
+    "OperationContext",
+    "OperationResult",
+    "Prepare",
+    "Presenter",
+    "ReadHook",
+    "ReaderPresenter",
+    "Registry",
+    "Resource",
+    "ResourceDefinition",
+    "SearchParam",
+    "Store",
+    "WriteCheck",
+    "WriteContext",
+    "WriteHook",
+]
+
 AccessClass = Literal["directory", "clinical", "audit"]
-Resource = dict[str, Any]
+#: A fhir.resources model class (named here: `ResourceDefinition.type` shadows `type`).
+ModelClass = type[BaseModel]
 
 #: FHIR R4 CapabilityStatement.rest.resource.interaction codes this plumbing implements.
 ALL_INTERACTIONS = frozenset(
@@ -35,29 +57,75 @@ ALL_INTERACTIONS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class SearchParam:
-    """A search parameter (FHIR R4 search.html): `path` is a dotted element path from the root
-    (`name.family`, `managingOrganization`); values found there are indexed by `type`."""
+class Store(Protocol):
+    """What a hook may do with the store (alliance.fhir.store.FhirStore is the one): read,
+    search and write other resources in the same transaction. Named here, not imported, so the
+    registry stays below the store that uses it."""
 
-    name: str
-    type: ParamType
-    path: str
-    documentation: str
-    targets: tuple[str, ...] = ()
-    #: For a parameter computed from a domain's typed tables rather than indexed from the
-    #: resource (`Task?overdue=true`): the SQL condition on `ResourceRow` for a value.
-    condition: Callable[[str], ColumnElement[bool]] | None = None
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def base_url(self) -> str: ...
+
+    def read(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        session: Session,
+        visible: Visibility | None = None,
+        actor: Actor | None = None,
+    ) -> Version: ...
+
+    def search(
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        session: Session,
+        default_count: int,
+        max_count: int,
+        lenient: bool = False,
+        visible: Visibility | None = None,
+        actor: Actor | None = None,
+    ) -> SearchResult: ...
+
+    def create(
+        self,
+        resource_type: str,
+        body: Resource,
+        *,
+        session: Session,
+        if_none_exist: str | None = None,
+        resource_id: str | None = None,
+        visible: Visibility | None = None,
+        authorize: WriteCheck | None = None,
+        actor: Actor | None = None,
+    ) -> WriteResult: ...
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: Resource,
+        *,
+        session: Session,
+        if_match: str | None = None,
+        visible: Visibility | None = None,
+        authorize: WriteCheck | None = None,
+        actor: Actor | None = None,
+    ) -> WriteResult: ...
 
 
 @dataclass(frozen=True)
 class WriteContext:
     """What a domain hook gets besides the resource: the transaction, the store (to write
-    other resources, such as a Provenance), and who acts (a Principal; None for the server)."""
+    other resources, such as a Provenance), and who acts (None for the server itself)."""
 
     session: Session
-    store: FhirStore
-    actor: Any
+    store: Store
+    actor: Actor | None
 
 
 #: Checks beyond the base model, and typed-table upkeep, run in the write's transaction with
@@ -68,27 +136,28 @@ WriteHook = Callable[[WriteContext, Resource, Resource | None], list[Issue]]
 #: the write is authorised and checked; it may change the resource in place.
 Prepare = Callable[[WriteContext, Resource, Resource | None], None]
 #: Run after the version is written, in the same transaction (Provenance, access grants).
-AfterWrite = Callable[[WriteContext, "Version", Resource | None], None]
+AfterWrite = Callable[[WriteContext, Version, Resource | None], None]
 #: Run when a resource is read by id; may move it (a Task becomes `received` when its owner
 #: first opens it) and return the version to answer with.
-ReadHook = Callable[[WriteContext, "Version"], "Version"]
+ReadHook = Callable[[WriteContext, Version], Version]
 #: Rewrites the served form of current versions in place (values derived at read time, such as
 #: an overdue Task's businessStatus); vread and history serve versions exactly as stored.
-Presenter = Callable[[Session, list["Version"]], None]
-#: The same for one reader (the Principal reading): what only some readers may see, or what is
+Presenter = Callable[[Session, list[Version]], None]
+#: The same for one reader (the actor reading): what only some readers may see, or what is
 #: shown in the reader's own terms. Runs after `Presenter` on reads and searches that know who
 #: reads; whatever it adds is never stored, so vread and history cannot leak it.
-ReaderPresenter = Callable[[Session, Any, list["Version"]], None]
+ReaderPresenter = Callable[[Session, Actor, list[Version]], None]
 
 
 @dataclass(frozen=True)
 class OperationContext:
-    """What a type-level operation gets: the transaction, the store, who calls (a Principal),
-    what they may see (`visible`) and the write check to pass to the store's writes."""
+    """What a type-level operation gets: the transaction, the store, who calls (always
+    someone: operations are not run by the server itself), what they may see (`visible`) and
+    the write check to pass to the store's writes."""
 
     session: Session
-    store: FhirStore
-    actor: Any
+    store: Store
+    actor: Actor
     visible: Visibility
     authorize: WriteCheck
 
@@ -119,6 +188,11 @@ class Operation:
     affects_state: bool = True
 
 
+#: May the caller store this resource (replacing the previous version)? Raises if not. Typed
+#: over the definition, so it lives beside it rather than in `alliance.fhir.types`.
+WriteCheck = Callable[["ResourceDefinition", Session, Resource, Resource | None], None]
+
+
 def _no_owner(_resource: Resource) -> str | None:
     return None
 
@@ -127,7 +201,7 @@ def _no_owner(_resource: Resource) -> str | None:
 class ResourceDefinition:
     type: str
     #: The fhir.resources model class that validates the base structure.
-    model: Any
+    model: ModelClass
     search_params: list[SearchParam]
     documentation: str
     interactions: frozenset[str] = ALL_INTERACTIONS

@@ -8,14 +8,11 @@ query, never after it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
-    SQLColumnExpression,
     and_,
     false,
     func,
@@ -26,7 +23,8 @@ from sqlalchemy import (
 
 from alliance.errors import BadRequest, Issue
 from alliance.fhir.models import DateIndex, ReferenceIndex, ResourceRow, StringIndex, TokenIndex
-from alliance.fhir.registry import Registry, ResourceDefinition, SearchParam
+from alliance.fhir.registry import Registry, ResourceDefinition
+from alliance.fhir.types import DateValue, Filter, Include, SearchParam, SearchSpec, Token
 from alliance.fhir.values import date_range, normalize, parse_reference
 
 #: Parameters the paging links carry; clients should treat them as opaque.
@@ -53,140 +51,7 @@ _SPECIAL = {
 COMMON_PARAMS = list(_SPECIAL.values())
 
 
-@dataclass(frozen=True)
-class Include:
-    param: SearchParam
-    target_type: str | None
-    text: str
-
-
-@dataclass(frozen=True)
-class Token:
-    """A token search value (search.html#token): `code`, `system|code`, `|code` (no system),
-    `system|` (any code of the system). None is "any"; `no_system` asks for none."""
-
-    system: str | None
-    code: str | None
-    no_system: bool = False
-
-
-@dataclass(frozen=True)
-class DateValue:
-    """A date search value: its prefix (search.html#prefix) and the instants `[low, high)` its
-    date covers at the precision written."""
-
-    prefix: str
-    low: datetime
-    high: datetime
-
-    def condition(
-        self, low: SQLColumnExpression[datetime], high: SQLColumnExpression[datetime]
-    ) -> ColumnElement[bool]:
-        """The prefix over a stored range `[low, high)` in SQL."""
-        lo, hi = self.low, self.high
-        within = and_(low >= lo, high <= hi)
-        if self.prefix == "eq":
-            return within
-        if self.prefix == "ne":
-            return not_(within)
-        if self.prefix == "gt":
-            return high > hi
-        if self.prefix == "lt":
-            return low < lo
-        if self.prefix == "ge":
-            return or_(high > hi, within)
-        if self.prefix == "le":
-            return or_(low < lo, within)
-        if self.prefix == "sa":
-            return low >= hi
-        if self.prefix == "eb":
-            return high <= lo
-        slack = self.slack()  # ap
-        return and_(low < hi + slack, high > lo - slack)
-
-    def matches(self, low: datetime, high: datetime) -> bool:
-        """The same prefix over a range held in Python (a derived resource, such as a Slot,
-        or "now" for `_lastUpdated` of one derived as of now)."""
-        lo, hi = self.low, self.high
-        within = low >= lo and high <= hi
-        return {
-            "eq": within,
-            "ne": not within,
-            "gt": high > hi,
-            "lt": low < lo,
-            "ge": high > hi or within,
-            "le": low < lo or within,
-            "sa": low >= hi,
-            "eb": high <= lo,
-            "ap": low < hi + self.slack() and high > lo - self.slack(),
-        }[self.prefix]
-
-    def window(self) -> tuple[datetime | None, datetime | None]:
-        """Where an instant that matches can lie, `[earliest, latest]` (None: unbounded): a
-        superset, for a provider that derives what it searches (Slots) to generate only
-        there, then keep what `matches`."""
-        lo, hi = self.low, self.high
-        return {
-            "eq": (lo, hi),
-            "ne": (None, None),
-            "gt": (hi, None),
-            "sa": (hi, None),
-            "ge": (lo, None),
-            "lt": (None, lo),
-            "eb": (None, lo),
-            "le": (None, hi),
-            "ap": (lo - self.slack(), hi + self.slack()),
-        }[self.prefix]
-
-    def slack(self) -> timedelta:
-        """How far `ap` reaches: 10% of the distance from now, at least a day (search.html
-        suggests 10%)."""
-        return max(abs(datetime.now(UTC) - self.low) / 10, timedelta(days=1))
-
-
-@dataclass(frozen=True)
-class Filter:
-    """One search parameter as asked, its values parsed by its type's grammar. The values are
-    alternatives (a comma: OR); the filters of a search all hold (repeated parameter: AND)."""
-
-    param: SearchParam
-    modifier: str
-    #: The alternatives as written, unescaped.
-    values: tuple[str, ...]
-    tokens: tuple[Token, ...] = ()
-    #: (type or None when the value names no type, id); a value that cannot match (a
-    #: reference to another type than the `:Type` modifier asks) is left out.
-    references: tuple[tuple[str | None, str], ...] = ()
-    dates: tuple[DateValue, ...] = ()
-
-    @property
-    def name(self) -> str:
-        return self.param.name
-
-
-@dataclass
-class SearchSpec:
-    """A parsed search (FHIR R4 search.html): the filters and the result parameters. The one
-    parse every type's search goes through; a provider answers it from its own tables."""
-
-    resource_type: str
-    filters: list[Filter] = field(default_factory=list)
-    order: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
-    count: int = 20
-    page_after: str | None = None
-    offset: int = 0
-    includes: list[Include] = field(default_factory=list)
-    total: str = "none"
-    summary_count: bool = False
-    #: The parameters that were applied, in order, for the self and next links.
-    applied: list[tuple[str, str]] = field(default_factory=list)
-    #: What a lenient search left out, as asked, and why (`warnings`).
-    ignored: list[tuple[str, str]] = field(default_factory=list)
-    warnings: list[Issue] = field(default_factory=list)
-
-    @property
-    def wants_total(self) -> bool:
-        return self.summary_count or self.total != "none" or self.count == 0
+_IndexTable = type[TokenIndex] | type[StringIndex] | type[ReferenceIndex] | type[DateIndex]
 
 
 def parse_search(
@@ -373,7 +238,9 @@ def _reference_value(
 # ---- the filters as SQL over the generic index tables -------------------------------------
 
 
-def _owner_ids(table: Any, rtype: str, pname: str, *conds: ColumnElement[bool]) -> Any:
+def _owner_ids(
+    table: _IndexTable, rtype: str, pname: str, *conds: ColumnElement[bool]
+) -> Select[str]:
     return select(table.resource_id).where(
         table.resource_type == rtype, table.param == pname, or_(false(), *conds)
     )

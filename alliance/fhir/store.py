@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
@@ -25,121 +22,25 @@ from alliance.db import named_lock
 from alliance.errors import BadRequest, Conflict, Gone, Issue, NotFound, PreconditionFailed
 from alliance.fhir.indexing import INDEX_TABLES, index_rows
 from alliance.fhir.models import ReferenceIndex, ResourceRow, ResourceVersion, TokenIndex
-from alliance.fhir.registry import Registry, Resource, ResourceDefinition, WriteContext
-from alliance.fhir.search import SearchSpec, matching_rows, page_query, parse_search
+from alliance.fhir.registry import Registry, ResourceDefinition, WriteCheck, WriteContext
+from alliance.fhir.search import matching_rows, page_query, parse_search
+from alliance.fhir.types import (
+    Actor,
+    Resource,
+    ResourceProvider,
+    SearchResult,
+    SearchSpec,
+    Version,
+    Visibility,
+    WriteResult,
+)
 from alliance.fhir.values import instant
 
+# Callers that named these through the store before they moved to `alliance.fhir.types`.
+__all__ = ["FhirStore", "SearchResult", "Version", "Visibility", "WriteResult", "validate"]
 
-class Visibility(Protocol):
-    """What a caller may see (alliance.security.access.Reach): called with a type, the
-    condition on `ResourceRow` for what it may read; `full`, what is opened to it whole;
-    `redact`, serving what it sees only in part as that part."""
-
-    def __call__(self, resource_type: str) -> ColumnElement[bool]: ...
-
-    def full(self, resource_type: str) -> ColumnElement[bool]: ...
-
-    def redact(self, session: Session, versions: list[Version]) -> None: ...
-
-    def may_read(self, resource_type: str) -> bool:
-        """Whether the caller's token may read this type at all (`_include` brings in only
-        types it may)."""
-        ...
-
-
-#: May the caller store this resource (replacing the previous version)? Raises if not.
-WriteCheck = Callable[[ResourceDefinition, Session, Resource, Resource | None], None]
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-
-
-@dataclass
-class Version:
-    """One stored version of a resource."""
-
-    resource_type: str
-    id: str
-    version: int
-    last_updated: datetime
-    method: str
-    content: str | None
-    #: The patient whose record this is (for the audit trail), when known.
-    patient_id: str | None = None
-
-    @property
-    def deleted(self) -> bool:
-        return self.content is None
-
-    @property
-    def etag(self) -> str:
-        return f'W/"{self.version}"'
-
-    def resource(self) -> Resource:
-        if self.content is None:
-            raise Gone(f"{self.resource_type}/{self.id} was deleted")
-        parsed: Resource = json.loads(self.content)
-        return parsed
-
-    @classmethod
-    def of(cls, row: ResourceVersion, patient_id: str | None = None) -> Version:
-        return cls(
-            row.resource_type,
-            row.id,
-            row.version,
-            row.last_updated,
-            row.method,
-            row.content,
-            patient_id,
-        )
-
-
-@runtime_checkable
-class ResourceProvider(Protocol):
-    """A type kept outside the generic resource tables (the audit trail), read-only here. Its
-    searches are parsed by the kernel (alliance.fhir.search) like every other type's; the
-    provider answers the parsed search (filters and result parameters) from its own tables."""
-
-    def read(self, session: Session, resource_id: str, visible: ColumnElement[bool]) -> Version: ...
-
-    def search_parsed(
-        self, session: Session, spec: SearchSpec, *, visible: ColumnElement[bool]
-    ) -> SearchResult: ...
-
-
-class RawParamsProvider(Protocol):
-    """The earlier provider shape, which parsed the raw parameters itself. Transitional, for
-    the Slot provider until it moves to `ResourceProvider`: the kernel still parses its search
-    first (so its grammar errors are the kernel's), and passes it the parameters it kept."""
-
-    def read(self, session: Session, resource_id: str, visible: ColumnElement[bool]) -> Version: ...
-
-    def search(
-        self,
-        session: Session,
-        params: list[tuple[str, str]],
-        *,
-        default_count: int,
-        max_count: int,
-        lenient: bool,
-        visible: ColumnElement[bool],
-    ) -> SearchResult: ...
-
-
-@dataclass
-class WriteResult:
-    version: Version
-    created: bool
-    warnings: list[Issue] = field(default_factory=list)
-
-
-@dataclass
-class SearchResult:
-    spec: SearchSpec
-    matches: list[Version]
-    included: list[Version]
-    total: int | None
-    #: The paging parameter for the next page, or None on the last page.
-    next_page: tuple[str, str] | None
 
 
 class FhirStore:
@@ -159,7 +60,7 @@ class FhirStore:
         *,
         session: Session,
         visible: Visibility | None = None,
-        actor: Any = None,
+        actor: Actor | None = None,
     ) -> Version:
         """Read (FHIR R4 http.html#read). With an `actor`, the type's read hook runs (it may
         move the resource, as a Task's owner opening it does) and its presenter applies."""
@@ -297,7 +198,7 @@ class FhirStore:
         max_count: int,
         lenient: bool = False,
         visible: Visibility | None = None,
-        actor: Any = None,
+        actor: Actor | None = None,
     ) -> SearchResult:
         """Search (FHIR R4 search.html); with an `actor`, each type's reader presenter applies."""
         definition = self.registry.get(resource_type)
@@ -332,8 +233,8 @@ class FhirStore:
             total = session.scalar(select(func.count()).select_from(counted)) or 0
         if spec.summary_count or spec.count == 0:
             return SearchResult(spec, [], [], total, None)
-        page = page_query(spec, definition, condition).limit(spec.count + 1)
-        page = page.join(
+        rows_page = page_query(spec, definition, condition).limit(spec.count + 1)
+        page = rows_page.join(
             ResourceVersion,
             and_(
                 ResourceVersion.resource_type == ResourceRow.resource_type,
@@ -359,7 +260,9 @@ class FhirStore:
             _redact(visible, session, version_list)
         return SearchResult(spec, matches, included, total, next_page)
 
-    def _present(self, session: Session, versions: list[Version], actor: Any = None) -> None:
+    def _present(
+        self, session: Session, versions: list[Version], actor: Actor | None = None
+    ) -> None:
         by_type: dict[str, list[Version]] = {}
         for v in versions:
             by_type.setdefault(v.resource_type, []).append(v)
@@ -433,7 +336,7 @@ class FhirStore:
         resource_id: str | None = None,
         visible: Visibility | None = None,
         authorize: WriteCheck | None = None,
-        actor: Any = None,
+        actor: Actor | None = None,
     ) -> WriteResult:
         """Create (FHIR R4 http.html#create); with `if_none_exist`, conditional create.
 
@@ -487,7 +390,7 @@ class FhirStore:
         if_match: str | None = None,
         visible: Visibility | None = None,
         authorize: WriteCheck | None = None,
-        actor: Any = None,
+        actor: Actor | None = None,
     ) -> WriteResult:
         """Update (FHIR R4 http.html#update); `if_match` is the version id the client last saw
         (version-aware update: a stale one answers 412)."""
@@ -573,7 +476,7 @@ class FhirStore:
         *,
         method: str,
         authorize: WriteCheck | None,
-        actor: Any,
+        actor: Actor | None,
     ) -> WriteResult:
         resource = dict(body)
         resource["id"] = resource_id
@@ -687,7 +590,7 @@ def validate(definition: ResourceDefinition, resource: Resource) -> None:
         raise BadRequest(f"{definition.type} is not valid: {exc}") from None
 
 
-def _path(resource_type: str, loc: tuple[Any, ...]) -> str:
+def _path(resource_type: str, loc: tuple[int | str, ...]) -> str:
     path = resource_type
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"

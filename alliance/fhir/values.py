@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 #: Dates and times written without a zone are read as Beijing time, the alliance's civil time.
@@ -62,7 +61,7 @@ def date_range(value: str) -> tuple[datetime, datetime]:
     return _utc(low), _utc(low + step)
 
 
-def _zone(tz: str | None) -> Any:
+def _zone(tz: str | None) -> tzinfo:
     if tz is None:
         return CIVIL_TZ
     if tz == "Z":
@@ -85,7 +84,7 @@ def instant(value: datetime) -> str:
 # ---- what an element holds, per search parameter type -------------------------------------
 
 
-def strings_of(element: Any) -> list[tuple[str, bool]]:
+def strings_of(element: object) -> list[tuple[str, bool]]:
     """String-search values of an element (string, HumanName, Address, ...), each with whether
     it is a value of the element (True) or only a part derived from one (False)."""
     if isinstance(element, str):
@@ -116,7 +115,7 @@ def strings_of(element: Any) -> list[tuple[str, bool]]:
     return values
 
 
-def tokens_of(element: Any) -> list[tuple[str | None, str]]:
+def tokens_of(element: object) -> list[tuple[str | None, str]]:
     """(system, code) pairs of an element (code, Coding, CodeableConcept, Identifier, ...)."""
     if isinstance(element, bool):
         return [(None, "true" if element else "false")]
@@ -133,7 +132,7 @@ def tokens_of(element: Any) -> list[tuple[str | None, str]]:
     return []
 
 
-def reference_of(element: Any, base_url: str) -> tuple[str, str] | None:
+def reference_of(element: object, base_url: str) -> tuple[str, str] | None:
     """(type, id) of a Reference to a resource on this server, else None."""
     if not isinstance(element, dict):
         return None
@@ -156,11 +155,11 @@ def parse_reference(ref: str, base_url: str) -> tuple[str, str] | None:
     return None
 
 
-def elements_at(resource: Any, path: str) -> list[Any]:
+def elements_at(resource: object, path: str) -> list[object]:
     """Every value found at a dotted path, flattening lists on the way."""
     current = [resource]
     for step in path.split("."):
-        nxt: list[Any] = []
+        nxt: list[object] = []
         for item in current:
             if isinstance(item, dict) and step in item:
                 value = item[step]

@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select, true
 from sqlalchemy.orm import Session
@@ -31,11 +31,9 @@ from sqlalchemy.orm import Session
 from alliance.codes import RECORD_KEEPER, RECORD_PATIENT
 from alliance.errors import Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
-from alliance.fhir.registry import Resource, ResourceDefinition
+from alliance.fhir.registry import ResourceDefinition
+from alliance.fhir.types import Actor, Resource, Version
 from alliance.security.models import AccessGrant, AccessGrantResource
-
-if TYPE_CHECKING:
-    from alliance.fhir.store import Version
 from alliance.security.scopes import INTERACTION_PERMISSION, Scope, allows, format_scopes
 
 
@@ -157,7 +155,7 @@ def opened_in_full(hospital_id: str, at: datetime) -> ColumnElement[bool]:
     return exists(opened)
 
 
-def visible(principal: Principal, definition: ResourceDefinition) -> ColumnElement[bool]:
+def visible(principal: Actor, definition: ResourceDefinition) -> ColumnElement[bool]:
     """The condition on `ResourceRow` for what `principal` may read of this type."""
     caps = principal.capabilities
     if definition.access == "directory":
@@ -176,7 +174,7 @@ def kept_by(hospital_id: str) -> ColumnElement[bool]:
 
 
 def clinical_reach(
-    principal: Principal, resource_type: str, *, triage: bool = False
+    principal: Actor, resource_type: str, *, triage: bool = False
 ) -> ColumnElement[bool]:
     """Clinical records of `resource_type` within reach: owned by the principal's hospital,
     about a patient it keeps, or opened to it by a grant in force (full grants, or triage ones
@@ -255,7 +253,7 @@ class Reach:
     opened whole (files, DICOM, writing about a patient), and `redact` to serve what is seen
     only through a triage grant as its subset."""
 
-    def __init__(self, principal: Principal, lookup: Callable[[str], ResourceDefinition]) -> None:
+    def __init__(self, principal: Actor, lookup: Callable[[str], ResourceDefinition]) -> None:
         self.principal = principal
         self.lookup = lookup
 
@@ -296,14 +294,14 @@ class Reach:
                     v.content = json.dumps(cut, ensure_ascii=False, separators=(",", ":"))
 
 
-def visibility(principal: Principal, lookup: Callable[[str], ResourceDefinition]) -> Reach:
+def visibility(principal: Actor, lookup: Callable[[str], ResourceDefinition]) -> Reach:
     """What `principal` may see of any type, as the FHIR store asks for it (searches
     `_include` other types)."""
     return Reach(principal, lookup)
 
 
 def check_write(
-    principal: Principal,
+    principal: Actor,
     definition: ResourceDefinition,
     session: Session,
     resource: Resource,

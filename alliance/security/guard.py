@@ -21,12 +21,19 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from alliance.audit.service import Actor, AuditInput, append, outcome_for_status, recordable
+from alliance.audit.service import (
+    Actor,
+    AuditInput,
+    actor_of,
+    append,
+    outcome_for_status,
+    recordable,
+)
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.errors import AllianceError, BadRequest, Forbidden, Unavailable
-from alliance.fhir.registry import Registry
-from alliance.fhir.store import Visibility, WriteCheck
+from alliance.fhir.registry import Registry, WriteCheck
+from alliance.fhir.types import Visibility
 from alliance.security import sessions
 from alliance.security.access import Principal, check_write, visibility
 from alliance.security.service import principal_for
@@ -144,9 +151,7 @@ class Guard:
             actor: Actor | None = None
             try:
                 who = claims or self.claims(request)
-                actor = Actor(
-                    who.username, who.hospital_id, who.role, who.practitioner_id, who.kind
-                )
+                actor = actor_of(who)
                 _refuse_nul(request)
                 with self.db.transaction(write=True) as session:
                     principal = principal_for(session, who)

@@ -4,12 +4,12 @@ and issuing the access token. Shared by the OAuth token endpoint and the portal'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from alliance.audit.service import MINOR_FAILURE, SUCCESS, Actor, AuditInput, append
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.errors import AllianceError
+from alliance.security.models import Client, User
 from alliance.security.service import (
     LoginFailure,
     authenticate,
@@ -57,7 +57,7 @@ def log_in(
     failed one, with why, even though the caller hears only `invalid_grant`)."""
     kind = "client" if grant_type == "client_credentials" else "user"
     with db.transaction(write=True) as session:
-        account: Any = None
+        account: User | Client | None = None
         try:
             if "\x00" in username:
                 # No account or client is named so, and PostgreSQL cannot even look for one.

@@ -124,7 +124,7 @@ def verify_token(settings: Settings, token: str) -> TokenClaims:
     )
 
 
-def _epoch(value: Any) -> int:
+def _epoch(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid_token("the token's epoch is not an integer")
     return value
