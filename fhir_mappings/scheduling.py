@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.errors import BadRequest, Issue, NotFound
 from alliance.fhir.registry import (
     OperationContext,
@@ -324,7 +325,7 @@ class SlotProvider:
         self.max_days = max_days
 
     def read(self, session: Session, resource_id: str, visible: ColumnElement[bool]) -> Version:
-        view = slot_by_id(session, resource_id, now=datetime.now(UTC))
+        view = slot_by_id(session, resource_id, now=clock.now())
         if view is None:
             raise NotFound(f"Slot/{resource_id} is not known")
         return self._versions(session, [view])[0]
@@ -339,7 +340,7 @@ class SlotProvider:
         lenient: bool,
         visible: ColumnElement[bool],
     ) -> SearchResult:
-        now = datetime.now(UTC)
+        now = clock.now()
         spec = SearchSpec("Slot", count=default_count)
         lo, hi = now, None
         schedules: list[str] = []
@@ -407,7 +408,7 @@ class SlotProvider:
     @staticmethod
     def _versions(session: Session, views: list[SlotView]) -> list[Version]:
         specialties = role_specialties(session, (v.schedule.role_id for v in views))
-        now = datetime.now(UTC)
+        now = clock.now()
         out = []
         for v in views:
             version = SLOT_VERSION[v.status]

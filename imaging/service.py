@@ -34,12 +34,13 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.codes import HOSPITAL_MRN
 from alliance.config import Settings
 from alliance.db import Database, named_lock
@@ -184,7 +185,7 @@ class Imaging:
         """
         for uid in sorted({s.parsed.study_uid for s in staged}):
             study_lock(session, uid)
-        now = datetime.now(UTC)
+        now = clock.now()
         outcomes = []
         for item in staged:
             try:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
+from alliance import clock
 from alliance.attachments.service import fhir_attachment, store_attachment
 from alliance.audit.anchor import TrailResult, verify_trail
 from alliance.codes import (
@@ -735,7 +736,7 @@ class Portal:
                 },
                 "category": [{"coding": [{"system": LOINC, "code": "59284-0"}]}],
                 "patient": {"reference": f"Patient/{patient_id}"},
-                "dateTime": datetime.now(UTC).isoformat(),
+                "dateTime": clock.now().isoformat(),
                 "performer": [performer],
                 "sourceAttachment": fhir_attachment(self.settings.base_url, stored),
                 "provision": {
@@ -870,7 +871,7 @@ class Portal:
                 "status": "current",
                 "type": {"coding": [{"system": LOINC, "code": loinc, "display": title}]},
                 "subject": subject,
-                "date": datetime.now(UTC).isoformat(),
+                "date": clock.now().isoformat(),
                 "content": [{"attachment": fhir_attachment(self.settings.base_url, stored)}],
             },
         )
@@ -1307,7 +1308,7 @@ class Portal:
                     "status": "completed",
                     "basedOn": [task["focus"]],
                     "subject": task["for"],
-                    "sent": datetime.now(UTC).isoformat(),
+                    "sent": clock.now().isoformat(),
                     "sender": {"display": ctx.principal.username},
                     "payload": [{"contentString": text}],
                 },
@@ -1358,7 +1359,7 @@ class Portal:
                 ),
                 None,
             )
-            today = datetime.now(BEIJING).date()
+            today = clock.now().astimezone(BEIJING).date()
             params: list[dict[str, Any]] = [
                 {"name": "referral", "valueReference": {"reference": sr_ref}},
                 {"name": "start", "valueDateTime": today.isoformat()},
@@ -1684,7 +1685,7 @@ class Portal:
         return await self.audit(request, session, verified=result)
 
     async def dashboard(self, request: Request, session: sessions.WebSession) -> Page:
-        today = datetime.now(UTC).date()
+        today = clock.now().date()
         first = today.replace(year=today.year - 1)
         period = Period.of_days(first, today)
 

@@ -3,11 +3,12 @@ API docs)."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from alliance import clock
 from alliance.errors import BadRequest, Forbidden
 from alliance.security.access import Principal
 from alliance.security.guard import Guard, Interaction, Touched
@@ -38,7 +39,7 @@ def referral_router(guard: Guard) -> APIRouter:
         (nearest rank) hours from request to acceptance and to completion, and how many are
         overdue now. `from` and `to` are days (YYYY-MM-DD, inclusive; default: the last 12
         months); `granularity=month`."""
-        today = datetime.now(UTC).date()
+        today = clock.now().date()
         first = _parse_day(request.query_params.get("from"), today - timedelta(days=365), "from")
         last = _parse_day(request.query_params.get("to"), today, "to")
         if last < first:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.audit.service import actor_of
 from alliance.codes import (
     DECLINE_REASON,
@@ -191,7 +192,7 @@ class ReferralRules:
 
     def prepare_task(self, ctx: WriteContext, task: Resource, previous: Resource | None) -> None:
         stamp_keeper(ctx, task, previous)
-        now = instant(datetime.now(UTC))
+        now = instant(clock.now())
         task["authoredOn"] = (previous or {}).get("authoredOn") or now
         task["lastModified"] = now
         task.pop("businessStatus", None)  # derived when served (overdue)
@@ -250,7 +251,7 @@ class ReferralRules:
                 owner_org=owner,
                 priority=task.get("priority") or sr.get("priority") or "routine",
                 status="draft",
-                created_at=datetime.now(UTC),
+                created_at=clock.now(),
             )
             session.add(row)
             session.flush()
@@ -295,7 +296,7 @@ class ReferralRules:
         self, ctx: WriteContext, row: Referral, task: Resource, sr: Resource, target: str
     ) -> None:
         move = check_move(row.status, target, self._party(ctx.actor, row), row.held_from)
-        now = datetime.now(UTC)
+        now = clock.now()
         if "reason" in move.needs:
             reason = task.get("statusReason") or {}
             text = str(
@@ -438,7 +439,7 @@ class ReferralRules:
         elif after in ("rejected", "cancelled"):
             close_grants(session=ctx.session, reason=reason, why=f"referral {after}", actor=actor)
         elif after in ("completed", "failed"):
-            until = datetime.now(UTC) + timedelta(days=self.settings.grant_days_after_completion)
+            until = clock.now() + timedelta(days=self.settings.grant_days_after_completion)
             end_grants(session=ctx.session, reason=reason, until=until, actor=actor)
         status = REQUEST_STATUS.get(after)
         if status is not None:
@@ -485,7 +486,7 @@ class ReferralRules:
 
     def present_tasks(self, session: Session, versions: list[Version]) -> None:
         """An open referral past its deadline shows `overdue` in businessStatus."""
-        now = datetime.now(UTC)
+        now = clock.now()
         ids = [v.id for v in versions if v.content is not None]
         if not ids:
             return
@@ -514,7 +515,7 @@ class ReferralRules:
         if value not in ("true", "false"):
             raise BadRequest("overdue is true or false")
         late = select(Referral.task_id).where(
-            Referral.status.in_(AWAITING_DECISION), Referral.deadline < datetime.now(UTC)
+            Referral.status.in_(AWAITING_DECISION), Referral.deadline < clock.now()
         )
         cond = ResourceRow.id.in_(late)
         return cond if value == "true" else ~cond
@@ -652,7 +653,7 @@ def active_consents(
         default_count=50,
         max_count=50,
     )
-    now = datetime.now(UTC)
+    now = clock.now()
     return [c for c in found.matches if _in_force(c.resource(), now)]
 
 

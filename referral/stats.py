@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.codes import DECLINE_REASON_CODES
 from alliance.security.access import Principal
 from referral.models import Referral
@@ -73,7 +74,7 @@ def referral_figures(
     Decline reasons are counted by code (DECLINE_REASON_CODES; a decline without one of them
     counts as `other`); their free text, which may name the patient or the diagnosis, is
     listed only for the referrals `reader_hospital` sent or was asked."""
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     rows = session.scalars(
         select(Referral).where(
             Referral.category.in_(DIRECTIONS),

@@ -4,11 +4,12 @@ records to the specialist's hospital; a request whose workflow ends frees its bo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, select
 
+from alliance import clock
 from alliance.audit.service import actor_of
 from alliance.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.models import ReferenceIndex, ResourceRow
@@ -46,7 +47,7 @@ class AppointmentRules:
         for url in (CONSULTING_HOSPITAL, HOLD_EXPIRES):
             kept = ext(previous, url) if previous is not None else None
             set_ext(appt, url, {k: v for k, v in kept.items() if k != "url"} if kept else None)
-        appt["created"] = (previous or {}).get("created") or instant(datetime.now(UTC))
+        appt["created"] = (previous or {}).get("created") or instant(clock.now())
 
     def check_appointment(
         self, ctx: WriteContext, appt: Resource, previous: Resource | None
@@ -60,7 +61,7 @@ class AppointmentRules:
     def _change(self, ctx: WriteContext, appt: Resource, previous: Resource) -> None:
         """Moves of a booked consult: book a hold, reschedule, cancel with a reason, no-show;
         arrived and fulfilled come from the consult's Encounter (the server)."""
-        session, now = ctx.session, datetime.now(UTC)
+        session, now = ctx.session, clock.now()
         booking = session.get(Booking, appt["id"], with_for_update=True)
         if booking is None:
             raise NotFound(f"Appointment/{appt['id']} is not a teleconsult booking")
@@ -222,7 +223,7 @@ class AppointmentRules:
         (1 to 168), computed when searched; combine with `actor` or `practitioner`."""
         if not value.isdigit() or not 1 <= int(value) <= 168:
             raise BadRequest("upcoming is a number of hours from 1 to 168")
-        now = datetime.now(UTC)
+        now = clock.now()
         soon = select(Booking.appointment_id).where(
             Booking.status.in_(("booked", "arrived")),
             Booking.starts >= now,

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.codes import ALLIANCE_BASE, LANGUAGE_EXTENSION
 from alliance.config import Settings
 from alliance.db import named_lock
@@ -116,7 +117,7 @@ class Bookings:
 
     def book_new(self, ctx: WriteContext, appt: Resource) -> None:
         """A new hold (status pending) or booking (booked) on free slots (IHE ITI-116/117)."""
-        session, now = ctx.session, datetime.now(UTC)
+        session, now = ctx.session, clock.now()
         status = appt.get("status")
         if status not in ("pending", "booked"):
             refuse(
@@ -222,7 +223,7 @@ class Bookings:
         """The time asked: the slots of the specialist asked, whole and in order, in the
         future, inside both sites' working hours, not on a closure, and free for the
         specialist and the patient. Sets start, end and minutesDuration from the slots."""
-        session, now = ctx.session, datetime.now(UTC)
+        session, now = ctx.session, clock.now()
         slot_ids = [reference_id(s, "Slot") for s in appt.get("slot") or []]
         if not slot_ids or None in slot_ids:
             refuse(
@@ -392,7 +393,7 @@ class Bookings:
     ) -> None:
         """Holds past their expiry that still hold this time are cancelled now, in this
         transaction: expired holds free their slots without a background job."""
-        now = datetime.now(UTC)
+        now = clock.now()
         stale = ctx.session.scalars(
             select(Booking).where(
                 Booking.status == "pending",

@@ -4,9 +4,9 @@ period, the Appointment (arrived, fulfilled) and the request (in-progress) follo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
+from alliance import clock
 from alliance.errors import Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
@@ -35,7 +35,7 @@ class EncounterRules:
     def check_encounter(
         self, ctx: WriteContext, encounter: Resource, previous: Resource | None
     ) -> list[Any]:
-        session, now = ctx.session, datetime.now(UTC)
+        session, now = ctx.session, clock.now()
         cls = encounter.get("class") or {}
         if cls.get("system") != ACT_CODE or cls.get("code") != "VR":
             refuse(

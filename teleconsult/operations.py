@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from alliance import clock
 from alliance.codes import TITLE_RANK
 from alliance.config import Settings
 from alliance.errors import BadRequest, Invalid
@@ -72,7 +73,7 @@ class SchedulingOperations:
         earliest first. Defaults: from now for 4 weeks, 30 minutes, the caller's hospital as
         the requesting site; a teleconsult request fills the patient, the hospital asked, the
         specialist asked and the requesting site."""
-        session, now = ctx.session, datetime.now(UTC)
+        session, now = ctx.session, clock.now()
         request: Resource | None = None
         if query.referral:
             request = ctx.store.read(

@@ -28,12 +28,13 @@ import hashlib
 import html
 import io
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.attachments.models import Attachment
 from alliance.attachments.service import ATTACHMENT_PARAM, fhir_attachment
 from alliance.codes import ALLIANCE_BASE, RECORD_KEEPER, RECORD_PATIENT
@@ -229,7 +230,7 @@ class OpinionRules:
                 "DiagnosticReport.conclusion",
             )
         check_codes(report.get("conclusionCode") or [], "DiagnosticReport.conclusionCode")
-        now = datetime.now(UTC)
+        now = clock.now()
         report["issued"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         report["resultsInterpreter"] = [{"reference": f"Practitioner/{signer}"}]
         report.setdefault("performer", [{"reference": f"Organization/{acting(ctx).hospital_id}"}])
@@ -319,7 +320,7 @@ class OpinionRules:
         signer = reference_id(report["resultsInterpreter"][0], "Practitioner") or ""
         patient_id = reference_id(report.get("subject"), "Patient") or ""
         hospital = acting(ctx).hospital_id
-        now = datetime.now(UTC)
+        now = clock.now()
         target = f"DiagnosticReport/{version.id}/_history/{version.version}"
         token = self._attest(ctx.session, signer, target, version.content, now)
         ctx.store.create(

@@ -86,6 +86,16 @@ class _Templates:
             self.drop(make_url(PG_URL).set(database=self.pg_template).render_as_string(False))
 
 
+@pytest.fixture(autouse=True)
+def _system_clock() -> Iterator[None]:
+    """Every test starts on the system clock, whatever the previous one moved."""
+    from alliance import clock
+
+    clock.reset()
+    yield
+    clock.reset()
+
+
 @pytest.fixture(scope="session")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
     t = _Templates(tmp_path_factory.mktemp("db"))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from alliance import clock
 from alliance.attachments.models import Attachment
 from alliance.config import Settings
 from alliance.db import Database
@@ -275,13 +276,9 @@ def test_worklist_and_overdue(parties: dict[str, TestClient], settings: Settings
         .json()["entry"]
         == []
     )
-    # Two hours later (urgent), it is overdue: shown in businessStatus and searchable.
-    db = Database(settings.database_url)
-    with db.transaction(write=True) as s:
-        row = s.get(Referral, task["id"])
-        assert row is not None and row.deadline is not None
-        row.deadline = datetime.now(UTC) - timedelta(minutes=1)
-    db.dispose()
+    # Two hours later (urgent), it is overdue: shown in businessStatus and searchable. The
+    # service's clock moves; nobody sleeps and no row is edited.
+    clock.advance(timedelta(hours=2, minutes=1))
     late = parties["placer"].get("/fhir/Task", params={"overdue": "true", "_id": task["id"]}).json()
     assert [e["resource"]["id"] for e in late["entry"]] == [task["id"]]
     assert late["entry"][0]["resource"]["businessStatus"]["coding"][0]["code"] == "overdue"

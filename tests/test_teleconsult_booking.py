@@ -5,7 +5,6 @@ consults, and calendars kept by their hospital's administrators."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from alliance import clock
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.fhir.models import ResourceRow, ResourceVersion
@@ -313,9 +313,9 @@ def test_every_bad_booking_is_refused_and_changes_nothing(
 
 
 def test_a_hold_expires_without_a_background_job(settings: Settings) -> None:
-    """With holds of one second: the held time is free again once it has passed, $book of the
-    expired hold answers 409 and changes nothing, and the next booking of that time cancels
-    the stale hold in its own transaction."""
+    """With holds of one second, and the service's clock moved past it (no sleep): the held
+    time is free again, $book of the expired hold answers 409 and changes nothing, and the
+    next booking of that time cancels the stale hold in its own transaction."""
     quick = create_app(settings.model_copy(update={"teleconsult_hold_seconds": 1}))
     try:
         with TestClient(quick, headers=bearer(settings, "dr.xinyuan.people")) as doctor:
@@ -325,7 +325,7 @@ def test_a_hold_expires_without_a_background_job(settings: Settings) -> None:
             sid = first["slot"][0]["reference"].split("/")[1]
             held = hold(doctor, first).json()
             assert slot_status(doctor, sid) == "busy-tentative"
-            time.sleep(1.2)
+            clock.advance(timedelta(seconds=1.2))  # the service's clock, not a sleep
             assert slot_status(doctor, sid) == "free"
             assert first["start"] in starts_of(find(doctor, sr, **window(day)))
             before = state(settings)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.attachments.models import Attachment
 from alliance.codes import ATTACHMENT_SHA256
 from alliance.errors import Forbidden, Invalid, NotFound, UnsupportedMediaType
@@ -106,7 +106,7 @@ def store_attachment(
         title=(title or "")[:255] or None,
         hospital_id=principal.hospital_id,
         uploaded_by=principal.username[:64],
-        created=datetime.now(UTC),
+        created=clock.now(),
     )
     session.add(row)
     session.flush()
@@ -210,7 +210,7 @@ def readable_attachment(
             TokenIndex.code == url,
             ResourceRow.resource_type.in_(readable),
             ResourceRow.deleted.is_(False),
-            or_(kept_by(hospital), opened_in_full(hospital, datetime.now(UTC))),
+            or_(kept_by(hospital), opened_in_full(hospital, clock.now())),
         )
     )
     if session.scalar(select(exists(holder))):

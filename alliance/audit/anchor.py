@@ -37,13 +37,13 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import jwt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.audit.models import AuditRecord
 from alliance.audit.service import ANCHOR_INFO, VerifyResult, verify
 from alliance.config import Settings
@@ -91,7 +91,7 @@ class Checkpoint:
 
 
 def _payload(seq: int, digest: str) -> dict[str, Any]:
-    time = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    time = clock.now().isoformat(timespec="seconds").replace("+00:00", "Z")
     return {"typ": PAYLOAD_TYPE, "seq": seq, "hash": digest, "time": time}
 
 

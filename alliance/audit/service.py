@@ -17,13 +17,14 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, false, func, insert, not_, or_, select
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
 from alliance.db import after_commit, named_lock
 from alliance.fhir.search import string_pattern
@@ -345,7 +346,7 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
         select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
     ).first()
     seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
-    recorded = datetime.now(UTC)
+    recorded = clock.now()
     rows: list[dict[str, Any]] = []
     for event in events:
         seq += 1

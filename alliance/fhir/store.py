@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, and_, delete, func, select, true, tuple_
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.attachments.service import ATTACHMENT_PARAM, check_attachments
 from alliance.db import named_lock
 from alliance.errors import BadRequest, Conflict, Gone, Issue, NotFound, PreconditionFailed
@@ -567,7 +568,7 @@ def _condition(visible: Visibility | None, resource_type: str) -> ColumnElement[
 
 def _now(previous: datetime | None) -> datetime:
     """Now, but never before the previous version (clocks of several workers may differ)."""
-    now = datetime.now(UTC)
+    now = clock.now()
     return max(now, previous) if previous else now
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, and_, not_, or_
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.errors import Gone, Issue
 from alliance.fhir.models import ResourceVersion
 from alliance.security.scopes import Scope
@@ -156,7 +157,7 @@ class DateValue:
     def slack(self) -> timedelta:
         """How far `ap` reaches: 10% of the distance from now, at least a day (search.html
         suggests 10%)."""
-        return max(abs(datetime.now(UTC) - self.low) / 10, timedelta(days=1))
+        return max(abs(clock.now() - self.low) / 10, timedelta(days=1))
 
 
 @dataclass(frozen=True)

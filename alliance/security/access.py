@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select, true
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.codes import RECORD_KEEPER, RECORD_PATIENT
 from alliance.errors import Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
@@ -184,7 +185,7 @@ def clinical_reach(
     hospital = principal.hospital_id
     return or_(
         kept_by(hospital),
-        granted_ids(hospital, resource_type, datetime.now(UTC), triage=triage),
+        granted_ids(hospital, resource_type, clock.now(), triage=triage),
     )
 
 

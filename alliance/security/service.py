@@ -7,12 +7,13 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.audit.service import Actor, AuditInput, append
 from alliance.config import Settings
 from alliance.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
@@ -244,7 +245,7 @@ def create_user(
         practitioner_id=practitioner_id,
         active=True,
         token_epoch=0,
-        created=datetime.now(UTC),
+        created=clock.now(),
     )
     session.add(user)
     session.flush()
@@ -318,7 +319,7 @@ def authenticate(
     .throttle): a throttled attempt is refused before the password is checked. Throttling
     never touches the account's live tokens and sessions.
     """
-    now = datetime.now(UTC)
+    now = clock.now()
     keys = throttle.keys_for(settings, "account", username, address)
     _throttled(session, settings, keys, username, now)
     user = session.scalar(select(User).where(User.username == username))
@@ -368,7 +369,7 @@ def authenticate_client(
     address: str | None = None,
 ) -> Client:
     """The client, if the secret is right and it is active; throttled as `authenticate`."""
-    now = datetime.now(UTC)
+    now = clock.now()
     keys = throttle.keys_for(settings, "client", client_id, address)
     _throttled(session, settings, keys, client_id, now)
     client = session.get(Client, client_id)
@@ -512,7 +513,7 @@ def open_grant(
         patient_id=patient_id,
         hospital_id=hospital_id,
         reason=reason,
-        valid_from=valid_from or datetime.now(UTC),
+        valid_from=valid_from or clock.now(),
         valid_until=valid_until,
         level=level,
     )
@@ -550,7 +551,7 @@ def close_grants(
         select(AccessGrant).where(AccessGrant.reason == reason, AccessGrant.closed_at.is_(None))
     ).all()
     for grant in grants:
-        grant.closed_at = at or datetime.now(UTC)
+        grant.closed_at = at or clock.now()
         grant.closed_reason = why
     session.flush()
     append(

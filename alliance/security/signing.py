@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -30,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from alliance import clock
 from alliance.config import Settings
 from alliance.errors import Invalid, Unavailable
 from alliance.security.models import SigningKey
@@ -72,7 +72,7 @@ def _record(session: Session, kid: str, public: str) -> None:
     to sign when `kid` is already recorded with another key: such a signature could never be
     verified."""
     dialect = session.get_bind().dialect.name
-    values = {"kid": kid, "public_key": public, "first_used": datetime.now(UTC)}
+    values = {"kid": kid, "public_key": public, "first_used": clock.now()}
     if dialect == "postgresql":
         session.execute(postgresql.insert(SigningKey).values(values).on_conflict_do_nothing())
     elif dialect == "sqlite":

@@ -55,6 +55,7 @@ def issue_token(
     """A token for `claims` living `token_lifetime` seconds, or less when it must not outlive
     `not_after` (a portal session's absolute end). Returns it and its lifetime in seconds."""
     kid, secret = settings.signing_keys[0]
+    # The system clock, not alliance.clock: PyJWT checks exp, nbf and iat against it.
     now = datetime.now(UTC)
     expires = now + timedelta(seconds=settings.token_lifetime)
     if not_after is not None:
