@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -401,41 +402,27 @@ class ReferralRules:
             return
         reason = f"ServiceRequest/{row.service_request_id}"
         actor = actor_of(ctx.actor)
+        # What the referral opens, it opens to the hospital asked, as the sending hospital's
+        # share, under the request's name (so it closes and ends with it).
+        open_to_owner = partial(
+            open_grant,
+            session=ctx.session,
+            patient_id=row.patient_id,
+            hospital_id=row.owner_org,
+            reason=reason,
+            actor=actor,
+            shared_by=row.placer_org,
+        )
         if after == "requested" and before in (None, "draft"):
             # The hospital asked sees the Task (its worklist item) while the referral lasts
             # (like everything it opens, it closes on rejection or cancellation and ends after
             # completion); and, until it decides, what it needs to decide (triage: the
             # request, the patient's name, sex and birth date, previews of what it lists).
             # Declining closes the triage view; the records open in full on acceptance.
-            open_grant(
-                session=ctx.session,
-                patient_id=row.patient_id,
-                hospital_id=row.owner_org,
-                reason=reason,
-                resources=[("Task", row.task_id)],
-                actor=actor,
-                shared_by=row.placer_org,
-            )
-            open_grant(
-                session=ctx.session,
-                patient_id=row.patient_id,
-                hospital_id=row.owner_org,
-                reason=reason,
-                resources=self.triage_records(ctx, row),
-                actor=actor,
-                shared_by=row.placer_org,
-                level=TRIAGE,
-            )
+            open_to_owner(resources=[("Task", row.task_id)])
+            open_to_owner(resources=self.triage_records(ctx, row), level=TRIAGE)
         elif after == "accepted":
-            open_grant(
-                session=ctx.session,
-                patient_id=row.patient_id,
-                hospital_id=row.owner_org,
-                reason=reason,
-                resources=self.shared_records(ctx, row),
-                actor=actor,
-                shared_by=row.placer_org,
-            )
+            open_to_owner(resources=self.shared_records(ctx, row))
         elif after in ("rejected", "cancelled"):
             close_grants(session=ctx.session, reason=reason, why=f"referral {after}", actor=actor)
         elif after in ("completed", "failed"):

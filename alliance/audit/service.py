@@ -28,7 +28,7 @@ from alliance import clock
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
 from alliance.db import after_commit, named_lock
 from alliance.fhir.search import string_pattern
-from alliance.fhir.types import Filter
+from alliance.fhir.types import Filter, Speaker
 from alliance.fhir.values import instant
 
 AUDIT_LOCK = "audit-chain"
@@ -68,21 +68,6 @@ class Actor:
     role: str | None = None
     practitioner_id: str | None = None
     kind: str = "user"
-
-
-class Speaker(Protocol):
-    """Whoever a request speaks for: a token's claims or a principal."""
-
-    @property
-    def username(self) -> str: ...
-    @property
-    def hospital_id(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def practitioner_id(self) -> str | None: ...
-    @property
-    def kind(self) -> str: ...
 
 
 def actor_of(who: Speaker | None) -> Actor | None:

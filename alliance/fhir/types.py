@@ -27,10 +27,9 @@ Resource = dict[str, Any]
 ParamType = Literal["token", "string", "reference", "date"]
 
 
-class Actor(Protocol):
-    """Who acts, as the domains read it (alliance.security.access.Principal is one): a person
-    (`kind` user) or a partner system (client), always for one hospital. Read-only, so a frozen
-    Principal satisfies it."""
+class Speaker(Protocol):
+    """Whom a request speaks for, as far as the audit trail records it: a token's claims or a
+    principal (a person, `kind` user, or a partner system, client; for one hospital)."""
 
     @property
     def username(self) -> str: ...
@@ -46,6 +45,11 @@ class Actor(Protocol):
 
     @property
     def practitioner_id(self) -> str | None: ...
+
+
+class Actor(Speaker, Protocol):
+    """Who acts, as the domains read it (alliance.security.access.Principal is one), with what
+    its role and token allow. Read-only, so a frozen Principal satisfies it."""
 
     @property
     def capabilities(self) -> frozenset[str]: ...
