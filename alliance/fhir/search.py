@@ -180,8 +180,7 @@ class SearchSpec:
     summary_count: bool = False
     #: The parameters that were applied, in order, for the self and next links.
     applied: list[tuple[str, str]] = field(default_factory=list)
-    #: What a lenient search left out, as asked, and why (`warnings`).
-    ignored: list[tuple[str, str]] = field(default_factory=list)
+    #: What a lenient search left out, and why.
     warnings: list[Issue] = field(default_factory=list)
 
     @property
@@ -220,7 +219,6 @@ def parse_search(
             if not lenient:
                 raise BadRequest(str(exc), expression=[raw_name]) from None
             spec.warnings.append(Issue(f"{exc} (ignored)", "not-supported", "warning"))
-            spec.ignored.append((raw_name, value))
             continue
         if name not in _RESULT_PARAMS:  # result parameters add themselves as applied
             spec.applied.append((raw_name, value))

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
@@ -93,7 +93,6 @@ class Version:
         )
 
 
-@runtime_checkable
 class ResourceProvider(Protocol):
     """A type kept outside the generic resource tables (the audit trail), read-only here. Its
     searches are parsed by the kernel (alliance.fhir.search) like every other type's; the
@@ -103,25 +102,6 @@ class ResourceProvider(Protocol):
 
     def search_parsed(
         self, session: Session, spec: SearchSpec, *, visible: ColumnElement[bool]
-    ) -> SearchResult: ...
-
-
-class RawParamsProvider(Protocol):
-    """The earlier provider shape, which parsed the raw parameters itself. Transitional, for
-    the Slot provider until it moves to `ResourceProvider`: the kernel still parses its search
-    first (so its grammar errors are the kernel's), and passes it the parameters it kept."""
-
-    def read(self, session: Session, resource_id: str, visible: ColumnElement[bool]) -> Version: ...
-
-    def search(
-        self,
-        session: Session,
-        params: list[tuple[str, str]],
-        *,
-        default_count: int,
-        max_count: int,
-        lenient: bool,
-        visible: ColumnElement[bool],
     ) -> SearchResult: ...
 
 
@@ -310,21 +290,10 @@ class FhirStore:
             max_count=max_count,
             lenient=lenient,
         )
-        provider = definition.provider
-        if isinstance(provider, ResourceProvider):
-            return provider.search_parsed(session, spec, visible=_condition(visible, resource_type))
-        if provider is not None:
-            kept = [p for p in params if p not in spec.ignored]
-            result = provider.search(
-                session,
-                kept,
-                default_count=default_count,
-                max_count=max_count,
-                lenient=lenient,
-                visible=_condition(visible, resource_type),
+        if definition.provider is not None:
+            return definition.provider.search_parsed(
+                session, spec, visible=_condition(visible, resource_type)
             )
-            result.spec.warnings[:0] = spec.warnings
-            return result
         condition = visible(resource_type) if visible is not None else None
         total: int | None = None
         if spec.wants_total:
