@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from alliance import clock
-from alliance.errors import BadRequest, Issue, NotFound
+from alliance.errors import BadRequest, NotFound
 from alliance.fhir.registry import (
     OperationContext,
     OperationResult,
@@ -23,7 +23,7 @@ from alliance.fhir.registry import (
 )
 from alliance.fhir.search import split_values
 from alliance.fhir.store import SearchResult, Version
-from alliance.fhir.types import SearchSpec
+from alliance.fhir.types import DateValue, Filter, SearchSpec
 from alliance.fhir.values import date_range, instant, parse_reference
 from teleconsult.booking import PARTICIPATION
 from teleconsult.common import TELECONSULT_CATEGORY
@@ -43,6 +43,7 @@ from teleconsult.time import format_for_site
 #: A derived Slot's versionId names its state, so a conditional read never answers 304 for a
 #: slot whose state changed.
 SLOT_VERSION = {"free": 1, "busy-tentative": 2, "busy": 3}
+SLOT_STATUSES = frozenset(SLOT_VERSION)
 
 
 # ---- Parameters (FHIR R4 parameters.html) ------------------------------------------------------
@@ -317,9 +318,8 @@ def _proposed(p: Proposal, found: Found, doctor: str | None) -> Resource:
 class SlotProvider:
     """Slots (FHIR R4 slot.html) derived from the consult schedules, read and searched; they
     are directory data (times, no patient), visible to every signed-in user with the scope.
-    The search values are read here, the slots found by teleconsult.slots."""
-
-    PARAMS = ("schedule", "start", "status", "specialty", "organization", "_id", "_lastUpdated")
+    The kernel parses the search (alliance.fhir.search); its filters are read here, the
+    slots found by teleconsult.slots."""
 
     def __init__(self, max_days: int) -> None:
         self.max_days = max_days
@@ -330,78 +330,82 @@ class SlotProvider:
             raise NotFound(f"Slot/{resource_id} is not known")
         return self._versions(session, [view])[0]
 
-    def search(
-        self,
-        session: Session,
-        params: list[tuple[str, str]],
-        *,
-        default_count: int,
-        max_count: int,
-        lenient: bool,
-        visible: ColumnElement[bool],
+    def search_parsed(
+        self, session: Session, spec: SearchSpec, *, visible: ColumnElement[bool]
     ) -> SearchResult:
+        """The parsed search over the derived slots, by start then schedule, paged by offset:
+        every filter holds, the values of one are alternatives. `start` takes every date
+        prefix: the slots are generated only where a match can start (never before now, at
+        most `max_days` ahead), and kept where the prefixes match."""
+        if spec.page_after is not None:
+            raise BadRequest("Slot pages by _page_offset", expression=["_page_after"])
+        if spec.order:
+            raise BadRequest(
+                "Slots come by start then schedule; _sort is not supported on Slot",
+                expression=["_sort"],
+            )
         now = clock.now()
-        spec = SearchSpec("Slot", count=default_count)
         lo, hi = now, None
-        schedules: list[str] = []
-        statuses: set[str] | None = None
-        specialties: list[str] = []
-        organizations: list[str] = []
-        ids: list[str] | None = None
+        schedules: frozenset[str] | None = None
+        organizations: list[tuple[str, ...]] = []
+        specialties: list[tuple[str, ...]] = []
+        statuses: frozenset[str] | None = None
+        ids: frozenset[str] | None = None
         updated = True
-        for raw, value in params:
-            name = raw.partition(":")[0]
-            if name in ("_format", "_pretty"):
-                continue
-            if name == "_count":
-                if not value.isdigit():
-                    raise BadRequest("_count must be a non-negative integer")
-                spec.count = min(int(value), max_count)
-                continue
-            if name == "_page_offset":
-                if not value.isdigit():
-                    raise BadRequest("_page_offset must be a non-negative integer")
-                spec.offset = int(value)
-                continue
-            if name == "_total":
-                spec.total = value
-                continue
-            if name not in self.PARAMS or ":" in raw:
-                message = f"unknown search parameter {raw!r} for Slot"
-                if not lenient:
-                    raise BadRequest(message, expression=[raw])
-                spec.warnings.append(Issue(f"{message} (ignored)", "not-supported", "warning"))
-                continue
-            spec.applied.append((raw, value))
-            if name == "schedule":
-                schedules += _search_ids(value, "Schedule")
-            elif name == "status":
-                statuses = (statuses or set()) | set(split_values(value))
-            elif name == "specialty":
-                specialties += split_values(value)
-            elif name == "organization":
-                organizations += _search_ids(value, "Organization")
-            elif name == "_id":
-                ids = (ids or []) + split_values(value)
-            elif name == "_lastUpdated":
+        starts: list[Filter] = []
+        for f in spec.filters:
+            if f.modifier == "not" and f.name != "status":
+                raise BadRequest(
+                    f"{f.name}:not is not supported on Slot", expression=[f"{f.name}:not"]
+                )
+            if f.name == "schedule":
+                named = frozenset(_ids(f, "Schedule"))
+                schedules = named if schedules is None else schedules & named
+            elif f.name == "organization":
+                organizations.append(tuple(_ids(f, "Organization")))
+            elif f.name == "status":
+                asked = frozenset(t.code for t in f.tokens if t.code is not None)
+                if any(t.code is None for t in f.tokens):  # `system|`: any status
+                    asked = SLOT_STATUSES
+                asked = SLOT_STATUSES - asked if f.modifier == "not" else asked
+                statuses = asked if statuses is None else statuses & asked
+            elif f.name == "specialty":
+                specialties.append(tuple(f"{t.system or ''}|{t.code or ''}" for t in f.tokens))
+            elif f.name == "_id":
+                named = frozenset(f.values)
+                ids = named if ids is None else ids & named
+            elif f.name == "_lastUpdated":
                 # A derived slot is as of now: the condition holds for all or for none.
-                updated = updated and any(_holds_now(v, now) for v in split_values(value))
+                updated = updated and any(d.matches(now, now) for d in f.dates)
+            elif f.name == "start":
+                earliest, latest = _hull(f.dates)
+                if earliest is not None:
+                    lo = max(lo, earliest)
+                if latest is not None:
+                    hi = latest if hi is None else min(hi, latest)
+                starts.append(f)
             else:
-                lo, hi = _start_bounds(value, lo, hi)
+                raise BadRequest(f"{f.name} is not supported on Slot", expression=[f.name])
         query = SlotQuery(
             start=lo,
             end=hi,
-            schedule_ids=tuple(schedules),
+            schedule_ids=schedules,
             organization_ids=tuple(organizations),
             specialties=tuple(specialties),
-            statuses=frozenset(statuses) if statuses is not None else None,
-            ids=tuple(ids) if ids is not None else None,
+            statuses=statuses,
+            ids=ids,
             updated=updated,
         )
-        views = search_slots(session, query, now=now, max_days=self.max_days)
+        views = [
+            v
+            for v in search_slots(session, query, now=now, max_days=self.max_days)
+            if all(any(d.matches(*_served(v.start)) for d in f.dates) for f in starts)
+        ]
+        total = len(views) if spec.wants_total else None
+        if spec.summary_count or spec.count == 0:
+            return SearchResult(spec, [], [], total, None)
         page = views[spec.offset : spec.offset + spec.count]
         more = spec.offset + spec.count < len(views)
-        total = len(views) if spec.total != "none" or spec.count == 0 else None
         next_page = ("_page_offset", str(spec.offset + spec.count)) if more else None
         return SearchResult(spec, self._versions(session, page), [], total, next_page)
 
@@ -432,52 +436,24 @@ class SlotProvider:
         return out
 
 
-def _holds_now(value: str, now: datetime) -> bool:
-    """Whether `now` meets a date search value (prefixes of FHIR R4 search.html#prefix)."""
-    prefix = value[:2] if value[:2] in ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb") else "eq"
-    text = value[2:] if prefix != "eq" or value.startswith("eq") else value
-    try:
-        low, high = date_range(text)
-    except ValueError:
-        raise BadRequest(f"{value!r} is not a valid date search value") from None
-    return {
-        "eq": low <= now < high,
-        "ne": not low <= now < high,
-        "gt": now >= high,
-        "sa": now >= high,
-        "ge": now >= low,
-        "lt": now < low,
-        "eb": now < low,
-        "le": now < high,
-    }[prefix]
+def _ids(f: Filter, rtype: str) -> list[str]:
+    """The ids a reference filter names of `rtype` (one that names another type matches
+    nothing, as in the generic search)."""
+    return [i for t, i in f.references if t in (None, rtype)]
 
 
-def _search_ids(value: str, rtype: str) -> list[str]:
-    """Ids a reference search value names; a reference to another type matches nothing, as in
-    the generic search (alliance.fhir.search)."""
-    ids = []
-    for text in split_values(value):
-        parsed = parse_reference(text, "")
-        ids.append(text if parsed is None else parsed[1] if parsed[0] == rtype else "")
-    return ids
+def _served(start: datetime) -> tuple[datetime, datetime]:
+    """The instants a slot's start covers as it is served (`instant`, to the millisecond),
+    as the generic index would keep it: a range, not a point, so that `eb` a slot's own start
+    does not match it (a point would: it ends where it begins)."""
+    return date_range(instant(start))
 
 
-def _start_bounds(
-    value: str, lo: datetime, hi: datetime | None
-) -> tuple[datetime, datetime | None]:
-    """Narrow [lo, hi) by a `start` value with a prefix (eq, ge, gt, le, lt)."""
-    prefix = value[:2] if value[:2] in ("eq", "ge", "gt", "le", "lt") else "eq"
-    text = value[2:] if value[:2] in ("eq", "ge", "gt", "le", "lt") else value
-    try:
-        low, high = date_range(text)
-    except ValueError:
-        raise BadRequest(f"{value!r} is not a valid date search value") from None
-    if prefix in ("eq", "ge"):
-        lo = max(lo, low)
-    if prefix == "gt":
-        lo = max(lo, high)
-    if prefix in ("eq", "le"):
-        hi = min(hi, high) if hi else high
-    if prefix == "lt":
-        hi = min(hi, low) if hi else low
-    return lo, hi
+def _hull(dates: tuple[DateValue, ...]) -> tuple[datetime | None, datetime | None]:
+    """Where a start matching one of the alternatives can lie, `[earliest, latest]` (None:
+    unbounded)."""
+    windows = [d.window() for d in dates]
+    lows, highs = [w[0] for w in windows], [w[1] for w in windows]
+    earliest = None if None in lows else min(lo for lo in lows if lo is not None)
+    latest = None if None in highs else max(hi for hi in highs if hi is not None)
+    return earliest, latest

@@ -140,7 +140,10 @@ def definitions(settings: Settings, tele: Teleconsult) -> list[ResourceDefinitio
                     "start",
                     "date",
                     "start",
-                    "When it starts (eq, ge, gt, le, lt; default the next 14 days)",
+                    (
+                        "When it starts (every date prefix: eq ne gt lt ge le sa eb ap); from "
+                        "now on, at most the configured days ahead; default the next 14 days"
+                    ),
                 ),
                 SearchParam("status", "token", "status", "free, busy, busy-tentative"),
                 SearchParam(

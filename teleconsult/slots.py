@@ -17,9 +17,10 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, false, or_, select, true
 from sqlalchemy.orm import Session
 
 from alliance.codes import PROFESSIONAL_TITLE, TITLE_RANK
@@ -154,6 +155,9 @@ class ScheduleFilter:
     practitioner_ids: tuple[str, ...] = ()
     hospital_ids: tuple[str, ...] = ()
     specialties: tuple[str, ...] = ()
+    #: Further specialty alternatives, each group of which must hold too (a search
+    #: parameter repeated: every one holds).
+    specialty_groups: tuple[tuple[str, ...], ...] = ()
     min_title: str | None = None
     active_only: bool = True
 
@@ -170,18 +174,9 @@ def load_schedules(session: Session, flt: ScheduleFilter) -> list[ScheduleView]:
         query = query.where(ConsultSchedule.practitioner_id.in_(flt.practitioner_ids))
     if flt.hospital_ids:
         query = query.where(ConsultSchedule.hospital_id.in_(flt.hospital_ids))
-    if flt.specialties:
-        tokens = []
-        for token in flt.specialties:
-            system, sep, code = token.rpartition("|")
-            cond = TokenIndex.code == code
-            tokens.append(and_(cond, TokenIndex.system == system) if sep and system else cond)
-        roles = select(TokenIndex.resource_id).where(
-            TokenIndex.resource_type == "PractitionerRole",
-            TokenIndex.param == "specialty",
-            or_(*tokens),
-        )
-        query = query.where(ConsultSchedule.practitioner_role_id.in_(roles))
+    groups = ((flt.specialties,) if flt.specialties else ()) + flt.specialty_groups
+    for group in groups:
+        query = query.where(ConsultSchedule.practitioner_role_id.in_(_roles_with(group)))
     rows = list(session.scalars(query.order_by(ConsultSchedule.schedule_id)))
     if flt.min_title is not None:
         ranks = practitioner_ranks(session, [r.practitioner_id for r in rows])
@@ -206,6 +201,23 @@ def load_schedules(session: Session, flt: ScheduleFilter) -> list[ScheduleView]:
                 Template(t.weekday, t.starts, t.ends, t.slot_minutes)
             )
     return list(views.values())
+
+
+def _roles_with(specialties: tuple[str, ...]) -> Any:
+    """The PractitionerRoles with one of the specialties (`code`, `system|code`, or
+    `system|`: any code of the system)."""
+    tokens = []
+    for token in specialties:
+        system, sep, code = token.rpartition("|")
+        conds = [TokenIndex.code == code] if code or not sep else []
+        if sep and system:
+            conds.append(TokenIndex.system == system)
+        tokens.append(and_(true(), *conds))
+    return select(TokenIndex.resource_id).where(
+        TokenIndex.resource_type == "PractitionerRole",
+        TokenIndex.param == "specialty",
+        or_(false(), *tokens),
+    )
 
 
 def practitioner_ranks(session: Session, practitioner_ids: list[str]) -> dict[str, int]:
@@ -391,17 +403,19 @@ def slot_by_id(session: Session, value: str, *, now: datetime) -> SlotView | Non
 
 @dataclass(frozen=True)
 class SlotQuery:
-    """A Slot search, its values read by the FHIR face: schedule and organization ids,
-    statuses, `system|code` specialties, slot ids, the window of starts [start, end) (end
-    None: two weeks on), and whether the slots (as of now) meet `_lastUpdated`."""
+    """A Slot search, its values read by the FHIR face. In each tuple of alternatives one
+    must match, and every group must (a search parameter repeated: each holds). `start` and
+    `end` bound where the starts asked for lie, `[start, end]` (end None: two weeks on); the
+    face keeps, of what is found there, what its date prefixes match. None (schedule ids,
+    statuses, slot ids): any. `updated`: whether the slots (as of now) meet `_lastUpdated`."""
 
     start: datetime
     end: datetime | None = None
-    schedule_ids: tuple[str, ...] = ()
-    organization_ids: tuple[str, ...] = ()
-    specialties: tuple[str, ...] = ()
+    schedule_ids: frozenset[str] | None = None
+    organization_ids: tuple[tuple[str, ...], ...] = ()
+    specialties: tuple[tuple[str, ...], ...] = ()
     statuses: frozenset[str] | None = None
-    ids: tuple[str, ...] | None = None
+    ids: frozenset[str] | None = None
     updated: bool = True
 
 
@@ -414,31 +428,40 @@ def search_slots(
     lo = max(query.start, now)
     if hi - lo > timedelta(days=max_days):
         raise BadRequest(f"Slot searches look at most {max_days} days ahead; narrow start")
+    if not query.updated or hi < lo or query.schedule_ids == frozenset():
+        return []
+    hospitals: set[str] | None = None
+    for group in query.organization_ids:
+        named = {h for o in group if (h := hospital_of(session, o)) is not None}
+        hospitals = named if hospitals is None else hospitals & named
+    if hospitals is not None and not hospitals:
+        return []
     found = load_schedules(
         session,
         ScheduleFilter(
-            schedule_ids=query.schedule_ids,
-            hospital_ids=tuple(hospital_of(session, o) or "" for o in query.organization_ids),
-            specialties=query.specialties,
+            schedule_ids=tuple(sorted(query.schedule_ids or ())),
+            hospital_ids=tuple(sorted(hospitals or ())),
+            specialty_groups=query.specialties,
         ),
     )
     statuses = set(query.statuses) if query.statuses is not None else None
     if query.ids is not None:
-        by_id = [v for i in query.ids if (v := slot_by_id(session, i, now=now)) is not None]
+        by_id = [v for i in sorted(query.ids) if (v := slot_by_id(session, i, now=now))]
         wanted = {f.schedule_id for f in found}
         views = [
             v
             for v in by_id
             if v.schedule.schedule_id in wanted
             and (statuses is None or v.status in statuses)
-            and v.start >= lo
-            and v.start < hi
+            and lo <= v.start <= hi
         ]
-    else:
-        views = list_slots(session, found, (lo, hi), now=now, statuses=statuses)
-    if not query.updated or hi <= lo:
-        return []
-    return views
+        views.sort(key=lambda v: (v.start, v.schedule.schedule_id))
+        return views
+    # A slot that starts by `hi` may end after it: generate as far as the longest slot reaches.
+    longest = max((t.slot_minutes for s in found for t in s.templates), default=0)
+    window = (lo, hi + timedelta(minutes=longest))
+    views = list_slots(session, found, window, now=now, statuses=statuses)
+    return [v for v in views if v.start <= hi]
 
 
 def role_specialties(session: Session, role_ids: Iterable[str]) -> dict[str, list[Coding]]:

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from alliance.errors import Issue, NotFound
 from alliance.fhir.types import (
     Actor,
-    RawParamsProvider,
     Resource,
     ResourceProvider,
     SearchParam,
@@ -226,7 +225,7 @@ class ResourceDefinition:
     #: answers 409 even without If-Match (a workflow resource must not lose a move).
     versioned_updates: bool = False
     #: Serves the type from its own tables instead of the generic store (read and search).
-    provider: ResourceProvider | RawParamsProvider | None = None
+    provider: ResourceProvider | None = None
     #: Rewrites what one reader is served (ReaderPresenter), after `present`.
     present_to: ReaderPresenter | None = None
     #: Type-level operations by name (without the `$`).

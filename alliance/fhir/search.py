@@ -85,7 +85,6 @@ def parse_search(
             if not lenient:
                 raise BadRequest(str(exc), expression=[raw_name]) from None
             spec.warnings.append(Issue(f"{exc} (ignored)", "not-supported", "warning"))
-            spec.ignored.append((raw_name, value))
             continue
         if name not in _RESULT_PARAMS:  # result parameters add themselves as applied
             spec.applied.append((raw_name, value))

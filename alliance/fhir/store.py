@@ -28,7 +28,6 @@ from alliance.fhir.search import matching_rows, page_query, parse_search
 from alliance.fhir.types import (
     Actor,
     Resource,
-    ResourceProvider,
     SearchResult,
     SearchSpec,
     Version,
@@ -212,21 +211,10 @@ class FhirStore:
             max_count=max_count,
             lenient=lenient,
         )
-        provider = definition.provider
-        if isinstance(provider, ResourceProvider):
-            return provider.search_parsed(session, spec, visible=_condition(visible, resource_type))
-        if provider is not None:
-            kept = [p for p in params if p not in spec.ignored]
-            result = provider.search(
-                session,
-                kept,
-                default_count=default_count,
-                max_count=max_count,
-                lenient=lenient,
-                visible=_condition(visible, resource_type),
+        if definition.provider is not None:
+            return definition.provider.search_parsed(
+                session, spec, visible=_condition(visible, resource_type)
             )
-            result.spec.warnings[:0] = spec.warnings
-            return result
         condition = visible(resource_type) if visible is not None else None
         total: int | None = None
         if spec.wants_total:

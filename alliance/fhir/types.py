@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, and_, not_, or_
 from sqlalchemy.orm import Session
@@ -200,8 +200,6 @@ class SearchSpec:
     summary_count: bool = False
     #: The parameters that were applied, in order, for the self and next links.
     applied: list[tuple[str, str]] = field(default_factory=list)
-    #: What a lenient search left out, as asked, and why (`warnings`).
-    ignored: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
 
     @property
@@ -283,7 +281,6 @@ class Visibility(Protocol):
         ...
 
 
-@runtime_checkable
 class ResourceProvider(Protocol):
     """A type kept outside the generic resource tables (the audit trail), read-only here. Its
     searches are parsed by the kernel (alliance.fhir.search) like every other type's; the
@@ -293,23 +290,4 @@ class ResourceProvider(Protocol):
 
     def search_parsed(
         self, session: Session, spec: SearchSpec, *, visible: ColumnElement[bool]
-    ) -> SearchResult: ...
-
-
-class RawParamsProvider(Protocol):
-    """The earlier provider shape, which parsed the raw parameters itself. Transitional, for
-    the Slot provider until it moves to `ResourceProvider`: the kernel still parses its search
-    first (so its grammar errors are the kernel's), and passes it the parameters it kept."""
-
-    def read(self, session: Session, resource_id: str, visible: ColumnElement[bool]) -> Version: ...
-
-    def search(
-        self,
-        session: Session,
-        params: list[tuple[str, str]],
-        *,
-        default_count: int,
-        max_count: int,
-        lenient: bool,
-        visible: ColumnElement[bool],
     ) -> SearchResult: ...
