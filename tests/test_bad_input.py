@@ -4,16 +4,19 @@ these were PostgreSQL-only 500s (NUL characters, an over-long identifier system)
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import Any
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
 from alliance.config import Settings
 from alliance.fhir.search import COMMON_PARAMS, MAX_SEARCH_PARAMS, MAX_SEARCH_VALUES
 from fhir_mappings import build_registry
+from tests.imaging_data import ct_series, multipart, stow_headers
 
 REGISTRY = build_registry(Settings(demo=True))
 SEARCHABLE = [d.type for d in REGISTRY.definitions() if "search-type" in d.interactions]
@@ -88,6 +91,14 @@ def test_history_integers_too_large_are_400(as_user: Callable[[str], TestClient]
     for name in ("_page_before", "_count"):
         r = user.get(f"/fhir/Patient/{pid}/_history", params={name: HUGE})
         assert (name, r.status_code, _is_outcome(r)) == (name, 400, True)
+
+
+@pytest.mark.parametrize("key", ["offset", "limit", "SeriesNumber", "includefield"])
+@pytest.mark.parametrize("level", ["studies", "series", "instances"])
+def test_qido_integers_too_large_are_400(
+    as_user: Callable[[str], TestClient], key: str, level: str
+) -> None:
+    assert as_user(DOCTOR).get(f"/dicomweb/{level}", params={key: HUGE}).status_code == 400
 
 
 # ---- FHIR bodies --------------------------------------------------------------------------------
@@ -201,3 +212,48 @@ def test_too_many_search_parameters_are_400(as_user: Callable[[str], TestClient]
     assert user.get("/fhir/Patient", params={"name": alternatives}).status_code == 200
     auditor = as_user("auditor")
     assert auditor.get("/fhir/AuditEvent", params=[("entity-id", "a")] * 1000).status_code == 400
+
+
+# ---- ModalitiesInStudy at every QIDO level ---------------------------------------------------
+
+
+def _store(user: TestClient, parts: list[bytes]) -> tuple[str, str, str]:
+    r = user.post("/dicomweb/studies", content=multipart(parts), headers=stow_headers())
+    assert r.status_code == 200, r.text
+    ds = pydicom.dcmread(io.BytesIO(parts[0]))
+    return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def test_modalities_in_study_matches_at_every_level(as_user: Callable[[str], TestClient]) -> None:
+    user = as_user(DOCTOR)
+    study, _series, _sop = _store(user, ct_series(2))
+    for level, count in (("studies", 1), ("series", 1), ("instances", 2)):
+        hit = user.get(
+            f"/dicomweb/{level}", params={"ModalitiesInStudy": "CT", "StudyInstanceUID": study}
+        )
+        assert (level, hit.status_code, len(hit.json())) == (level, 200, count)
+        miss = user.get(
+            f"/dicomweb/{level}", params={"ModalitiesInStudy": "MR", "StudyInstanceUID": study}
+        )
+        assert (level, miss.status_code, miss.json()) == (level, 200, [])
+
+
+# ---- rendered viewport --------------------------------------------------------------------------
+
+
+def test_rendered_viewport_is_capped(as_user: Callable[[str], TestClient]) -> None:
+    user = as_user(DOCTOR)
+    study, series, sop = _store(user, ct_series(1))
+    url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/rendered"
+    png = {"Accept": "image/png"}
+    for viewport, status in [
+        ("4096,4096", 200),
+        ("4097,64", 400),
+        ("8192,8192", 400),
+        ("20000,20000", 400),
+        ("64,64,0,0,20000,20000", 200),
+        ("64,64,-20000,-20000,-20000,20000", 400),
+        ("64,64,20000,20000,64,64", 400),
+    ]:
+        r = user.get(url, params={"viewport": viewport}, headers=png)
+        assert (viewport, r.status_code) == (viewport, status)
