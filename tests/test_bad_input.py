@@ -257,3 +257,26 @@ def test_rendered_viewport_is_capped(as_user: Callable[[str], TestClient]) -> No
     ]:
         r = user.get(url, params={"viewport": viewport}, headers=png)
         assert (viewport, r.status_code) == (viewport, status)
+
+
+# ---- stock clients: a Patient without managingOrganization --------------------------------------
+
+
+def test_a_patient_without_managing_organization_is_kept_by_the_writers_hospital(
+    as_user: Callable[[str], TestClient],
+) -> None:
+    user = as_user(DOCTOR)
+    r = user.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"text": "A B"}]})
+    assert r.status_code == 201, r.text
+    assert r.json()["managingOrganization"] == {"reference": "Organization/xy-people"}
+    pid = r.json()["id"]
+    # An update without it keeps the hospital that keeps the record.
+    r = user.put(
+        f"/fhir/Patient/{pid}",
+        json={"resourceType": "Patient", "id": pid, "name": [{"text": "A C"}]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["managingOrganization"] == {"reference": "Organization/xy-people"}
+    # Naming another hospital is still refused.
+    other = {**PATIENT, "managingOrganization": {"reference": "Organization/subei"}}
+    assert user.post("/fhir/Patient", json=other).status_code == 403
