@@ -9,7 +9,12 @@ from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.practitionerrole import PractitionerRole
 
 from alliance.codes import PRACTITIONER_HOSPITAL
-from alliance.directory.service import check_patient, managing_hospital, reference_id
+from alliance.directory.service import (
+    check_patient,
+    managing_hospital,
+    prepare_patient,
+    reference_id,
+)
 from alliance.fhir.registry import ALL_INTERACTIONS, Resource, ResourceDefinition, SearchParam
 
 _NO_DELETE = ALL_INTERACTIONS - {"delete"}
@@ -158,6 +163,7 @@ def definitions() -> list[ResourceDefinition]:
             "Patients, each kept by one hospital; matched across hospitals on the resident "
             "identity number (GB 11643). Records are never deleted; set active to false.",
             interactions=_NO_DELETE,
+            prepare=prepare_patient,
             on_write=check_patient,
             patient_of=lambda r: r.get("id"),
             organization_of=managing_hospital,

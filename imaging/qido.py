@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
-from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.orm import QueryableAttribute, Session, aliased
 
 from alliance.errors import BadRequest
 from alliance.fhir.values import normalize
@@ -120,7 +120,7 @@ def _known_dicom_key(key: str) -> bool:
         if tag_for_keyword(key) is not None:
             return True
         return keyword_for_tag(int(key.replace(",", ""), 16)) != ""
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return False
 
 
@@ -188,9 +188,14 @@ def parse_query(params: list[tuple[str, str]], level: Level) -> Query:
     return Query(level, conditions, include, include_all, limit, offset, warnings)
 
 
+#: The largest integer a query may carry (limit, offset, an IS/US match such as SeriesNumber):
+#: what the database's integer columns hold; DICOM's IS is at most 12 characters anyway.
+MAX_INTEGER = 2**31 - 1
+
+
 def _non_negative(key: str, value: str) -> int:
-    if not value.isdigit():
-        raise BadRequest(f"{key} must be a non-negative integer, not {value!r}")
+    if not value.isdigit() or int(value) > MAX_INTEGER:
+        raise BadRequest(f"{key} must be an integer from 0 to {MAX_INTEGER}, not {value!r}")
     return int(value)
 
 
@@ -200,7 +205,10 @@ def _condition(attr: Attr, value: str, fuzzy: bool) -> ColumnElement[bool] | Non
         return None  # universal matching
     if attr.match == "modalities":
         values = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
-        return exists().where(Series.study_uid == Study.study_uid, Series.modality.in_(values))
+        # Its own alias of Series: at the series and instance levels Series is already in the
+        # outer query, and an exists() over it would correlate away its only FROM.
+        other = aliased(Series)
+        return exists().where(other.study_uid == Study.study_uid, other.modality.in_(values))
     if attr.match == "name":
         return _name(value, fuzzy)
     column: QueryableAttribute[object] = attr.column
@@ -210,9 +218,12 @@ def _condition(attr: Attr, value: str, fuzzy: bool) -> ColumnElement[bool] | Non
         return column.in_(values)
     if attr.match == "int":
         try:
-            return column == int(value)
+            number = int(value)
         except ValueError:
             raise BadRequest(f"{attr.keyword} matches an integer, not {value!r}") from None
+        if abs(number) > MAX_INTEGER:
+            raise BadRequest(f"{attr.keyword} matches an integer up to {MAX_INTEGER}")
+        return column == number
     if attr.match == "range":
         return _range(attr, column, value)
     return _string(column, value)

@@ -46,7 +46,10 @@ def referral_router(guard: Guard) -> APIRouter:
             raise BadRequest("to is before from")
         if request.query_params.get("granularity", "month") != "month":
             raise BadRequest("granularity is month")
-        period = Period.of_days(first, last)
+        try:
+            period = Period.of_days(first, last)
+        except OverflowError:  # 0001-01-01 Beijing time is year 0 in UTC
+            raise BadRequest("from and to are dates from 0001-01-02 to 9999-12-30") from None
         result = await guard.run(
             request,
             Interaction("search", query=request.url.query, type="query"),

@@ -30,6 +30,20 @@ def managing_hospital(patient: Resource) -> str | None:
     return reference_id(patient.get("managingOrganization"), "Organization")
 
 
+def prepare_patient(ctx: WriteContext, patient: Resource, previous: Resource | None) -> None:
+    """A Patient sent without managingOrganization (stock FHIR clients do not know the
+    alliance's rule) is kept by the hospital that kept it so far, or for a new record by the
+    hospital of whoever writes it. One that names a hospital keeps it, and the access rules
+    then decide whether the writer may keep a record there."""
+    if "managingOrganization" in patient:
+        return
+    hospital = managing_hospital(previous) if previous is not None else None
+    if hospital is None and ctx.actor is not None:
+        hospital = ctx.actor.hospital_id
+    if hospital:
+        patient["managingOrganization"] = {"reference": f"Organization/{hospital}"}
+
+
 def check_patient(ctx: WriteContext, patient: Resource, previous: Resource | None) -> list[Issue]:
     """A Patient: a managing hospital, valid identity numbers (GB 11643), one record per
     identity number per hospital, and a full-text form on every name."""

@@ -6,6 +6,7 @@ It is framework plumbing only; every resource type comes from the registry.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from email.utils import format_datetime
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from alliance.errors import (
 )
 from alliance.fhir.capability import capability_statement
 from alliance.fhir.registry import Operation, OperationContext
+from alliance.fhir.search import non_negative
 from alliance.fhir.store import FhirStore
 from alliance.fhir.types import SearchResult, Version, WriteResult
 from alliance.fhir.values import instant
@@ -85,9 +87,45 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
         raise BadRequest(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise BadRequest(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        raise BadRequest(f"malformed JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object holding a FHIR resource")
+    _check_json(body)
     return body
+
+
+#: How deep a FHIR JSON body may nest. The deepest resources (a Questionnaire's nested items,
+#: contained resources) stay far below; beyond, validation and indexing would recurse past
+#: Python's stack.
+MAX_JSON_DEPTH = 64
+
+
+def _check_json(body: object) -> None:
+    """Refuse, as the client's error, JSON that is valid but that no FHIR resource holds and
+    the database cannot keep: nesting beyond MAX_JSON_DEPTH, a NUL character in a string or
+    key (PostgreSQL text and jsonb refuse U+0000; FHIR R4 datatypes.html#string forbids
+    control characters below U+0020 other than tab, CR and LF), and numbers beyond a double
+    (1e400 reads as infinity, which JSON cannot write back)."""
+    stack: list[tuple[object, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise BadRequest("a string in the body holds a NUL character (U+0000)")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise BadRequest("a number in the body is beyond the range of a decimal")
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and "\x00" in key:
+                    raise BadRequest("a key in the body holds a NUL character (U+0000)")
+                stack.append((item, depth + 1))
 
 
 def _version_of(etag: str | None) -> str | None:
@@ -227,8 +265,8 @@ class FhirApi:
         self._supports(rtype, "history-instance")
         count = self._count(request)
         before = request.query_params.get("_page_before")
-        if before is not None and not before.isdigit():
-            raise BadRequest("_page_before must be a version number")
+        if before is not None:
+            non_negative(before, "_page_before")
         versions = await self._guarded(
             request,
             Interaction("history", f"{rtype}/{rid}"),
@@ -275,9 +313,7 @@ class FhirApi:
         raw = request.query_params.get("_count")
         if raw is None:
             return self.settings.default_page_size
-        if not raw.isdigit():
-            raise BadRequest(f"_count must be a non-negative integer, not {raw!r}")
-        return min(int(raw), self.settings.max_page_size)
+        return min(non_negative(raw, "_count"), self.settings.max_page_size)
 
     async def search(self, request: Request, rtype: str) -> Response:
         _negotiate(request)

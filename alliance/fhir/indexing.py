@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from alliance.errors import BadRequest
 from alliance.fhir.models import DateIndex, ReferenceIndex, StringIndex, TokenIndex
 from alliance.fhir.registry import ResourceDefinition
 from alliance.fhir.types import Resource, SearchParam
@@ -15,6 +16,10 @@ from alliance.fhir.values import (
     strings_of,
     tokens_of,
 )
+
+#: The token index's system column (alliance.fhir.models.TokenIndex): a longer system is
+#: refused rather than cut, since a cut one could match another system.
+TOKEN_SYSTEM_LEN = 255
 
 DATE_MIN = datetime(1, 1, 1, tzinfo=UTC)
 DATE_MAX = datetime(9999, 12, 31, tzinfo=UTC)
@@ -38,6 +43,13 @@ def _rows_for(
 ) -> list[IndexRow]:
     common = {"resource_type": rtype, "resource_id": rid, "param": param.name}
     if param.type == "token":
+        for system, _code in tokens_of(element):
+            if system is not None and len(system) > TOKEN_SYSTEM_LEN:
+                raise BadRequest(
+                    f"a system of {rtype}.{param.path} is longer than {TOKEN_SYSTEM_LEN} "
+                    "characters; this server indexes systems up to that length",
+                    expression=[f"{rtype}.{param.path}"],
+                )
         return [
             TokenIndex(**common, system=system, code=code[:255])
             for system, code in dict.fromkeys(tokens_of(element))
@@ -53,7 +65,11 @@ def _rows_for(
             return []
         return [ReferenceIndex(**common, target_type=ref[0], target_id=ref[1])]
     if param.type == "date":
-        span = _date_span(element)
+        try:
+            span = _date_span(element)
+        except ValueError as exc:  # valid FHIR, but beyond the instants the index holds
+            where = f"{rtype}.{param.path}"
+            raise BadRequest(f"{where}: {exc}", expression=[where]) from None
         return [DateIndex(**common, low=span[0], high=span[1])] if span else []
     raise AssertionError(f"unknown search parameter type {param.type}")
 

@@ -51,6 +51,14 @@ _SPECIAL = {
 COMMON_PARAMS = list(_SPECIAL.values())
 
 
+#: At most this many parameters in one search, and this many values in all (a comma's
+#: alternatives count one each): each is a condition of one SQL statement, and beyond a few
+#: hundred the database refuses the statement ("expression tree is too large") - a search no
+#: client needs, so a 400 that says so rather than a 503 (README, "Limits").
+MAX_SEARCH_PARAMS = 100
+MAX_SEARCH_VALUES = 200
+
+
 _IndexTable = type[TokenIndex] | type[StringIndex] | type[ReferenceIndex] | type[DateIndex]
 
 
@@ -68,6 +76,10 @@ def parse_search(
     of its parameter's type. What is not understood is a 400, or with `lenient` (Prefer:
     handling=lenient) left out with a warning."""
     spec = SearchSpec(definition.type, count=default_count)
+    if len(params) > MAX_SEARCH_PARAMS:
+        raise BadRequest(f"a search takes at most {MAX_SEARCH_PARAMS} parameters")
+    if sum(len(split_values(value)) for _, value in params) > MAX_SEARCH_VALUES:
+        raise BadRequest(f"a search takes at most {MAX_SEARCH_VALUES} values in all")
 
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
@@ -154,9 +166,16 @@ def _apply_result_param(
         return
 
 
+#: The largest integer a result parameter (`_count`, `_page_offset`, `_page_before`) may
+#: carry: what the database's integer columns and LIMIT/OFFSET hold.
+MAX_INTEGER = 2**31 - 1
+
+
 def non_negative(value: str, name: str) -> int:
-    if not value.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer, not {value!r}", expression=[name])
+    if not value.isdigit() or int(value) > MAX_INTEGER:
+        raise BadRequest(
+            f"{name} must be an integer from 0 to {MAX_INTEGER}, not {value!r}", expression=[name]
+        )
     return int(value)
 
 
@@ -205,8 +224,8 @@ def parse_date(value: str) -> DateValue:
     prefix, text = (value[:2], value[2:]) if value[:2] in _DATE_PREFIXES else ("eq", value)
     try:
         low, high = date_range(text)
-    except ValueError:
-        raise BadRequest(f"{value!r} is not a valid date search value") from None
+    except ValueError as exc:
+        raise BadRequest(f"{value!r} is not a valid date search value: {exc}") from None
     return DateValue(prefix, low, high)
 
 

@@ -454,6 +454,13 @@ class FhirStore:
                 f"the body is a {body.get('resourceType')!r}, not a {definition.type}",
                 expression=[f"{definition.type}.resourceType"],
             )
+        # Read before the model validates (a versionId precondition, the new meta), so its
+        # shape is checked first: Resource.meta is one Meta object (FHIR R4 resource.html).
+        if "meta" in body and not isinstance(body["meta"], dict):
+            raise BadRequest(
+                f"{definition.type}.meta must be a JSON object (a Meta)",
+                expression=[f"{definition.type}.meta"],
+            )
 
     def _write(
         self,

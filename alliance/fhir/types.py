@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, and_, not_, or_
@@ -122,7 +122,7 @@ class DateValue:
         if self.prefix == "eb":
             return high <= lo
         slack = self.slack()  # ap
-        return and_(low < hi + slack, high > lo - slack)
+        return and_(low < _shift(hi, slack), high > _shift(lo, -slack))
 
     def matches(self, low: datetime, high: datetime) -> bool:
         """The same prefix over a range held in Python (a derived resource, such as a Slot,
@@ -138,7 +138,7 @@ class DateValue:
             "le": low < lo or within,
             "sa": low >= hi,
             "eb": high <= lo,
-            "ap": low < hi + self.slack() and high > lo - self.slack(),
+            "ap": low < _shift(hi, self.slack()) and high > _shift(lo, -self.slack()),
         }[self.prefix]
 
     def window(self) -> tuple[datetime | None, datetime | None]:
@@ -155,13 +155,22 @@ class DateValue:
             "lt": (None, lo),
             "eb": (None, lo),
             "le": (None, hi),
-            "ap": (lo - self.slack(), hi + self.slack()),
+            "ap": (_shift(lo, -self.slack()), _shift(hi, self.slack())),
         }[self.prefix]
 
     def slack(self) -> timedelta:
         """How far `ap` reaches: 10% of the distance from now, at least a day (search.html
         suggests 10%)."""
         return max(abs(clock.now() - self.low) / 10, timedelta(days=1))
+
+
+def _shift(value: datetime, delta: timedelta) -> datetime:
+    """`value + delta`, held at the ends of the representable range: `ap` near year 1 or 9999
+    reaches the end of time rather than overflowing."""
+    try:
+        return value + delta
+    except OverflowError:
+        return (datetime.min if delta < timedelta(0) else datetime.max).replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

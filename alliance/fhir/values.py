@@ -34,7 +34,17 @@ def normalize(text: str) -> str:
 
 
 def date_range(value: str) -> tuple[datetime, datetime]:
-    """The instants `[low, high)` a FHIR date, dateTime or instant covers (precision-aware)."""
+    """The instants `[low, high)` a FHIR date, dateTime or instant covers (precision-aware).
+    A value whose range leaves what Python's datetime holds in UTC (0001-01-01 in Beijing time
+    is still year 0 in UTC; the day after 9999-12-31 is year 10000) is a ValueError like any
+    other date that is not one, so every caller refuses it as bad input."""
+    try:
+        return _date_range(value)
+    except OverflowError:
+        raise ValueError(f"{value!r} is outside the representable range of dates") from None
+
+
+def _date_range(value: str) -> tuple[datetime, datetime]:
     m = _DATE_RE.match(value.strip())
     if not m:
         raise ValueError(f"{value!r} is not a FHIR date or dateTime")
