@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from alliance.errors import BadRequest, NotAcceptable, NotFound
 from alliance.storage import BlobStore
+from alliance.sweep import SPOOL_PREFIXES
 from imaging import dicom, pixels
 from imaging.access import find_instances
 from imaging.dicom import resolve_base
@@ -176,7 +177,7 @@ def metadata(
 @contextlib.contextmanager
 def local_copy(blobs: BlobStore, key: str) -> Iterator[Path]:
     """The blob copied to a temporary file (pydicom reads files; the blob may be in S3)."""
-    with tempfile.NamedTemporaryFile(prefix="wado-", suffix=".dcm") as handle:
+    with tempfile.NamedTemporaryFile(prefix=SPOOL_PREFIXES[2], suffix=".dcm") as handle:
         with blobs.open(key) as chunks:
             for chunk in chunks:
                 handle.write(chunk)
