@@ -22,8 +22,10 @@ from fastapi.testclient import TestClient
 
 from alliance import clock
 from alliance.config import Settings, get_settings
+from alliance.errors import Unavailable
 from alliance.storage import BlobStore, FileBlobStore
 from alliance.sweep import SPOOL_PREFIXES
+from imaging.models import Instance
 from imaging.service import Imaging
 from server.app import create_app
 from server.cli import main
@@ -165,6 +167,57 @@ def test_cli_sweep_dry_run_prints_and_keeps(
     assert f"removed orphan blob {orphan}" in capsys.readouterr().out
     assert not blobs.exists(orphan)
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("backend", ["file", pytest.param("s3", marks=pytest.mark.s3)])
+def test_wado_missing_blob_is_404_before_200(
+    backend: str, settings: Settings, request: pytest.FixtureRequest
+) -> None:
+    app = _app(settings, backend, request)
+    blobs: BlobStore = app.state.services.blobs
+    try:
+        with TestClient(app, headers=bearer(settings, "dr.xinyuan.people")) as client:
+            parts = ct_series(3)
+            _stow(client, parts)
+            ds = pydicom.dcmread(io.BytesIO(parts[2]))
+            with app.state.services.db.transaction() as session:
+                key = session.get(Instance, ds.SOPInstanceUID).blob_key  # type: ignore[union-attr]
+            blobs.delete(key)
+            study = f"/dicomweb/studies/{ds.StudyInstanceUID}"
+            instance = f"{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+            for url, accept in (
+                (study, ANY_SYNTAX),
+                (instance, ANY_SYNTAX),
+                (f"{instance}/frames/1", 'multipart/related; type="application/octet-stream"'),
+                (f"{instance}/rendered", "image/jpeg"),
+            ):
+                r = client.get(url, headers={"Accept": accept})
+                assert r.status_code == 404, (url, r.status_code)
+                assert key not in r.text and "sha256" not in r.text
+    finally:
+        app.state.services.db.dispose()
+
+
+def test_wado_store_down_is_503(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(settings)
+    blobs = app.state.services.blobs
+    try:
+        with TestClient(app, headers=bearer(settings, "dr.xinyuan.people")) as client:
+            parts = ct_series(1)
+            _stow(client, parts)
+            ds = pydicom.dcmread(io.BytesIO(parts[0]))
+
+            def unavailable(key: str) -> bool:
+                raise Unavailable(f"S3 blob store http://10.0.0.9:9000/bucket: {key} failed")
+
+            monkeypatch.setattr(blobs, "exists", unavailable)
+            r = client.get(
+                f"/dicomweb/studies/{ds.StudyInstanceUID}", headers={"Accept": ANY_SYNTAX}
+            )
+            assert r.status_code == 503
+            assert "10.0.0.9" not in r.text and "sha256" not in r.text
+    finally:
+        app.state.services.db.dispose()
 
 
 def test_readyz_503_when_the_store_takes_no_write(
