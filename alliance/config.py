@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     #: Browser origins of DICOMweb viewers allowed by CORS on /dicomweb, separated by commas.
     viewer_origins: str = ""
 
+    #: The sweep (at start-up and `alliance storage sweep`) removes unreferenced blobs and
+    #: spool files only when older than this many seconds, so uploads still running are safe;
+    #: it must exceed the longest upload (a STOW-RS body is staged before it is indexed).
+    sweep_min_age_seconds: int = Field(default=6 * 3600, ge=60)
+    #: Whether the server sweeps (orphans, spool files, stale ImagingStudy counts) at start-up.
+    sweep_on_start: bool = True
+
     # Derived once, when the settings are loaded (a bad value fails `Settings()` with a clear
     # message at start, not a request later), never parsed again per use.
     _signing_keys: list[tuple[str, str]] = PrivateAttr(default_factory=list)

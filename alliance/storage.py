@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import stat
@@ -26,13 +27,14 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from alliance.errors import Conflict, Invalid, NotFound, PayloadTooLarge, Unavailable
@@ -40,7 +42,9 @@ from alliance.errors import Conflict, Invalid, NotFound, PayloadTooLarge, Unavai
 __all__ = [
     "CHUNK_SIZE",
     "CONTENT_PREFIX",
+    "PROBE_KEY",
     "BlobChunks",
+    "BlobInfo",
     "BlobStore",
     "FileBlobStore",
     "S3BlobStore",
@@ -58,6 +62,8 @@ SPOOL_MEMORY = 8 * 1024 * 1024
 CONTENT_PREFIX = "sha256"
 #: S3's own limit on key length, applied to both backends so a key valid on one is valid on both.
 MAX_KEY_LENGTH = 1024
+#: The object S3's `ping` writes to prove the bucket takes writes (never referenced by a row).
+PROBE_KEY = "health/ping"
 #: S3 caps presigned URLs at seven days (SigV4).
 MAX_PRESIGN = timedelta(days=7)
 
@@ -81,6 +87,15 @@ class StoredBlob:
     key: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A listed blob and when it was last written (UTC): how a sweeper tells an orphan left by
+    a crash from the blob of an upload still running."""
+
+    key: str
+    modified: datetime
 
 
 def validate_key(key: str) -> str:
@@ -215,8 +230,20 @@ class BlobStore(ABC):
         """Keys starting with `prefix` (plain string prefix, as S3 means it), in no set order."""
 
     @abstractmethod
+    def list_blobs(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Like `list_keys`, with each blob's last write time. A put of bytes already stored
+        under their content key counts as a write, so a blob about to be referenced again is
+        never older than the upload that wants it."""
+
+    def remove_partials(self, before: datetime, *, dry_run: bool = False) -> list[str]:
+        """Remove what interrupted puts left behind, last written before `before`; return it
+        (names for an operator, never blob keys). Backends whose puts are atomic on the server
+        side leave nothing."""
+        return []
+
+    @abstractmethod
     def ping(self) -> None:
-        """Return if the store is usable now, else raise `Unavailable` (for `/readyz`)."""
+        """Return if the store can take a write now, else raise `Unavailable` (for `/readyz`)."""
 
 
 def _drain(stream: BinaryIO, sink: IO[bytes], max_bytes: int | None) -> tuple[int, str]:
@@ -307,7 +334,10 @@ class FileBlobStore(BlobStore):
                 target = self._path(content_key(digest))
                 if _regular_size(target) == size:
                     # Same name, same size: same SHA-256, so the very same bytes are there.
+                    # Touched, so a sweep of old orphans does not take them from under us.
                     tmp.unlink()
+                    with _os_errors(f"blob store cannot touch {target}"):
+                        os.utime(target)
                     return StoredBlob(content_key(digest), size, digest)
                 self._makedirs(target.parent)
             try:
@@ -366,6 +396,14 @@ class FileBlobStore(BlobStore):
         return None
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
+        for path, _info in self._walk(prefix):
+            yield path
+
+    def list_blobs(self, prefix: str = "") -> Iterator[BlobInfo]:
+        for key, info in self._walk(prefix):
+            yield BlobInfo(key, datetime.fromtimestamp(info.st_mtime, UTC))
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
         prefix = _validate_prefix(prefix)
         # Start at the deepest directory the prefix fully names; prune the rest as we go.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -387,19 +425,55 @@ class FileBlobStore(BlobStore):
             )
             for name in sorted(filenames):
                 blob_key = here + name
-                if (
-                    not name.startswith(".")
-                    and blob_key.startswith(prefix)
-                    and _KEY.fullmatch(blob_key)
-                    and os.path.isfile(os.path.join(dirpath, name))
-                ):
-                    yield blob_key
+                if name.startswith(".") or not blob_key.startswith(prefix):
+                    continue
+                if not _KEY.fullmatch(blob_key):
+                    continue
+                try:
+                    info = os.stat(os.path.join(dirpath, name))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed while we walked
+                except OSError as exc:
+                    raise Unavailable(f"blob store cannot stat a blob: {exc}") from exc
+                if stat.S_ISREG(info.st_mode):
+                    yield blob_key, info
+
+    def remove_partials(self, before: datetime, *, dry_run: bool = False) -> list[str]:
+        """The hidden `.put-*.tmp` files of puts a crash interrupted."""
+        found = []
+        cutoff = before.timestamp()
+        for dirpath, dirnames, filenames in os.walk(self._root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not (name.startswith(".put-") and name.endswith(".tmp")):
+                    continue
+                path = Path(dirpath, name)
+                try:
+                    if path.stat().st_mtime >= cutoff:
+                        continue
+                    if not dry_run:
+                        path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise Unavailable(f"blob store cannot remove {path}: {exc}") from exc
+                found.append(path.relative_to(self._root).as_posix())
+        return sorted(found)
 
     def ping(self) -> None:
         if not self._root.is_dir():
-            raise Unavailable(f"blob store root {self._root} is missing")
-        if not os.access(self._root, os.W_OK | os.X_OK):
-            raise Unavailable(f"blob store root {self._root} is not writable")
+            raise Unavailable("blob store root is missing")
+        # A real write: permission bits say nothing to root, nor about a full or read-only disk.
+        try:
+            fd, name = tempfile.mkstemp(prefix=".ping-", dir=self._root)
+            try:
+                os.write(fd, b"ping")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        except OSError as exc:
+            raise Unavailable(f"blob store cannot take a write: {exc.strerror}") from None
 
 
 def _regular_size(path: Path) -> int | None:
@@ -559,6 +633,16 @@ class S3BlobStore(BlobStore):
             size, digest = _drain(stream, spool, max_bytes)
             final_key = key if key is not None else content_key(digest)
             if key is None and self._stat_size(final_key) == size:
+                # Copied onto itself (server side, no bytes sent) so its age restarts: a sweep
+                # of old orphans does not take it from under the upload that wants it now.
+                with self._errors("refresh"):
+                    self._client.copy_object(
+                        self._bucket,
+                        final_key,
+                        CopySource(self._bucket, final_key),
+                        metadata={"sha256": digest},
+                        metadata_directive=REPLACE,
+                    )
                 return StoredBlob(final_key, size, digest)
             spool.seek(0)
             with self._errors("upload"):
@@ -622,11 +706,26 @@ class S3BlobStore(BlobStore):
                 if not obj.is_dir and obj.object_name is not None:
                     yield obj.object_name
 
+    def list_blobs(self, prefix: str = "") -> Iterator[BlobInfo]:
+        prefix = _validate_prefix(prefix)
+        with self._errors("list"):
+            for obj in self._client.list_objects(
+                self._bucket, prefix=prefix or None, recursive=True
+            ):
+                if obj.is_dir or obj.object_name is None:
+                    continue
+                # No time would make the blob look new: it is kept, never wrongly swept.
+                modified = obj.last_modified or datetime.max.replace(tzinfo=UTC)
+                yield BlobInfo(obj.object_name, modified.astimezone(UTC))
+
     def ping(self) -> None:
         with self._errors("ping"):
             found = self._client.bucket_exists(self._bucket)
         if not found:
             raise self._unavailable("ping", f"bucket {self._bucket!r} does not exist")
+        # Reachable is not enough: a full disk or read-only credentials refuse writes.
+        with self._errors("test write"):
+            self._client.put_object(self._bucket, PROBE_KEY, io.BytesIO(b"ping"), length=4)
 
 
 def open_blob_store(url: str) -> BlobStore:

@@ -320,6 +320,7 @@ class DicomwebApi:
         rows: list[Instance] = await self._read(request, _retrieve(study), work)
         wado.check_syntax(rows, wanted)
         blobs = self.imaging.blobs
+        await run_in_threadpool(wado.check_stored, blobs, rows)
         await run_in_threadpool(wado.try_transcode, blobs, rows, wanted)
         boundary = new_boundary()
         media = multipart_type("application/dicom", boundary, wanted)

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from alliance.audit.service import Actor, AuditInput, append
 from alliance.errors import AllianceError
+from alliance.sweep import SPOOL_PREFIXES
 from imaging import dicom
 from imaging.dicom import Rejected
 from imaging.models import Study
@@ -164,7 +165,7 @@ class StorageSCP:
         if len(encoded) > self.max_instance_bytes:
             raise Rejected(dicom.OUT_OF_RESOURCES, "the instance is over the size limit")
         meta = event.file_meta
-        fd, name = tempfile.mkstemp(prefix="cstore-", suffix=".dcm")
+        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIXES[1], suffix=".dcm")
         with os.fdopen(fd, "wb") as handle:
             handle.write(b"\x00" * 128 + b"DICM")
             out = DicomFileLike(handle)

@@ -41,6 +41,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from alliance import clock
+from alliance.attachments.models import Attachment
 from alliance.codes import HOSPITAL_MRN
 from alliance.config import Settings
 from alliance.db import Database, named_lock
@@ -51,6 +52,7 @@ from alliance.fhir.models import ResourceRow, TokenIndex
 from alliance.fhir.store import FhirStore
 from alliance.fhir.values import normalize
 from alliance.storage import BlobStore, StoredBlob
+from alliance.sweep import keys_in_use
 from imaging import dicom
 from imaging.access import IMAGING_STUDY
 from imaging.dicom import Parsed, Rejected, resolve_base
@@ -429,13 +431,37 @@ class Imaging:
             for uid in sorted(wanted):
                 study_lock(session, uid)
             keys = set().union(*wanted.values())
-            used = set(
-                session.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys)))
-            )
+            used = keys_in_use(session, keys, BLOB_REFERENCES)
             for key in sorted(keys - used):
                 self.blobs.delete(key)
                 removed += 1
         return removed
+
+    def refresh_stale(self, *, dry_run: bool = False) -> list[str]:
+        """Bring every study whose ImagingStudy fell behind its index up to date; return them.
+
+        C-STORE refreshes a study's ImagingStudy when the association ends: a process killed
+        before that leaves the study marked stale (numberOfInstances 1 while 50 are indexed).
+        """
+        with self.db.transaction(write=not dry_run) as session:
+            uids = list(
+                session.scalars(
+                    select(Study.study_uid)
+                    .where(Study.fhir_stale.is_(True))
+                    .order_by(Study.study_uid)
+                )
+            )
+            if dry_run or not uids:
+                return uids
+            for uid in uids:
+                study_lock(session, uid)
+            self.finish(session, uids)
+        return uids
+
+
+#: Every column whose rows reference a blob: a blob any of them names is never swept. Rendered
+#: opinions are attachments too; audit checkpoints are kept by prefix (`server.sweep`).
+BLOB_REFERENCES = (Instance.blob_key, Attachment.blob_key)
 
 
 # ---- patients --------------------------------------------------------------------------------

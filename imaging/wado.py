@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +19,17 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alliance.errors import BadRequest, NotAcceptable, NotFound
+from alliance.errors import BadRequest, NotAcceptable, NotFound, Unavailable
 from alliance.storage import BlobStore
+from alliance.sweep import SPOOL_PREFIXES
 from imaging import dicom, pixels
 from imaging.access import find_instances
 from imaging.dicom import resolve_base
 from imaging.models import Instance, Series, Study
 from imaging.service import Imaging
 from imaging.web import MediaRange, closing, part_head
+
+log = logging.getLogger("alliance.imaging")
 
 #: (content type of a part, its bytes)
 Parts = list[tuple[str, bytes]]
@@ -174,10 +178,33 @@ def metadata(
 
 
 @contextlib.contextmanager
+def stored(key: str) -> Iterator[None]:
+    """The blob store's errors as a client may see them: which instance is missing is logged,
+    never the store's keys, paths or endpoints."""
+    try:
+        yield
+    except NotFound:
+        log.error("an indexed instance's blob %s is missing from the blob store", key)
+        raise NotFound("a stored instance is missing from the image store") from None
+    except Unavailable as exc:
+        log.error("the blob store failed reading %s: %s", key, exc.message)
+        raise Unavailable("the image store is unavailable; try again later") from None
+
+
+def check_stored(blobs: BlobStore, rows: list[Instance]) -> None:
+    """Every instance's bytes are there, before a retrieve answers 200: afterwards a missing
+    blob could only cut the body short (PS3.18 10.4: a retrieve sends all or fails)."""
+    for row in rows:
+        with stored(row.blob_key):
+            if not blobs.exists(row.blob_key):
+                raise NotFound(row.blob_key)
+
+
+@contextlib.contextmanager
 def local_copy(blobs: BlobStore, key: str) -> Iterator[Path]:
     """The blob copied to a temporary file (pydicom reads files; the blob may be in S3)."""
-    with tempfile.NamedTemporaryFile(prefix="wado-", suffix=".dcm") as handle:
-        with blobs.open(key) as chunks:
+    with tempfile.NamedTemporaryFile(prefix=SPOOL_PREFIXES[2], suffix=".dcm") as handle:
+        with stored(key), blobs.open(key) as chunks:
             for chunk in chunks:
                 handle.write(chunk)
         handle.flush()

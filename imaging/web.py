@@ -20,6 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
 from alliance.errors import BadRequest
+from alliance.sweep import SPOOL_PREFIXES
 
 _TOKEN_SPLIT = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')
 _PARAM_SPLIT = re.compile(r';(?=(?:[^"]*"[^"]*")*[^"]*$)')
@@ -120,7 +121,7 @@ class MultipartReader:
 
     def _begin(self) -> None:
         self._headers = {}
-        fd, name = tempfile.mkstemp(prefix="stow-", suffix=".dcm")
+        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIXES[0], suffix=".dcm")
         self._file = os.fdopen(fd, "wb")
         self._path = Path(name)
         self._size = 0

@@ -27,10 +27,12 @@ from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
 from fhir_mappings import build_registry
 from imaging.router import DicomwebApi
+from imaging.service import Imaging
 from portal.router import Portal
 from referral.router import referral_router
 from server.dicom import build_imaging
 from server.metrics import Metrics, MetricsMiddleware
+from server.sweep import sweep
 
 log = logging.getLogger("alliance")
 
@@ -67,6 +69,23 @@ def _checkpoint_on_shutdown(anchor: Anchor) -> None:
         anchor.write_head()
     except AllianceError as exc:
         log.warning("no audit checkpoint written at shutdown: %s", exc.message)
+
+
+def _sweep_on_start(services: Services, imaging: Imaging) -> None:
+    """What a crash left behind goes at start-up; a failing sweep does not stop the server."""
+    try:
+        report = sweep(
+            services.db,
+            services.blobs,
+            imaging,
+            services.settings.sweep_min_age_seconds,
+            dry_run=False,
+        )
+    except AllianceError as exc:
+        log.warning("start-up sweep did not finish: %s", exc.message)
+        return
+    if report.blobs or report.partials or report.spool or report.studies:
+        log.info("start-up sweep: %s", report.lines()[-1])
 
 
 _API_PREFIXES = ("/fhir", "/api", "/auth", "/dicomweb", "/healthz", "/readyz", "/metrics")
@@ -152,6 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.sweep_on_start:
+            await run_in_threadpool(_sweep_on_start, services, imaging)
         yield
         await run_in_threadpool(_checkpoint_on_shutdown, services.anchor)
 

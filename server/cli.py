@@ -292,6 +292,35 @@ def _audit_checkpoint(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_sweep(args: argparse.Namespace) -> int:
+    """Remove orphan blobs, partial uploads and spool files; re-derive stale ImagingStudies."""
+    from alliance.db import Database
+    from alliance.fhir.store import FhirStore
+    from alliance.storage import open_blob_store
+    from fhir_mappings import build_registry
+    from server.dicom import build_imaging
+    from server.sweep import sweep
+
+    settings = get_settings()
+    db = Database(settings.database_url)
+    try:
+        blobs = open_blob_store(settings.storage_url)
+        fhir = FhirStore(
+            build_registry(settings), base_url=settings.fhir_base, server_url=settings.base_url
+        )
+        imaging = build_imaging(settings, db, blobs, fhir)
+        min_age = settings.sweep_min_age_seconds if args.min_age is None else args.min_age
+        report = sweep(db, blobs, imaging, min_age, dry_run=args.dry_run)
+    except AllianceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alliance", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -383,6 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint",
         help="sign and store a checkpoint of the newest record now; print it to keep offline",
     ).set_defaults(func=_audit_checkpoint)
+    storage = sub.add_parser("storage", help="the blob store")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True)
+    sweep = storage_sub.add_parser(
+        "sweep",
+        help="remove blobs no record references, interrupted uploads and spool files older "
+        "than ALLIANCE_SWEEP_MIN_AGE_SECONDS; re-derive stale ImagingStudy resources",
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="print what would be removed; change nothing"
+    )
+    sweep.add_argument(
+        "--min-age",
+        type=int,
+        metavar="SECONDS",
+        help="only what is older than this (default ALLIANCE_SWEEP_MIN_AGE_SECONDS)",
+    )
+    sweep.set_defaults(func=_storage_sweep)
     scp = sub.add_parser(
         "dicom-scp", help="run the DICOM C-STORE receiver alone (PACS and modalities send here)"
     )
