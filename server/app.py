@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alliance import trace
 from alliance.attachments.router import attachment_router
 from alliance.audit.anchor import Anchor
 from alliance.audit.router import audit_router
@@ -117,7 +118,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         error = AllianceError("internal error; it has been logged")
         error.status = 500
         error.issues = [Issue(error.message, "exception", "fatal")]
-        return _face_error(request, error)
+        response = _face_error(request, error)
+        # Answered outside the request middleware: the id the log and the trail carry.
+        request_id = request.scope.get(trace.SCOPE_KEY)
+        if request_id:
+            response.headers[trace.HEADER] = request_id
+        return response
 
 
 def _document_mounted(app: FastAPI, mounted: dict[str, FastAPI]) -> None:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from server.logs import logging_config
+
     settings = get_settings()
     print(f"Serving the alliance at http://{args.host}:{args.port}/")
     print(f"  FHIR R4:  http://{args.host}:{args.port}/fhir/metadata")
@@ -38,7 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         proxy_headers=True,
-        log_level="info",
+        log_config=logging_config(),
+        access_log=False,
     )
     return 0
 
