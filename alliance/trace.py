@@ -13,6 +13,7 @@ import re
 import uuid
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 HEADER = "X-Request-ID"
 #: Longest request id taken from a caller.
@@ -30,6 +31,8 @@ class Trace:
     request_id: str
     user: str | None = None
     hospital: str | None = None
+    #: Scheme and host the client used, as a trusted proxy forwarded them (server/proxy.py).
+    forwarded: tuple[str, str] | None = None
 
 
 _current: ContextVar[Trace | None] = ContextVar("alliance_trace", default=None)
@@ -42,9 +45,11 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def begin(request_id: str) -> tuple[Trace, Token[Trace | None]]:
+def begin(
+    request_id: str, forwarded: tuple[str, str] | None = None
+) -> tuple[Trace, Token[Trace | None]]:
     """Open the trace of a request; give the returned token to `end`."""
-    trace = Trace(request_id)
+    trace = Trace(request_id, forwarded=forwarded)
     return trace, _current.set(trace)
 
 
@@ -63,3 +68,20 @@ def note_actor(user: str | None, hospital: str | None) -> None:
     if trace is not None:
         trace.user = user
         trace.hospital = hospital
+
+
+#: Where server/proxy.py leaves the (scheme, host) a trusted proxy forwarded, in the ASGI scope.
+FORWARDED_KEY = "alliance.forwarded"
+
+
+def public(url: str) -> str:
+    """`url` (one of the configured base URLs) as the client of this request reaches it: with
+    the scheme and host a trusted proxy forwarded, else as configured. Only for links put into
+    a response (Location, fullUrl, paging, RetrieveURL); what is stored keeps the configured
+    ALLIANCE_BASE_URL, so it does not depend on who asked."""
+    trace = _current.get()
+    if trace is None or trace.forwarded is None:
+        return url
+    scheme, host = trace.forwarded
+    parts = urlsplit(url)
+    return urlunsplit((scheme, host, parts.path, parts.query, parts.fragment))

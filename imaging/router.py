@@ -32,6 +32,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
+from alliance import trace
 from alliance.config import Settings
 from alliance.errors import AllianceError, BadRequest, UnsupportedMediaType
 from alliance.http import read_limited
@@ -84,7 +85,8 @@ class DicomwebApi:
 
     @property
     def base(self) -> str:
-        return self.settings.dicomweb_base
+        """The DICOMweb base of the links in this response (alliance.trace.public)."""
+        return trace.public(self.settings.dicomweb_base)
 
     def app(self) -> FastAPI:
         """The face as an application to mount at `/dicomweb`, with CORS for the configured

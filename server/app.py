@@ -32,6 +32,7 @@ from portal.router import Portal
 from referral.router import referral_router
 from server.dicom import build_imaging
 from server.metrics import Metrics, MetricsMiddleware
+from server.proxy import ForwardedMiddleware
 
 log = logging.getLogger("alliance")
 
@@ -173,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Added last, so outermost: the request middleware already sees the client's view.
+    app.add_middleware(ForwardedMiddleware, trusted=settings.trusted_proxy_networks)
 
     _install_error_handlers(app)
 

@@ -39,7 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        proxy_headers=True,
+        # ForwardedMiddleware believes proxy headers from ALLIANCE_TRUSTED_PROXIES alone.
+        proxy_headers=False,
         log_config=logging_config(),
         access_log=False,
     )

@@ -53,7 +53,7 @@ class MetricsMiddleware:
         request_id = trace.request_id_from(Headers(scope=scope).get(trace.HEADER))
         # Handlers outside this middleware (the 500 page) find the id in the scope.
         scope[trace.SCOPE_KEY] = request_id
-        serving, token = trace.begin(request_id)
+        serving, token = trace.begin(request_id, scope.get(trace.FORWARDED_KEY))
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

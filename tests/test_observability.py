@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from alliance.audit.service import BALP_ENTITY_TYPE
 from alliance.config import Settings
 from alliance.fhir.store import FhirStore
+from server.app import create_app
 from server.logs import JsonFormatter
 from tests.conftest import bearer
 
@@ -148,3 +149,87 @@ def test_the_server_log_config_writes_json_and_keeps_uvicorn_access_off() -> Non
         "logger": "uvicorn.error",
         "message": "Started x",
     }
+
+
+# ---- links behind a reverse proxy ------------------------------------------------------------
+
+
+@pytest.fixture
+def proxied(settings: Settings) -> Iterator[Callable[[str], TestClient]]:
+    """A client of an app that trusts 10.0.0.0/8 as its proxies, calling from `peer`."""
+    app = create_app(settings.model_copy(update={"trusted_proxies": "10.0.0.0/8, ::1"}))
+    headers = bearer(settings, "dr.xinyuan.people")
+    yield lambda peer: TestClient(app, client=(peer, 40000), headers=headers)
+    app.state.services.db.dispose()
+
+
+def test_links_follow_the_forwarded_host_from_a_trusted_proxy(
+    proxied: Callable[[str], TestClient],
+) -> None:
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "fhir.yz.example"}
+    r = proxied("10.1.2.3").get("/fhir/Patient", params={"_count": "1"}, headers=forwarded)
+    assert r.status_code == 200
+    bundle = r.json()
+    assert bundle["entry"][0]["fullUrl"].startswith("https://fhir.yz.example/fhir/Patient/")
+    assert [link["url"].split("?")[0] for link in bundle["link"]] == [
+        "https://fhir.yz.example/fhir/Patient"
+    ] * len(bundle["link"])
+    r = proxied("10.1.2.3").get(
+        "/fhir/Patient",
+        params={"_count": "1"},
+        headers={
+            "Forwarded": 'for=192.0.2.1, for="[2001:db8::1]";proto=https;host=yz.example:8443'
+        },
+    )
+    assert r.json()["entry"][0]["fullUrl"].startswith("https://yz.example:8443/fhir/Patient/")
+
+
+def test_forwarded_headers_from_anyone_else_are_ignored(
+    proxied: Callable[[str], TestClient],
+) -> None:
+    forged = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+    r = proxied("192.0.2.9").get("/fhir/Patient", params={"_count": "1"}, headers=forged)
+    assert r.json()["entry"][0]["fullUrl"].startswith("http://testserver/fhir/Patient/")
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example/path", "user@evil.example", "a b", "evil.example:99999x"]
+)
+def test_a_forwarded_host_that_is_not_a_host_is_ignored(
+    host: str, proxied: Callable[[str], TestClient]
+) -> None:
+    r = proxied("10.0.0.1").get(
+        "/fhir/Patient", params={"_count": "1"}, headers={"X-Forwarded-Host": host}
+    )
+    assert r.json()["entry"][0]["fullUrl"].startswith("http://testserver/fhir/Patient/")
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "address"),
+    [
+        ("X-Forwarded-For", "203.0.113.1, 198.51.100.7", "198.51.100.7"),
+        ("Forwarded", 'for=203.0.113.1, for="[2001:db8::7]:4711"', "2001:db8::7"),
+        ("Forwarded", 'for="198.51.100.7:4711";proto=https', "198.51.100.7"),
+        ("Forwarded", "for=unknown", "10.0.0.1"),
+    ],
+)
+def test_the_audit_records_the_client_a_trusted_proxy_names(
+    header: str,
+    value: str,
+    address: str,
+    proxied: Callable[[str], TestClient],
+    as_user: Callable[[str], TestClient],
+) -> None:
+    r = proxied("10.0.0.1").get(
+        "/fhir/Patient/demo-aygul", headers={header: value, "X-Request-ID": "via-proxy"}
+    )
+    assert r.status_code == 200
+    [event] = audited(as_user("auditor"), patient="Patient/demo-aygul", subtype="read")
+    assert event["agent"][0]["network"]["address"] == address
+    assert request_ids(event) == ["via-proxy"]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "proxy.example", "10.0.0.1,,nope"])
+def test_trusted_proxies_must_be_addresses_or_networks(value: str) -> None:
+    with pytest.raises(ValueError, match="ALLIANCE_TRUSTED_PROXIES holds IP addresses"):
+        Settings(trusted_proxies=value, demo=True)
