@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alliance.audit.service import Actor, AuditInput
@@ -18,10 +22,6 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from server.logs import logging_config
-
     settings = get_settings()
     print(f"Serving the alliance at http://{args.host}:{args.port}/")
     print(f"  FHIR R4:  http://{args.host}:{args.port}/fhir/metadata")
@@ -29,10 +29,44 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  DICOMweb: http://{args.host}:{args.port}/dicomweb")
     if settings.demo:
         print("  Demo accounts (password alliance-demo): dr.xinyuan.people, sp.subei, auditor, ...")
+    metrics_dir = _metrics_folder(args.workers)
     if settings.dicom_port is not None:
         # One receiver per deployment, in this (the supervising) process: with --workers N,
         # uvicorn's N worker processes could not all listen on the DICOM port.
         _start_scp(settings, settings.dicom_host, settings.dicom_port, block=False)
+    try:
+        _run_uvicorn(args)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _metrics_folder(workers: int) -> str | None:
+    """With several workers, `/metrics` must add up every worker's counts: prometheus-client's
+    multiprocess mode, each worker writing to files in PROMETHEUS_MULTIPROC_DIR. The folder is
+    made here (emptied when given: counts of a previous run would add up too) before uvicorn
+    starts the workers, which read the variable when they import prometheus-client. Returns the
+    folder to remove at exit when it was made here."""
+    if workers <= 1:
+        return None
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.db"):
+            old.unlink()
+        return None
+    made = tempfile.mkdtemp(prefix="alliance-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.logs import logging_config
+
     uvicorn.run(
         "server.app:create_app",
         factory=True,
@@ -44,7 +78,6 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=logging_config(),
         access_log=False,
     )
-    return 0
 
 
 def _start_scp(settings: Settings, host: str, port: int, *, block: bool) -> None:

@@ -1,16 +1,23 @@
 """The request middleware: the request id, one JSON log line per request, and Prometheus
-request counts and latency by route template and status (`/metrics`)."""
+request counts and latency by route template and status (`/metrics`, with the counters of
+alliance.metrics)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from alliance import metrics as kernel_metrics
 from alliance import trace
 from server.logs import access_log
+
+#: prometheus-client's multiprocess mode: the folder each worker writes its metrics to.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -31,7 +38,14 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """Every worker's counts: with PROMETHEUS_MULTIPROC_DIR set (`alliance serve
+        --workers N` sets it before the workers start) each process writes its metrics to
+        files there and any worker answers with the sum; else this process's own."""
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry) + generate_latest(kernel_metrics.REGISTRY)
 
 
 class MetricsMiddleware:

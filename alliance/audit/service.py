@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, false, func, insert, not_, or_, select
 from sqlalchemy.orm import Session
 
-from alliance import clock, trace
+from alliance import clock, metrics, trace
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
 from alliance.db import after_commit, named_lock
 from alliance.fhir.search import string_pattern
@@ -392,6 +392,7 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
         )
         prev = digest
     session.execute(insert(AuditRecord), rows)
+    after_commit(session, partial(metrics.AUDIT_APPENDS.inc, len(rows)))
     anchor: Anchoring | None = session.info.get(ANCHOR_INFO)
     if anchor is not None and anchor.every > 0:
         # Did this append reach a multiple of N? Arithmetic on what was just written: no query,
