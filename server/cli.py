@@ -255,6 +255,29 @@ def _anchored_database(settings: Settings) -> Database:
     return _anchor(settings).attach().db
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from server.backup import backup, restore
+
+    settings = get_settings()
+    try:
+        if args.command == "backup":
+            manifest = backup(settings, Path(args.folder))
+            print(
+                f"backup in {args.folder}: {manifest.audit_records} audit records, "
+                f"{manifest.blobs} blobs"
+            )
+        else:
+            manifest = restore(settings, Path(args.folder), force=args.force)
+            print(
+                f"restored the backup of {manifest.taken} ({manifest.audit_records} audit "
+                "records); check it with `alliance audit verify`"
+            )
+    except AllianceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -420,6 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint",
         help="sign and store a checkpoint of the newest record now; print it to keep offline",
     ).set_defaults(func=_audit_checkpoint)
+    backup = sub.add_parser(
+        "backup",
+        help="copy the embedded database (SQLite online backup) and blob folder into a new "
+        "folder, while the server runs",
+    )
+    backup.add_argument("folder")
+    backup.set_defaults(func=_backup)
+    restore = sub.add_parser(
+        "restore", help="put a backup back into the configured database and blob folder"
+    )
+    restore.add_argument("folder")
+    restore.add_argument(
+        "--force", action="store_true", help="replace the database and blobs that are there"
+    )
+    restore.set_defaults(func=_backup)
     scp = sub.add_parser(
         "dicom-scp", help="run the DICOM C-STORE receiver alone (PACS and modalities send here)"
     )
