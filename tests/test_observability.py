@@ -18,6 +18,7 @@ from alliance.fhir.store import FhirStore
 from server.app import create_app
 from server.logs import JsonFormatter
 from tests.conftest import bearer
+from tests.imaging_data import ct_series, multipart, stow_headers
 
 
 @pytest.fixture
@@ -182,6 +183,20 @@ def test_links_follow_the_forwarded_host_from_a_trusted_proxy(
         },
     )
     assert r.json()["entry"][0]["fullUrl"].startswith("https://yz.example:8443/fhir/Patient/")
+
+
+def test_dicomweb_links_follow_the_forwarded_host_from_a_trusted_proxy(
+    proxied: Callable[[str], TestClient],
+) -> None:
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.yz.example"}
+    r = proxied("10.1.2.3").post(
+        "/dicomweb/studies",
+        content=multipart(ct_series(1)),
+        headers={**stow_headers(), **forwarded},
+    )
+    assert r.status_code == 200
+    [stored] = r.json()["00081199"]["Value"]
+    assert stored["00081190"]["Value"][0].startswith("https://pacs.yz.example/dicomweb/studies/")
 
 
 def test_forwarded_headers_from_anyone_else_are_ignored(
