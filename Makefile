@@ -23,11 +23,16 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 ## make run: install, migrate the embedded database under ./var/, seed the demo alliance, serve.
+## HOST and PORT choose where it listens; ALLIANCE_BASE_URL follows them unless it is given.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+run: export ALLIANCE_DEMO ?= true
+run: export ALLIANCE_BASE_URL ?= http://$(HOST):$(PORT)
 run: install
 	mkdir -p var
-	ALLIANCE_DEMO=$${ALLIANCE_DEMO:-true} $(BIN)/alliance db upgrade
-	ALLIANCE_DEMO=$${ALLIANCE_DEMO:-true} $(BIN)/alliance seed-demo
-	ALLIANCE_DEMO=$${ALLIANCE_DEMO:-true} $(BIN)/alliance serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+	$(BIN)/alliance db upgrade
+	$(BIN)/alliance seed-demo
+	$(BIN)/alliance serve --host $(HOST) --port $(PORT)
 
 ## make test: install the dev tools, lint, type-check, and run every test this machine can run.
 test: install-dev lint typecheck

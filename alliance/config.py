@@ -9,6 +9,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -101,6 +102,10 @@ class Settings(BaseSettings):
     max_stow_bytes: int = 2 * 1024 * 1024 * 1024
     #: Browser origins of DICOMweb viewers allowed by CORS on /dicomweb, separated by commas.
     viewer_origins: str = ""
+    #: Addresses or networks (CIDR) of the reverse proxies whose `Forwarded` /
+    #: `X-Forwarded-Proto` / `X-Forwarded-Host` / `X-Forwarded-For` headers are believed,
+    #: separated by commas ("127.0.0.1,10.0.0.0/8"). From anyone else they are ignored.
+    trusted_proxies: str = ""
 
     #: The sweep (at start-up and `alliance storage sweep`) removes unreferenced blobs and
     #: spool files only when older than this many seconds, so uploads still running are safe;
@@ -115,6 +120,7 @@ class Settings(BaseSettings):
     _signature_seeds: list[tuple[str, bytes]] = PrivateAttr(default_factory=list)
     _calling_ae_hospitals: dict[str, str] = PrivateAttr(default_factory=dict)
     _viewer_origins: list[str] = PrivateAttr(default_factory=list)
+    _trusted_proxies: list[IPv4Network | IPv6Network] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _derive(self) -> Self:
@@ -132,6 +138,17 @@ class Settings(BaseSettings):
         self._viewer_origins = [
             o.strip().rstrip("/") for o in self.viewer_origins.split(",") if o.strip()
         ]
+        try:
+            self._trusted_proxies = [
+                ip_network(p.strip(), strict=False)
+                for p in self.trusted_proxies.split(",")
+                if p.strip()
+            ]
+        except ValueError:
+            raise ValueError(
+                "ALLIANCE_TRUSTED_PROXIES holds IP addresses or CIDR networks separated by commas, "
+                f"not {self.trusted_proxies!r}"
+            ) from None
         return self
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
@@ -156,6 +173,10 @@ class Settings(BaseSettings):
     @property
     def viewer_origin_list(self) -> list[str]:
         return self._viewer_origins
+
+    @property
+    def trusted_proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        return self._trusted_proxies
 
     @property
     def token_issuer(self) -> str:

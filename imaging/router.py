@@ -32,6 +32,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
+from alliance import metrics, trace
 from alliance.config import Settings
 from alliance.errors import AllianceError, BadRequest, UnsupportedMediaType
 from alliance.http import read_limited
@@ -84,7 +85,8 @@ class DicomwebApi:
 
     @property
     def base(self) -> str:
-        return self.settings.dicomweb_base
+        """The DICOMweb base of the links in this response (alliance.trace.public)."""
+        return trace.public(self.settings.dicomweb_base)
 
     def app(self) -> FastAPI:
         """The face as an application to mount at `/dicomweb`, with CORS for the configured
@@ -149,6 +151,7 @@ class DicomwebApi:
             await run_in_threadpool(self._preflight, request)
             reader, body = self._reader(request)
         except AllianceError as exc:
+            metrics.STOW_FAILURES.inc()
             await self._refuse(request, interaction, exc)
             raise  # unreachable: _refuse raises
         staged: list[Staged] = []
@@ -158,6 +161,7 @@ class DicomwebApi:
             if not staged and not outcomes:
                 raise BadRequest("the multipart body holds no instance")
         except AllianceError as exc:
+            metrics.STOW_FAILURES.inc()
             reader.discard()
             await self._sweep(staged_key(s) for s in staged)
             await self._refuse(request, interaction, exc)
@@ -186,12 +190,14 @@ class DicomwebApi:
             result = await self.guard.run(request, interaction, work, touched, check=may_store)
         except StowFailed as exc:
             await self._sweep(staged_key(s) for s in staged)
+            _count_stow(exc.outcomes)
             return self._stow_response(exc.outcomes, study, 409)
         except BaseException:
             await self._sweep(staged_key(s) for s in staged)
             raise
         await self._sweep((o.study_uid, o.blob_key) for o in result if not o.ok)
         status = 200 if all(o.ok for o in result) else 202
+        _count_stow(result)
         return self._stow_response(result, study, status)
 
     async def _sweep(self, keys: Iterable[tuple[str | None, str | None]]) -> None:
@@ -235,6 +241,7 @@ class DicomwebApi:
         async for chunk in body:
             if not chunk:
                 continue
+            metrics.STOW_BYTES.inc(len(chunk))
             for part in await run_in_threadpool(reader.feed, chunk):
                 result = await run_in_threadpool(stage_part, self.imaging, part, study)
                 if isinstance(result, Staged):
@@ -462,3 +469,13 @@ class ViewerCors(CORSMiddleware):
             if allowed and (k.startswith("access-control-") or k == "vary")
         }
         return Response(None, 204 if allowed else 403, headers=headers)
+
+
+def _count_stow(outcomes: list[Outcome]) -> None:
+    """Count the instances of a STOW-RS request by outcome (`/metrics`)."""
+    for o in outcomes:
+        metrics.STOW_INSTANCES.labels(
+            ("stored" if o.new else "duplicate") if o.ok else "failed"
+        ).inc()
+    if not any(o.ok for o in outcomes):
+        metrics.STOW_FAILURES.inc()

@@ -1637,7 +1637,7 @@ class Portal:
                         (
                             x["what"]["reference"]
                             for x in e.get("entity", [])
-                            if "what" in x and x["role"]["code"] != "1"
+                            if "reference" in x.get("what", {}) and x["role"]["code"] != "1"
                         ),
                         "",
                     ),
@@ -1645,7 +1645,7 @@ class Portal:
                         (
                             x["what"]["reference"].removeprefix("Patient/")
                             for x in e.get("entity", [])
-                            if "what" in x and x["role"]["code"] == "1"
+                            if "reference" in x.get("what", {}) and x["role"]["code"] == "1"
                         ),
                         "",
                     ),

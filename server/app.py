@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alliance import trace
 from alliance.attachments.router import attachment_router
 from alliance.audit.anchor import Anchor
 from alliance.audit.router import audit_router
@@ -32,6 +33,7 @@ from portal.router import Portal
 from referral.router import referral_router
 from server.dicom import build_imaging
 from server.metrics import Metrics, MetricsMiddleware
+from server.proxy import ForwardedMiddleware
 from server.sweep import sweep
 
 log = logging.getLogger("alliance")
@@ -136,7 +138,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         error = AllianceError("internal error; it has been logged")
         error.status = 500
         error.issues = [Issue(error.message, "exception", "fatal")]
-        return _face_error(request, error)
+        response = _face_error(request, error)
+        # Answered outside the request middleware: the id the log and the trail carry.
+        request_id = request.scope.get(trace.SCOPE_KEY)
+        if request_id:
+            response.headers[trace.HEADER] = request_id
+        return response
 
 
 def _document_mounted(app: FastAPI, mounted: dict[str, FastAPI]) -> None:
@@ -188,6 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Added last, so outermost: the request middleware already sees the client's view.
+    app.add_middleware(ForwardedMiddleware, trusted=settings.trusted_proxy_networks)
 
     _install_error_handlers(app)
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alliance.audit.service import Actor, AuditInput
@@ -18,8 +22,6 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     settings = get_settings()
     print(f"Serving the alliance at http://{args.host}:{args.port}/")
     print(f"  FHIR R4:  http://{args.host}:{args.port}/fhir/metadata")
@@ -27,20 +29,55 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  DICOMweb: http://{args.host}:{args.port}/dicomweb")
     if settings.demo:
         print("  Demo accounts (password alliance-demo): dr.xinyuan.people, sp.subei, auditor, ...")
+    metrics_dir = _metrics_folder(args.workers)
     if settings.dicom_port is not None:
         # One receiver per deployment, in this (the supervising) process: with --workers N,
         # uvicorn's N worker processes could not all listen on the DICOM port.
         _start_scp(settings, settings.dicom_host, settings.dicom_port, block=False)
+    try:
+        _run_uvicorn(args)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _metrics_folder(workers: int) -> str | None:
+    """With several workers, `/metrics` must add up every worker's counts: prometheus-client's
+    multiprocess mode, each worker writing to files in PROMETHEUS_MULTIPROC_DIR. The folder is
+    made here (emptied when given: counts of a previous run would add up too) before uvicorn
+    starts the workers, which read the variable when they import prometheus-client. Returns the
+    folder to remove at exit when it was made here."""
+    if workers <= 1:
+        return None
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.db"):
+            old.unlink()
+        return None
+    made = tempfile.mkdtemp(prefix="alliance-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.logs import logging_config
+
     uvicorn.run(
         "server.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        proxy_headers=True,
-        log_level="info",
+        # ForwardedMiddleware believes proxy headers from ALLIANCE_TRUSTED_PROXIES alone.
+        proxy_headers=False,
+        log_config=logging_config(),
+        access_log=False,
     )
-    return 0
 
 
 def _start_scp(settings: Settings, host: str, port: int, *, block: bool) -> None:
@@ -216,6 +253,29 @@ def _anchor(settings: Settings) -> Anchor:
 
 def _anchored_database(settings: Settings) -> Database:
     return _anchor(settings).attach().db
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from server.backup import backup, restore
+
+    settings = get_settings()
+    try:
+        if args.command == "backup":
+            manifest = backup(settings, Path(args.folder))
+            print(
+                f"backup in {args.folder}: {manifest.audit_records} audit records, "
+                f"{manifest.blobs} blobs"
+            )
+        else:
+            manifest = restore(settings, Path(args.folder), force=args.force)
+            print(
+                f"restored the backup of {manifest.taken} ({manifest.audit_records} audit "
+                "records); check it with `alliance audit verify`"
+            )
+    except AllianceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -429,6 +489,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="only what is older than this (default ALLIANCE_SWEEP_MIN_AGE_SECONDS)",
     )
     sweep.set_defaults(func=_storage_sweep)
+    backup = sub.add_parser(
+        "backup",
+        help="copy the embedded database (SQLite online backup) and blob folder into a new "
+        "folder, while the server runs",
+    )
+    backup.add_argument("folder")
+    backup.set_defaults(func=_backup)
+    restore = sub.add_parser(
+        "restore", help="put a backup back into the configured database and blob folder"
+    )
+    restore.add_argument("folder")
+    restore.add_argument(
+        "--force", action="store_true", help="replace the database and blobs that are there"
+    )
+    restore.set_defaults(func=_backup)
     scp = sub.add_parser(
         "dicom-scp", help="run the DICOM C-STORE receiver alone (PACS and modalities send here)"
     )

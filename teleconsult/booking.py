@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from alliance import clock
+from alliance import clock, metrics
 from alliance.codes import ALLIANCE_BASE, LANGUAGE_EXTENSION
 from alliance.config import Settings
 from alliance.db import named_lock
@@ -358,6 +358,7 @@ class Bookings:
             ignore=ignore,
         )
         if busy.get(("practitioner", schedule.practitioner_id)):
+            metrics.BOOKING_CONFLICTS.labels("specialist-double-booked").inc()
             refuse(
                 Conflict,
                 "specialist-double-booked",
@@ -366,6 +367,7 @@ class Bookings:
                 "Appointment.slot",
             )
         if busy.get(("patient", row.patient_id)):
+            metrics.BOOKING_CONFLICTS.labels("patient-double-booked").inc()
             refuse(
                 Conflict,
                 "patient-double-booked",
@@ -426,6 +428,7 @@ class Bookings:
             try:
                 session.flush()
             except IntegrityError:
+                metrics.BOOKING_CONFLICTS.labels(rule).inc()
                 refuse(
                     Conflict,
                     rule,

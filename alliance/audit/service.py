@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, false, func, insert, not_, or_, select
 from sqlalchemy.orm import Session
 
-from alliance import clock
+from alliance import clock, metrics, trace
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
 from alliance.db import after_commit, named_lock
 from alliance.fhir.search import string_pattern
@@ -38,6 +38,9 @@ RESTFUL = "http://hl7.org/fhir/restful-interaction"
 USER_SYSTEM = "https://fhir.yzxy-alliance.cn/sid/user"
 HOSPITAL_EXTENSION = "https://fhir.yzxy-alliance.cn/StructureDefinition/agent-organization"
 ROLE_SYSTEM = "https://fhir.yzxy-alliance.cn/CodeSystem/user-role"
+#: IHE BALP's entity type of the transport's request id (the `transaction` entity of its
+#: profiles: `what.identifier.value` holds the HTTP X-Request-ID).
+BALP_ENTITY_TYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
 
 #: Event types: (system, code, display). `rest` is FHIR's; the rest are DICOM's (PS3.15 A.5).
 EVENT_TYPES = {
@@ -93,6 +96,8 @@ class AuditInput:
     description: str | None = None
     user_agent: str | None = None
     extra_entities: list[str] = field(default_factory=list)
+    #: The HTTP request's id (alliance.trace); None: the request being served, if any.
+    request_id: str | None = None
 
 
 # ---- what may be recorded ---------------------------------------------------------------------
@@ -111,6 +116,7 @@ FIELD_LIMITS = {
     "user_agent": 200,
     "description": 2000,
     "query": 4096,
+    "request_id": 64,
 }
 #: Most entities beyond the first that one event lists.
 MAX_EXTRA = 100
@@ -169,6 +175,7 @@ def _recordable_event(event: AuditInput) -> AuditInput:
         query=recordable(event.query, limit["query"]),
         description=recordable(event.description, limit["description"]),
         user_agent=recordable(event.user_agent, limit["user_agent"]),
+        request_id=recordable(event.request_id, limit["request_id"]),
         extra_entities=[
             recordable(e, limit["entity"]) or "" for e in event.extra_entities[:MAX_EXTRA]
         ],
@@ -275,6 +282,19 @@ def build_event(
                 "query": base64.b64encode(event.query.encode()).decode(),
             }
         )
+    if event.request_id:
+        # BALP's transaction entity: the log line of the same request carries this id.
+        entities.append(
+            {
+                "what": {"identifier": {"value": event.request_id}},
+                "type": {
+                    "system": BALP_ENTITY_TYPE,
+                    "code": "XrequestId",
+                    "display": "transport specific unique identifier where http X-Request-Id "
+                    "is used",
+                },
+            }
+        )
     if entities:
         resource["entity"] = entities
     return resource
@@ -326,6 +346,12 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
     transaction has committed (alliance.audit.anchor explains why then)."""
     if not events:
         return 0
+    serving = trace.current()
+    if serving is not None:
+        events = [
+            e if e.request_id else dataclasses.replace(e, request_id=serving.request_id)
+            for e in events
+        ]
     named_lock(session, AUDIT_LOCK)
     last = session.execute(
         select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
@@ -351,6 +377,7 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
         )
         prev = digest
     session.execute(insert(AuditRecord), rows)
+    after_commit(session, partial(metrics.AUDIT_APPENDS.inc, len(rows)))
     anchor: Anchoring | None = session.info.get(ANCHOR_INFO)
     if anchor is not None and anchor.every > 0:
         # Did this append reach a multiple of N? Arithmetic on what was just written: no query,

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
+from alliance import trace
 from alliance.config import Settings
 from alliance.errors import (
     AllianceError,
@@ -152,7 +153,11 @@ class FhirApi:
         self.store = store
         self.guard = guard
         self.settings = settings
-        self.base = settings.fhir_base
+
+    @property
+    def base(self) -> str:
+        """The FHIR base of the links in this response (alliance.trace.public)."""
+        return trace.public(self.settings.fhir_base)
 
     async def _guarded(
         self,

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
+from alliance import trace
 from alliance.audit.service import (
     Actor,
     AuditInput,
@@ -152,6 +153,7 @@ class Guard:
             try:
                 who = claims or self.claims(request)
                 actor = actor_of(who)
+                trace.note_actor(who.username, who.hospital_id)
                 _refuse_nul(request)
                 with self.db.transaction(write=True) as session:
                     principal = principal_for(session, who)
