@@ -11,22 +11,7 @@ from fastapi.testclient import TestClient
 
 from alliance.config import Settings
 from alliance.security import sessions
-
-
-def sign_in(client: TestClient, username: str) -> str:
-    page = client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert csrf is not None
-    r = client.post(
-        "/login",
-        data={"username": username, "password": "alliance-demo", "csrf": csrf.group(1)},
-        follow_redirects=False,
-    )
-    assert r.status_code == 303, r.text
-    home = client.get("/", follow_redirects=True)
-    token = re.search(r'name="csrf-token" content="([^"]*)"', home.text)
-    assert token is not None
-    return token.group(1)
+from tests.accounts import portal as sign_in
 
 
 def test_login_needs_its_csrf_token_and_the_right_password(client: TestClient) -> None:

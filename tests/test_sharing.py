@@ -319,7 +319,7 @@ def test_the_portal_shows_the_specialist_the_triage_view(
     """The specialist's referral page before acceptance: the patient's name, the diagnosis and
     what the request lists, by title only (no link to the file or the images), and no
     identity number anywhere on the page."""
-    from tests.test_portal_pages import sign_in
+    from tests.accounts import portal as sign_in
 
     county = as_user("dr.xinyuan.people")
     summary = document(county, "demo-aygul", title="入院病历摘要")
