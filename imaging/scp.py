@@ -32,7 +32,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session
 
-from alliance.audit.service import Actor, AuditInput, append
+from alliance.audit.service import AuditActor, AuditInput, append
 from alliance.errors import AllianceError
 from alliance.sweep import SPOOL_PREFIXES
 from imaging import dicom
@@ -125,11 +125,11 @@ class StorageSCP:
 
     # ---- handlers ---------------------------------------------------------------------
 
-    def _actor(self, event: Event) -> tuple[Actor, str | None]:
+    def _actor(self, event: Event) -> tuple[AuditActor, str | None]:
         calling = str(event.assoc.requestor.ae_title).strip()
         hospital = self.calling_aes.get(calling)
         return (
-            Actor(f"dicom:{calling}", hospital, "hospital-system", None, "client"),
+            AuditActor(f"dicom:{calling}", hospital, "hospital-system", None, "client"),
             event.assoc.requestor.address,
         )
 
@@ -175,7 +175,7 @@ class StorageSCP:
         return Path(name)
 
     def _ingest(
-        self, path: Path, hospital: str, actor: Actor, address: str | None, assoc: int
+        self, path: Path, hospital: str, actor: AuditActor, address: str | None, assoc: int
     ) -> Outcome:
         imaging = self.imaging
         staged = imaging.stage(path)
@@ -232,7 +232,7 @@ class StorageSCP:
                 subtype="dicom-association-rejected",
                 action="E",
                 outcome="4",
-                actor=Actor(f"dicom:{calling}", None, None, None, "client"),
+                actor=AuditActor(f"dicom:{calling}", None, None, None, "client"),
                 client_address=event.assoc.requestor.address,
                 description=f"association from calling AE {calling!r} refused: not configured",
             )
@@ -240,7 +240,7 @@ class StorageSCP:
 
     # ---- audit ------------------------------------------------------------------------
 
-    def _input(self, actor: Actor, address: str | None, outcome: Outcome) -> AuditInput:
+    def _input(self, actor: AuditActor, address: str | None, outcome: Outcome) -> AuditInput:
         return AuditInput(
             type="transfer",
             subtype="store",
@@ -253,10 +253,12 @@ class StorageSCP:
             description=None if outcome.ok else f"status 0x{outcome.status:04X}: {outcome.reason}",
         )
 
-    def _audit(self, session: Session, actor: Actor, address: str | None, outcome: Outcome) -> None:
+    def _audit(
+        self, session: Session, actor: AuditActor, address: str | None, outcome: Outcome
+    ) -> None:
         append(session, [self._input(actor, address, outcome)])
 
-    def _audit_failure(self, actor: Actor, address: str | None, outcome: Outcome) -> None:
+    def _audit_failure(self, actor: AuditActor, address: str | None, outcome: Outcome) -> None:
         self._audit_event(self._input(actor, address, outcome))
 
     def _audit_event(self, event: AuditInput) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alliance.audit.service import Actor, AuditInput
+from alliance.audit.service import AuditActor, AuditInput
 from alliance.config import Settings, get_settings
 from alliance.errors import AllianceError
 
@@ -119,9 +119,9 @@ def _seed_demo(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator() -> Actor:
+def _operator() -> AuditActor:
     """Who ran the command, as the audit trail records them."""
-    return Actor(f"cli:{getpass.getuser()}", None, "operator", None, "operator")
+    return AuditActor(f"cli:{getpass.getuser()}", None, "operator", None, "operator")
 
 
 def _audited(subtype: str, entity: str, description: str) -> AuditInput:

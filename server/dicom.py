@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from alliance.audit.anchor import Anchor
-from alliance.audit.service import Actor, AuditInput, append
+from alliance.audit.service import AuditActor, AuditInput, append
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.fhir.store import FhirStore
@@ -195,7 +195,9 @@ def seed_demo_imaging(settings: Settings) -> int:
                                 subtype="store",
                                 action="C",
                                 outcome="0",
-                                actor=Actor("seed-demo", hospital, "operator", None, "operator"),
+                                actor=AuditActor(
+                                    "seed-demo", hospital, "operator", None, "operator"
+                                ),
                                 entity=f"ImagingStudy/{uid}",
                                 patient_id=patient,
                                 description="demo imaging",

@@ -63,7 +63,7 @@ def outcome_for_status(status: int) -> str:
 
 
 @dataclass(frozen=True)
-class Actor:
+class AuditActor:
     """Who acted, as the trail records it (BALP agent)."""
 
     username: str
@@ -73,11 +73,11 @@ class Actor:
     kind: str = "user"
 
 
-def actor_of(who: Speaker | None) -> Actor | None:
+def actor_of(who: Speaker | None) -> AuditActor | None:
     """The trail's record of who acts (None: the server itself)."""
     if who is None:
         return None
-    return Actor(who.username, who.hospital_id, who.role, who.practitioner_id, who.kind)
+    return AuditActor(who.username, who.hospital_id, who.role, who.practitioner_id, who.kind)
 
 
 @dataclass
@@ -88,7 +88,7 @@ class AuditInput:
     subtype: str  # read, vread, history, search, create, update, delete, login, ...
     action: str  # C R U D E
     outcome: str
-    actor: Actor | None
+    actor: AuditActor | None
     client_address: str | None = None
     entity: str | None = None
     patient_id: str | None = None

@@ -23,7 +23,7 @@ from starlette.requests import HTTPConnection
 
 from alliance import trace
 from alliance.audit.service import (
-    Actor,
+    AuditActor,
     AuditInput,
     actor_of,
     append,
@@ -132,7 +132,7 @@ class Guard:
         agent = request.headers.get("user-agent")
 
         def event(
-            actor: Actor | None, outcome: str, target: Touched, why: str | None
+            actor: AuditActor | None, outcome: str, target: Touched, why: str | None
         ) -> AuditInput:
             return AuditInput(
                 type=interaction.type,
@@ -149,7 +149,7 @@ class Guard:
             )
 
         def unit() -> T:
-            actor: Actor | None = None
+            actor: AuditActor | None = None
             try:
                 who = claims or self.claims(request)
                 actor = actor_of(who)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alliance.audit.service import MINOR_FAILURE, SUCCESS, Actor, AuditInput, append
+from alliance.audit.service import MINOR_FAILURE, SUCCESS, AuditActor, AuditInput, append
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.errors import AllianceError
@@ -81,7 +81,7 @@ def log_in(
             claims = token_claims(account, scope)
         except (LoginFailure, AllianceError) as failure:
             user = failure.user if isinstance(failure, LoginFailure) else account
-            actor = Actor(
+            actor = AuditActor(
                 username,
                 getattr(user, "hospital_id", None),
                 getattr(user, "role_name", None),
@@ -92,7 +92,7 @@ def log_in(
             append(session, [_login_event(actor, MINOR_FAILURE, why, address, agent)])
             refused = _refusal(failure, kind)
         else:
-            actor = Actor(
+            actor = AuditActor(
                 claims.username, claims.hospital_id, claims.role, claims.practitioner_id, kind
             )
             append(
@@ -118,7 +118,7 @@ def log_out_everywhere(
     with db.transaction(write=True) as session:
         principal = principal_for(session, claims)
         log_out(session=session, principal=principal)
-        actor = Actor(
+        actor = AuditActor(
             claims.username, claims.hospital_id, claims.role, claims.practitioner_id, claims.kind
         )
         append(
@@ -158,7 +158,7 @@ def _refusal(failure: Exception, kind: str) -> LoginRefused:
 
 
 def _login_event(
-    actor: Actor, outcome: str, description: str, address: str | None, agent: str | None
+    actor: AuditActor, outcome: str, description: str, address: str | None, agent: str | None
 ) -> AuditInput:
     return AuditInput(
         type="login",

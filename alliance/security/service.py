@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from alliance import clock
-from alliance.audit.service import Actor, AuditInput, append
+from alliance.audit.service import AuditActor, AuditInput, append
 from alliance.config import Settings
 from alliance.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
@@ -488,7 +488,7 @@ def open_grant(
     resources: Iterable[tuple[str, str]],
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
-    actor: Actor | None = None,
+    actor: AuditActor | None = None,
     shared_by: str | None = None,
     level: str = FULL,
 ) -> AccessGrant:
@@ -544,7 +544,7 @@ def close_grants(
     reason: str,
     why: str,
     at: datetime | None = None,
-    actor: Actor | None = None,
+    actor: AuditActor | None = None,
 ) -> int:
     """Close every open grant made for `reason`; returns how many. Audited."""
     grants = session.scalars(
@@ -571,7 +571,7 @@ def close_grants(
 
 
 def end_grants(
-    *, session: Session, reason: str, until: datetime, actor: Actor | None = None
+    *, session: Session, reason: str, until: datetime, actor: AuditActor | None = None
 ) -> int:
     """Set when the open grants made for `reason` end (a completed referral keeps its records
     open for a while, then they close by themselves); returns how many. Audited."""
@@ -598,7 +598,7 @@ def end_grants(
 
 
 def _grant_event(
-    subtype: str, actor: Actor | None, reason: str, patient_id: str, description: str
+    subtype: str, actor: AuditActor | None, reason: str, patient_id: str, description: str
 ) -> AuditInput:
     return AuditInput(
         type="security",
