@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -24,6 +28,7 @@ from alliance.config import Settings
 from server.app import create_app
 from server.demo import seed_demo
 from server.migrate import upgrade
+from tests.s3server import S3Server, WeedNotFound, find_weed, seaweedfs_s3
 
 PG_URL = os.environ.get("ALLIANCE_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite", "postgresql"]
@@ -224,3 +229,60 @@ def as_user(app: FastAPI, settings: Settings) -> Iterator[Callable[[str], TestCl
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) for the module's tests."""
+    try:
+        find_weed()
+    except WeedNotFound as exc:
+        skip_or_fail(f"S3 backend not tested: {exc}")
+    with seaweedfs_s3() as server:
+        yield server
+
+
+@contextmanager
+def serving(
+    settings: Settings, log: Path, *args: str, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`alliance serve [args]` in a process of its own on the test database (tokens minted for
+    the test settings are valid there), until it answers /healthz; killed at the end if still
+    running (stopped with SIGTERM, killed if it does not stop). Yields its URL and the process."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environment = {
+        **os.environ,
+        "ALLIANCE_DATABASE_URL": settings.database_url,
+        "ALLIANCE_STORAGE_URL": settings.storage_url,
+        "ALLIANCE_BASE_URL": "http://testserver",
+        "ALLIANCE_DEMO": "true",
+        **env,
+    }
+    with open(log, "wb") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(log.read_text())
+                time.sleep(0.1)
+            yield url, proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(20)

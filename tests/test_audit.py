@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import get_context
@@ -23,7 +19,7 @@ from alliance.audit.service import verify
 from alliance.config import Settings
 from alliance.db import Database
 from server.cli import main
-from tests.conftest import free_port, mint_token
+from tests.conftest import mint_token, serving
 from tests.factories import patient
 
 
@@ -192,36 +188,8 @@ def test_csv_export_for_auditors_only(as_user: Callable[[str], TestClient]) -> N
 @pytest.fixture
 def served(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """`alliance serve --workers 2` in a process of its own, on the test database."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "ALLIANCE_DATABASE_URL": settings.database_url,
-        "ALLIANCE_STORAGE_URL": settings.storage_url,
-        "ALLIANCE_BASE_URL": "http://testserver",  # tokens minted for the test settings
-        "ALLIANCE_DEMO": "true",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "serve.log", "wb"),  # noqa: SIM115
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError((tmp_path / "serve.log").read_text())
-            time.sleep(0.1)
+    with serving(settings, tmp_path / "serve.log", "--workers", "2") as (url, _proc):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def _reads(url: str, token: str, count: int) -> list[int]:

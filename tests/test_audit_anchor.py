@@ -9,12 +9,9 @@ import csv
 import io
 import json
 import logging
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,20 +31,10 @@ from alliance.config import Settings, get_settings
 from alliance.storage import BlobStore, open_blob_store
 from server.app import create_app
 from server.cli import main
-from tests.conftest import PG_URL, bearer, free_port, mint_token, skip_or_fail
-from tests.s3server import S3Server, WeedNotFound, find_weed, seaweedfs_s3
+from tests.conftest import PG_URL, bearer, mint_token, serving
+from tests.s3server import S3Server
 
 EVERY = 10
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    try:
-        find_weed()
-    except WeedNotFound as exc:
-        skip_or_fail(f"S3 backend not tested: {exc}")
-    with seaweedfs_s3() as server:
-        yield server
 
 
 @pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.s3)])
@@ -280,38 +267,8 @@ def test_without_a_signature_key_the_request_still_succeeds(
 
 @pytest.fixture
 def served(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "ALLIANCE_DATABASE_URL": settings.database_url,
-        "ALLIANCE_STORAGE_URL": settings.storage_url,
-        "ALLIANCE_BASE_URL": "http://testserver",  # tokens minted for the test settings
-        "ALLIANCE_DEMO": "true",
-        "ALLIANCE_AUDIT_CHECKPOINT_EVERY": "0",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "serve.log", "wb"),  # noqa: SIM115
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError((tmp_path / "serve.log").read_text())
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(20)
+    with serving(settings, tmp_path / "serve.log", ALLIANCE_AUDIT_CHECKPOINT_EVERY="0") as running:
+        yield running
 
 
 def test_alliance_serve_checkpoints_the_head_when_it_stops(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pydicom
@@ -15,22 +14,12 @@ from pydicom.pixels import pixel_array
 
 from alliance.config import Settings
 from server.app import create_app
-from tests.conftest import bearer, skip_or_fail
+from tests.conftest import bearer
 from tests.imaging_data import ct_series, multipart, relabel, split_multipart, stow_headers
-from tests.s3server import S3Server, WeedNotFound, find_weed, seaweedfs_s3
+from tests.s3server import S3Server
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 OCTETS = 'multipart/related; type="application/octet-stream"'
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    try:
-        find_weed()
-    except WeedNotFound as exc:
-        skip_or_fail(f"S3 backend not tested: {exc}")
-    with seaweedfs_s3() as server:
-        yield server
 
 
 @pytest.mark.parametrize("backend", ["file", pytest.param("s3", marks=pytest.mark.s3)])

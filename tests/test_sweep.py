@@ -11,7 +11,6 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,22 +29,12 @@ from imaging.service import Imaging
 from server.app import create_app
 from server.cli import main
 from server.sweep import sweep
-from tests.conftest import bearer, skip_or_fail
+from tests.conftest import bearer
 from tests.imaging_data import ct_series, multipart, stow_headers
-from tests.s3server import S3Server, WeedNotFound, find_weed, seaweedfs_s3
+from tests.s3server import S3Server
 
 AGE = 3600
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    try:
-        find_weed()
-    except WeedNotFound as exc:
-        skip_or_fail(f"S3 backend not tested: {exc}")
-    with seaweedfs_s3() as server:
-        yield server
 
 
 def _app(settings: Settings, backend: str, request: pytest.FixtureRequest) -> FastAPI:
