@@ -33,3 +33,4 @@ COMMON_DIAGNOSES: list[tuple[str, str]] = [
     ("N80.000", "子宫腺肌病"),
     ("D25.900", "子宫平滑肌瘤"),
 ]
+DIAGNOSES: dict[str, str] = dict(COMMON_DIAGNOSES)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 
+from alliance.codes import ICD10_CN
 from alliance.config import Settings
 from alliance.security import sessions
 from tests.accounts import portal as sign_in
@@ -169,3 +171,74 @@ def test_administrator_adds_and_removes_a_closure(client: TestClient) -> None:
     doctor = TestClient(client.app)
     sign_in(doctor, "dr.xinyuan.people")
     assert doctor.get("/admin/calendar").status_code == 403
+
+
+def test_a_referral_made_through_the_portal_is_what_the_doctor_said(
+    client: TestClient, app: object, as_user: Callable[[str], TestClient]
+) -> None:
+    """The portal's forms go through the referral commands: free text stays text (never a
+    code), a picked code is coded with its version, messages are signed 姓名 · 医院, and the
+    moves offered are the workflow's for each hospital's part."""
+    from tests.referrals import PNG
+
+    csrf = sign_in(client, "dr.xinyuan.people")
+    made = {}
+    for diagnosis in ("胸痛待查", "I21.900 急性心肌梗死"):
+        r = client.post(
+            "/referrals/new",
+            data={
+                "csrf": csrf,
+                "patient": "demo-aygul",
+                "target": "subei-cardiology",
+                "diagnosis": diagnosis,
+                "summary": "胸痛3天",
+                "priority": "routine",
+                "consenter": "patient",
+            },
+            files={"consent_form": ("consent.png", PNG, "image/png")},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+        made[diagnosis] = r.headers["location"].rsplit("/", 1)[-1]
+    api = as_user("dr.xinyuan.people")
+    reasons = {}
+    for diagnosis, task_id in made.items():
+        task = api.get(f"/fhir/Task/{task_id}").json()
+        sr = api.get(f"/fhir/{task['focus']['reference']}").json()
+        reasons[diagnosis] = sr["reasonCode"]
+    assert reasons == {
+        "胸痛待查": [{"text": "胸痛待查"}],
+        "I21.900 急性心肌梗死": [
+            {
+                "coding": [
+                    {
+                        "system": ICD10_CN,
+                        "version": "2.0",
+                        "code": "I21.900",
+                        "display": "急性心肌梗死",
+                    }
+                ],
+                "text": "急性心肌梗死",
+            }
+        ],
+    }
+
+    task_id = made["胸痛待查"]
+    page = client.get(f"/referrals/{task_id}")
+    offered = set(re.findall(r'name="status" value="([^"]+)"', page.text))
+    assert offered == {"cancelled", "on-hold"}  # the placer's moves from requested
+    client.post(f"/referrals/{task_id}/message", data={"csrf": csrf, "text": "请尽快安排"})
+
+    specialist = TestClient(app)  # type: ignore[arg-type]
+    sign_in(specialist, "sp.subei")
+    page = specialist.get(f"/referrals/{task_id}")  # opening it receives it
+    offered = set(re.findall(r'name="status" value="([^"]+)"', page.text))
+    assert offered == {"accepted", "rejected", "on-hold"}
+    senders = [
+        e["resource"]["sender"]["display"]
+        for e in api.get(
+            "/fhir/Communication",
+            params={"based-on": api.get(f"/fhir/Task/{task_id}").json()["focus"]["reference"]},
+        ).json()["entry"]
+    ]
+    assert senders == ["努尔兰·别克 · 新源县人民医院"]

@@ -160,6 +160,36 @@ class OperationContext:
     visible: Visibility
     authorize: WriteCheck
 
+    def read(self, resource_type: str, resource_id: str) -> Version:
+        """The current version, as the caller may see it (404 otherwise)."""
+        return self.store.read(
+            resource_type, resource_id, session=self.session, visible=self.visible
+        )
+
+    def create(self, body: Resource) -> Version:
+        """Create as the caller, through every check a FHIR client's create passes: the
+        domain commands (referral.commands, ...) write through this."""
+        return self.store.create(
+            body["resourceType"],
+            body,
+            session=self.session,
+            visible=self.visible,
+            authorize=self.authorize,
+            actor=self.actor,
+        ).version
+
+    def update(self, body: Resource) -> Version:
+        """Update `body` (its type and id) as the caller, as a FHIR client's update."""
+        return self.store.update(
+            body["resourceType"],
+            body["id"],
+            body,
+            session=self.session,
+            visible=self.visible,
+            authorize=self.authorize,
+            actor=self.actor,
+        ).version
+
 
 @dataclass
 class OperationResult:

@@ -216,6 +216,13 @@ def check_password_strength(password: str) -> None:
         raise Invalid(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
 
 
+def person_name(session: Session, subject: str) -> str:
+    """How a person signs (their display name), by their token's subject; a partner system,
+    or an account gone since, by nothing."""
+    found = session.scalar(select(User.display_name).where(User.id == subject))
+    return found or ""
+
+
 def create_user(
     *,
     session: Session,

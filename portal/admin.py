@@ -1,0 +1,381 @@
+"""A hospital administrator's pages: departments, the consult calendar, staff accounts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from alliance.codes import (
+    DEPARTMENT,
+    DEPARTMENT_CODES,
+)
+from alliance.directory.commands import open_department, set_department_open
+from alliance.errors import AllianceError, Forbidden, NotFound, Unauthorized
+from alliance.fhir.types import Version
+from alliance.security import sessions
+from alliance.security.access import Principal
+from alliance.security.guard import Context, Interaction
+from alliance.security.models import User
+from alliance.security.service import (
+    create_user,
+    manageable_roles,
+    reset_password,
+    set_locked,
+    set_role,
+)
+from portal.i18n import translator
+from portal.shell import Page, Shell
+
+
+class AdminPages(Shell):
+    # ---- administrators ------------------------------------------------------------------------
+
+    async def departments(
+        self, request: Request, session: sessions.WebSession, error: str | None = None
+    ) -> Page:
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Session, ctx: Context) -> list[dict[str, Any]]:
+            found = self._search(
+                s,
+                ctx,
+                "Organization",
+                [("partof", f"Organization/{hospital}"), ("_count", "200")],
+                200,
+            )
+            rows = []
+            for v in found.matches:
+                org = v.resource()
+                coding: dict[str, Any] = next(
+                    (
+                        c
+                        for t in org.get("type") or []
+                        for c in t.get("coding") or []
+                        if c.get("system") == DEPARTMENT
+                    ),
+                    {},
+                )
+                rows.append(
+                    {
+                        "id": v.id,
+                        "name": org.get("name"),
+                        "active": org.get("active", True),
+                        "code": coding.get("code", ""),
+                        "display": coding.get("display", ""),
+                    }
+                )
+            return rows
+
+        rows = await self.run(
+            request,
+            session,
+            Interaction("search", query="departments"),
+            work,
+            check=self._admins_only,
+        )
+        codes = sorted(DEPARTMENT_CODES.items())
+        return Page(
+            "departments.html",
+            {
+                "departments": rows,
+                "codes": codes,
+                "error": error,
+                "hospital_name": self._hospital_name(hospital),
+            },
+            422 if error else 200,
+        )
+
+    async def department_create(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        name = str(form.get("name", "")).strip()
+        code, _, display = str(form.get("code", "")).partition("|")
+        if not name or not code:
+            return await self.departments(
+                request, session, error=translator(session.lang)("required")
+            )
+        try:
+            await self.run(
+                request,
+                session,
+                Interaction("create", "Organization"),
+                lambda s, ctx: open_department(
+                    self.acting(s, ctx), name=name, code=code, display=display
+                ),
+                check=self._admins_only,
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
+                raise
+            return await self.departments(request, session, error=exc.message)
+        return RedirectResponse("/admin/departments", 303)
+
+    async def department_action(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        form: FormData,
+        dept_id: str,
+        action: str,
+    ) -> Response:
+        if action not in ("close", "open"):
+            raise NotFound(action)
+
+        def work(s: Session, ctx: Context) -> Version:
+            return set_department_open(self.acting(s, ctx), dept_id, action == "open")
+
+        await self.run(
+            request,
+            session,
+            Interaction("update", f"Organization/{dept_id}"),
+            work,
+            check=self._admins_only,
+        )
+        return RedirectResponse("/admin/departments", 303)
+
+    def _calendar(self, s: Session, ctx: Context, hospital: str) -> Version | None:
+        found = self._search(
+            s, ctx, "HealthcareService", [("organization", f"Organization/{hospital}")], 1
+        )
+        return found.matches[0] if found.matches else None
+
+    async def calendar(
+        self, request: Request, session: sessions.WebSession, error: str | None = None
+    ) -> Page:
+        """The hospital's consult calendar: its weekly hours (in the zone it keeps) and its
+        closures, which the teleconsult booking respects."""
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Session, ctx: Context) -> dict[str, Any] | None:
+            found = self._calendar(s, ctx, hospital)
+            return found.resource() if found else None
+
+        service = await self.run(
+            request,
+            session,
+            Interaction("read", "HealthcareService"),
+            work,
+            check=self._admins_only,
+        )
+        zone = next(
+            (
+                e.get("valueCode")
+                for e in (service or {}).get("extension", [])
+                if e.get("url", "").endswith("working-time-zone")
+            ),
+            "Asia/Shanghai",
+        )
+        return Page(
+            "calendar.html",
+            {
+                "service": service,
+                "zone": zone,
+                "error": error,
+                "hospital_name": self._hospital_name(hospital),
+            },
+            422 if error else 200,
+        )
+
+    async def _change_calendar(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        change: Callable[[dict[str, Any]], None],
+    ) -> Page | Response:
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Session, ctx: Context) -> Version:
+            found = self._calendar(s, ctx, hospital)
+            if found is None:
+                raise NotFound("this hospital has no consult calendar")
+            service = found.resource()
+            change(service)
+            return self.acting(s, ctx).update(service)
+
+        try:
+            await self.run(
+                request,
+                session,
+                Interaction("update", "HealthcareService"),
+                work,
+                check=self._admins_only,
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (Forbidden, Unauthorized)):
+                raise
+            return await self.calendar(request, session, error=exc.message)
+        return RedirectResponse("/admin/calendar", 303)
+
+    async def closure_add(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        start, end = str(form.get("start", "")), str(form.get("end", ""))
+        description = str(form.get("description", "")).strip()
+        if not start or not end or not description:
+            return await self.calendar(request, session, error=translator(session.lang)("required"))
+
+        def add(service: dict[str, Any]) -> None:
+            closures = service.setdefault("notAvailable", [])
+            closures.append({"description": description, "during": {"start": start, "end": end}})
+
+        return await self._change_calendar(request, session, add)
+
+    async def hours_save(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        """Weekly hours, one span per line: `mon tue wed thu fri 08:00-12:00`. The calendar's
+        own checks (teleconsult rules) refuse what does not make sense."""
+        spans = []
+        for line in str(form.get("hours", "")).splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            times = parts[-1].split("-")
+            if len(times) != 2 or len(parts) < 2:
+                return await self.calendar(
+                    request, session, error=f"{line}: {translator(session.lang)('hours_hint')}"
+                )
+            spans.append(
+                {
+                    "daysOfWeek": parts[:-1],
+                    "availableStartTime": f"{times[0]}:00",
+                    "availableEndTime": f"{times[1]}:00",
+                }
+            )
+
+        def replace(service: dict[str, Any]) -> None:
+            service["availableTime"] = spans
+
+        return await self._change_calendar(request, session, replace)
+
+    async def closure_remove(
+        self, request: Request, session: sessions.WebSession, form: FormData, index: str
+    ) -> Page | Response:
+        def remove(service: dict[str, Any]) -> None:
+            closures = service.get("notAvailable") or []
+            if not index.isdigit() or int(index) >= len(closures):
+                raise NotFound("no such closure")
+            closures.pop(int(index))
+            if not closures:
+                service.pop("notAvailable", None)
+
+        return await self._change_calendar(request, session, remove)
+
+    def _admins_only(self, principal: Principal) -> None:
+        if "administer" not in principal.capabilities:
+            raise Forbidden("hospital administrators only")
+
+    async def staff(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        new_password: str | None = None,
+        error: str | None = None,
+        values: dict[str, str] | None = None,
+    ) -> Page:
+        hospital = self.claims(session).hospital_id
+
+        def work(s: Session, _ctx: Context) -> list[dict[str, Any]]:
+            users = s.scalars(
+                select(User).where(User.hospital_id == hospital).order_by(User.username)
+            )
+            return [
+                {
+                    "username": u.username,
+                    "display_name": u.display_name,
+                    "role_name": u.role_name,
+                    "active": u.active,
+                }
+                for u in users
+            ]
+
+        def listed(s: Session, ctx: Context) -> tuple[list[dict[str, Any]], list[str]]:
+            return work(s, ctx), manageable_roles(s, ctx.principal)
+
+        users, roles = await self.run(
+            request, session, Interaction("search", query="staff"), listed, check=self._admins_only
+        )
+        return Page(
+            "staff.html",
+            {
+                "users": users,
+                "roles": roles,
+                "new_password": new_password,
+                "error": error,
+                "form": values or {},
+                "hospital_name": self._hospital_name(hospital),
+            },
+            422 if error else 200,
+        )
+
+    async def staff_create(
+        self, request: Request, session: sessions.WebSession, form: FormData
+    ) -> Page | Response:
+        hospital = self.claims(session).hospital_id
+        values = {k: str(v).strip() for k, v in form.items() if isinstance(v, str)}
+        role = values.get("role", "county-doctor")
+
+        def work(s: Session, ctx: Context) -> str:
+            create_user(
+                session=s,
+                by=ctx.principal,
+                username=values.get("username", ""),
+                hospital_id=hospital,
+                role=role,
+                password=None,
+                display_name=values.get("display_name") or None,
+            )
+            return reset_password(session=s, by=ctx.principal, username=values.get("username", ""))
+
+        try:
+            password = await self.run(
+                request,
+                session,
+                Interaction("create", f"User/{values.get('username')}", type="security"),
+                work,
+                check=self._admins_only,
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (Forbidden, Unauthorized)):
+                raise
+            return await self.staff(request, session, error=exc.message, values=values)
+        return await self.staff(request, session, new_password=password)
+
+    async def staff_action(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        form: FormData,
+        username: str,
+        action: str,
+    ) -> Page | Response:
+        new_role = str(form.get("role", "")) if form is not None else ""
+
+        def work(s: Session, ctx: Context) -> str | None:
+            # Which accounts an administrator manages is the service's rule (check_manage).
+            if action in ("lock", "unlock"):
+                set_locked(session=s, by=ctx.principal, username=username, locked=action == "lock")
+                return None
+            if action == "reset":
+                return reset_password(session=s, by=ctx.principal, username=username)
+            if action == "role":
+                set_role(session=s, by=ctx.principal, username=username, role=new_role)
+                return None
+            raise NotFound(action)
+
+        result = await self.run(
+            request,
+            session,
+            Interaction("update", f"User/{username}", type="security"),
+            work,
+            check=self._admins_only,
+        )
+        if result:
+            return await self.staff(request, session, new_password=result)
+        return RedirectResponse("/admin/staff", 303)

@@ -1,0 +1,368 @@
+"""Referrals: the lists, one referral's page and what its doctors do on it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request, Response
+from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData, UploadFile
+
+from alliance.errors import AllianceError, Invalid, NotFound, Unauthorized
+from alliance.fhir.types import SearchResult, Version
+from alliance.records import keeper_of
+from alliance.security import sessions
+from alliance.security.guard import Context, Interaction, Touched
+from alliance.security.service import person_name
+from portal.i18n import translator
+from portal.shell import Page, Shell, when
+from portal.views import (
+    doc_view,
+    extension,
+    local_time,
+    patient_view,
+    study_view,
+)
+from referral import commands
+from referral.service import category_of
+from referral.workflow import OPEN_STATES
+from teleconsult.presentation import VIRTUAL_SERVICE
+
+#: The states of a referral sent and not yet ended (the worklist by default).
+SENT_OPEN = [state for state in OPEN_STATES if state != "draft"]
+#: How each move is offered: (word, button style); a move not listed resumes from on-hold.
+MOVE_LABELS = {
+    "accepted": ("accept", ""),
+    "rejected": ("decline", "danger"),
+    "in-progress": ("start", ""),
+    "completed": ("complete", ""),
+    "failed": ("fail", "danger"),
+    "cancelled": ("cancel", "danger"),
+    "on-hold": ("hold", ""),
+}
+
+
+class ReferralPages(Shell):
+    # ---- referrals ---------------------------------------------------------------------------
+
+    async def sent(self, request: Request, session: sessions.WebSession) -> Page:
+        hospital = self.claims(session).hospital_id
+        return await self._task_list(
+            request,
+            session,
+            [("placer", hospital), ("_sort", "-authored-on")],
+            translator(session.lang)("sent_referrals"),
+        )
+
+    async def worklist(self, request: Request, session: sessions.WebSession) -> Page:
+        hospital = self.claims(session).hospital_id
+        status = request.query_params.get("status") or ",".join(SENT_OPEN)
+        params = [("owner", f"Organization/{hospital}"), ("status", status), ("_sort", "deadline")]
+        if request.query_params.get("priority"):
+            params.append(("priority", request.query_params["priority"]))
+        return await self._task_list(request, session, params, translator(session.lang)("worklist"))
+
+    async def _task_list(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        params: list[tuple[str, str]],
+        title: str,
+    ) -> Page:
+        xinjiang = self.xinjiang(self.claims(session).hospital_id)
+
+        def work(s: Session, ctx: Context) -> SearchResult:
+            return self._search(s, ctx, "Task", [*params, ("_count", "100")], 100)
+
+        result = await self.run(
+            request,
+            session,
+            Interaction("search", query=urlencode(params)),
+            work,
+            lambda r: [
+                Touched(f"Patient/{v.patient_id}", v.patient_id) for v in r.matches if v.patient_id
+            ],
+        )
+        rows = []
+        for v in result.matches:
+            task = v.resource()
+            overdue = (task.get("businessStatus") or {}).get("text") == "overdue"
+            deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
+            rows.append(
+                {
+                    "id": v.id,
+                    "status": task["status"],
+                    "priority": task.get("priority", "routine"),
+                    "patient": self._patient_label(task),
+                    "description": task.get("description", ""),
+                    "deadline": when(deadline, xinjiang),
+                    "overdue": overdue,
+                }
+            )
+        rows.sort(key=lambda r: not r["overdue"])  # overdue first
+        return Page("referrals.html", {"referrals": rows, "title": title})
+
+    def _patient_label(self, task: dict[str, Any]) -> str:
+        reference: str = (task.get("for") or {}).get("reference", "")
+        return reference.removeprefix("Patient/")
+
+    async def referral(
+        self, request: Request, session: sessions.WebSession, task_id: str, error: str | None = None
+    ) -> Page:
+        claims = self.claims(session)
+
+        def work(s: Session, ctx: Context) -> dict[str, Any]:
+            task_version = self.store.read(
+                "Task", task_id, session=s, visible=ctx.visible, actor=ctx.principal
+            )
+            task = task_version.resource()
+            sr_id = task["focus"]["reference"].removeprefix("ServiceRequest/")
+            data: dict[str, Any] = {
+                "appointments": [],
+                "task": task,
+                "request_resource": None,
+                "documents": [],
+                "studies": [],
+                "outputs": [],
+                "messages": [],
+            }
+            patient_id = task["for"]["reference"].removeprefix("Patient/")
+            try:
+                data["patient_name"] = " / ".join(
+                    patient_view(
+                        self.store.read(
+                            "Patient", patient_id, session=s, visible=ctx.visible
+                        ).resource()
+                    )["names"]
+                )
+            except NotFound:
+                data["patient_name"] = "—"
+            try:
+                sr = self.store.read(
+                    "ServiceRequest", sr_id, session=s, visible=ctx.visible
+                ).resource()
+                data["request_resource"] = sr
+                for info in sr.get("supportingInfo") or []:
+                    ref = info.get("reference", "")
+                    rtype, _, rid = ref.partition("/")
+                    try:
+                        res = self.store.read(rtype, rid, session=s, visible=ctx.visible).resource()
+                    except (NotFound, AllianceError):
+                        continue
+                    if rtype == "DocumentReference":
+                        data["documents"].append(doc_view(res))
+                    elif rtype == "ImagingStudy":
+                        data["studies"].append(study_view(res))
+                msgs = self._search(
+                    s,
+                    ctx,
+                    "Communication",
+                    [("based-on", f"ServiceRequest/{sr_id}"), ("_sort", "sent")],
+                    100,
+                )
+                data["messages"] = [
+                    {
+                        "when": m.resource().get("sent") or m.resource()["meta"]["lastUpdated"],
+                        "who": (m.resource().get("sender") or {}).get("display", ""),
+                        "text": " ".join(
+                            p.get("contentString", "") for p in m.resource().get("payload") or []
+                        ),
+                    }
+                    for m in msgs.matches
+                ]
+            except NotFound:
+                pass
+            appointments = self._search(
+                s,
+                ctx,
+                "Appointment",
+                [("based-on", f"ServiceRequest/{sr_id}"), ("_sort", "date")],
+                20,
+                reader=True,
+            )
+            for a in appointments.matches:
+                appt = a.resource()
+                room = extension(appt, VIRTUAL_SERVICE) or {}
+                data["appointments"].append(
+                    {
+                        "when": local_time(appt) or appt.get("start", ""),
+                        "status": appt.get("status"),
+                        "link": next(
+                            (
+                                x.get("valueUrl")
+                                for x in room.get("extension", [])
+                                if x.get("url") == "address"
+                            ),
+                            None,
+                        ),
+                    }
+                )
+            for out in task.get("output") or []:
+                ref = (out.get("valueReference") or {}).get("reference", "")
+                if ref.startswith("DocumentReference/"):
+                    with contextlib.suppress(NotFound):
+                        data["outputs"].append(
+                            doc_view(
+                                self.store.read(
+                                    "DocumentReference",
+                                    ref.split("/")[1],
+                                    session=s,
+                                    visible=ctx.visible,
+                                ).resource()
+                            )
+                        )
+            data["moves"] = commands.moves_for(self.acting(s, ctx), task)
+            return data
+
+        data = await self.run(
+            request,
+            session,
+            Interaction("read", f"Task/{task_id}"),
+            work,
+            lambda d: [
+                Touched(f"Task/{task_id}", d["task"]["for"]["reference"].removeprefix("Patient/"))
+            ],
+        )
+        task = data["task"]
+        owner = task["owner"]["reference"].removeprefix("Organization/")
+        placer = keeper_of(task)
+        status = task["status"]
+        teleconsult = category_of(data["request_resource"] or {}) == "teleconsult"
+        actions = [
+            {
+                "status": move.target,
+                "label": MOVE_LABELS.get(move.target, ("resume", ""))[0],
+                "style": MOVE_LABELS.get(move.target, ("resume", ""))[1],
+                "reason": "reason" in move.needs,
+                "opinion": "output" in move.needs,
+            }
+            for move in data["moves"]
+            # A consult is completed by signing its opinion, not by filing a file.
+            if not (teleconsult and move.target == "completed")
+        ]
+        xinjiang = self.xinjiang(claims.hospital_id)
+        for m in data["messages"]:
+            m["when"] = when(m["when"], xinjiang)
+        deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
+        return Page(
+            "referral.html",
+            {
+                **data,
+                "actions": actions,
+                "error": error,
+                "deadline": when(deadline, xinjiang),
+                "overdue": (task.get("businessStatus") or {}).get("text") == "overdue",
+                "can_message": data["request_resource"] is not None
+                and status not in ("rejected", "cancelled"),
+                "appointments": data["appointments"],
+                "can_book": claims.hospital_id == placer
+                and teleconsult
+                and status in ("requested", "received", "accepted")
+                and not any(
+                    a["status"] in ("booked", "arrived", "pending") for a in data["appointments"]
+                ),
+                "can_sign": claims.hospital_id == owner
+                and teleconsult
+                and status in ("accepted", "in-progress"),
+                # The hospital that took an up-referral sends the patient back down from it.
+                "can_send_down": claims.hospital_id == owner
+                and status in ("accepted", "in-progress", "completed")
+                and category_of(data["request_resource"] or {}) == "up-referral",
+            },
+            422 if error else 200,
+        )
+
+    async def referral_move(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Page | Response:
+        target = str(form.get("status", ""))
+        reason = str(form.get("reason", ""))
+        opinion = form.get("opinion")
+        seen = str(form.get("version", "")) or None
+
+        def work(s: Session, ctx: Context) -> Version:
+            acting = self.acting(s, ctx)
+            if target != "completed":
+                return commands.move_referral(
+                    acting, task_id, target, reason=reason, seen_version=seen
+                )
+            if not isinstance(opinion, UploadFile) or not opinion.filename:
+                raise Invalid("attach the opinion (PDF) to complete")
+            attachment = self.attach(s, ctx, opinion, "会诊意见")
+            return commands.complete_with_opinion(acting, task_id, attachment, seen_version=seen)
+
+        try:
+            await self.run(
+                request,
+                session,
+                Interaction("update", f"Task/{task_id}"),
+                work,
+                lambda v: [Touched(f"Task/{v.id}", v.patient_id)],
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Unauthorized)):
+                raise
+            return await self.referral(request, session, task_id, error=exc.message)
+        return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    async def send_down(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Page | Response:
+        """A down-referral from an up-referral this hospital took: the discharge summary, the
+        follow-up / rehabilitation plan (one activity per line), back to the sending hospital."""
+        summary = form.get("discharge")
+        plan_lines = [
+            line.strip() for line in str(form.get("plan", "")).splitlines() if line.strip()
+        ]
+        if not isinstance(summary, UploadFile) or not summary.filename or not plan_lines:
+            return await self.referral(
+                request, session, task_id, error=translator(session.lang)("down_needs")
+            )
+
+        def work(s: Session, ctx: Context) -> str:
+            assert isinstance(summary, UploadFile)
+            return commands.send_down(
+                self.acting(s, ctx),
+                task_id,
+                discharge_summary=self.attach(s, ctx, summary, "出院小结"),
+                plan=plan_lines,
+                note=str(form.get("note", "")),
+            ).task_id
+
+        try:
+            new_task = await self.run(
+                request,
+                session,
+                Interaction("create", "ServiceRequest"),
+                work,
+                lambda tid: [Touched(f"Task/{tid}", None)],
+            )
+        except AllianceError as exc:
+            if isinstance(exc, (NotFound, Unauthorized)):
+                raise
+            return await self.referral(request, session, task_id, error=exc.message)
+        return RedirectResponse(f"/referrals/{new_task}", 303)
+
+    async def referral_message(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Response:
+        text = str(form.get("text", "")).strip()
+        hospital = self._hospital_name(self.claims(session).hospital_id)
+
+        def work(s: Session, ctx: Context) -> Version:
+            name = person_name(s, ctx.principal.subject) or ctx.principal.username
+            signature = f"{name} · {hospital}"
+            return commands.post_message(self.acting(s, ctx), task_id, text, signature)
+
+        if text:
+            await self.run(
+                request,
+                session,
+                Interaction("create", "Communication"),
+                work,
+                lambda v: [Touched(f"Communication/{v.id}", v.patient_id)],
+            )
+        return RedirectResponse(f"/referrals/{task_id}", 303)

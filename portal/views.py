@@ -1,0 +1,134 @@
+"""What the pages show of FHIR resources: small views read off them, and the form field an
+error is about."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from alliance.codes import (
+    RESIDENT_ID,
+)
+from alliance.errors import AllianceError, Forbidden
+from alliance.security.access import Principal
+from alliance.security.tokens import TokenClaims
+from teleconsult.presentation import LOCAL_TIME
+
+
+@dataclass(frozen=True)
+class UserView:
+    claims: TokenClaims
+    capabilities: frozenset[str]
+
+    @property
+    def username(self) -> str:
+        return self.claims.username
+
+
+class FormValues(dict[str, Any]):
+    def getlist(self, key: str) -> list[str]:
+        value = self.get(key) or []
+        return value if isinstance(value, list) else [value]
+
+
+def extension(resource: dict[str, Any], url: str) -> dict[str, Any] | None:
+    return next((e for e in resource.get("extension") or [] if e.get("url") == url), None)
+
+
+def local_time(resource: dict[str, Any]) -> str | None:
+    found = extension(resource, LOCAL_TIME)
+    return str(found["valueString"]) if found and "valueString" in found else None
+
+
+def auditors_only(principal: Principal) -> None:
+    if "audit" not in principal.capabilities:
+        raise Forbidden("the audit trail is for alliance auditors")
+
+
+def patient_view(patient: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": patient["id"],
+        "names": [n.get("text", "") for n in patient.get("name") or []],
+        "identity": next(
+            (
+                i.get("value")
+                for i in patient.get("identifier") or []
+                if i.get("system") == RESIDENT_ID
+            ),
+            "",
+        ),
+        "gender": patient.get("gender"),
+        "birth_date": patient.get("birthDate", ""),
+    }
+
+
+def doc_view(doc: dict[str, Any]) -> dict[str, str | None]:
+    attachment = (doc.get("content") or [{}])[0].get("attachment", {})
+    title = (
+        attachment.get("title")
+        or ((doc.get("type") or {}).get("coding") or [{}])[0].get("display")
+        or doc["id"]
+    )
+    # A triage preview (before acceptance) carries no file: the title only, no link.
+    return {"url": attachment.get("url"), "title": title}
+
+
+def study_view(study: dict[str, Any]) -> dict[str, str | None]:
+    uid = next(
+        (i.get("value", "").removeprefix("urn:oid:") for i in study.get("identifier") or []), ""
+    )
+    modalities = ",".join(m.get("code", "") for m in study.get("modality") or [])
+    text = f"{study.get('started', '')[:10]} {modalities} {study.get('description', '')}".strip()
+    tags = [t.get("code") for t in (study.get("meta") or {}).get("tag") or []]
+    # A triage preview (before acceptance) shows what the study is, not its images.
+    link = None if "SUBSETTED" in tags else f"/viewer/{uid}"
+    return {"id": study["id"], "text": text or uid, "link": link, "uid": uid}
+
+
+def timeline_item(rtype: str, res: dict[str, Any], stamp: str) -> dict[str, Any]:
+    if rtype == "ServiceRequest":
+        code = ((res.get("category") or [{}])[0].get("coding") or [{}])[0].get("code", "")
+        reasons = ", ".join(
+            c.get("display", c.get("code", ""))
+            for r in res.get("reasonCode") or []
+            for c in r.get("coding") or []
+        )
+        return {
+            "sort": stamp,
+            "kind": code,
+            "text": f"{reasons} · {res.get('status')}",
+            "link": None,
+        }
+    if rtype == "Task":
+        return {
+            "sort": stamp,
+            "kind": "Task",
+            "text": f"{res.get('description', '')} · {res.get('status')}",
+            "link": f"/referrals/{res['id']}",
+        }
+    if rtype == "ImagingStudy":
+        view = study_view(res)
+        return {"sort": stamp, "kind": "影像", "text": view["text"], "link": view["link"]}
+    view = doc_view(res)
+    return {"sort": stamp, "kind": "文档", "text": view["title"], "link": view["url"]}
+
+
+def field_of(exc: AllianceError, default: str = "form") -> str:
+    """The form field an error is about, from its FHIR element path."""
+    paths = " ".join(p for i in exc.issues for p in i.expression)
+    for marker, name in (
+        ("identifier", "identity"),
+        ("birthDate", "birth_date"),
+        ("name", "name"),
+        ("telecom", "phone"),
+        ("gender", "gender"),
+        ("performer", "target"),
+        ("reasonCode", "diagnosis"),
+        ("sourceAttachment", "consent_form"),
+        ("Consent", "consent_form"),
+    ):
+        if marker in paths:
+            return name
+    if "attach" in exc.message or exc.status in (413, 415):
+        return "document"
+    return default
