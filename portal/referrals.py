@@ -12,18 +12,21 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
 from alliance.errors import AllianceError, Invalid, NotFound, Unauthorized
+from alliance.fhir.registry import Resource
 from alliance.fhir.types import SearchResult, Version
-from alliance.records import keeper_of
+from alliance.records import keeper_of, reference_id
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
 from alliance.security.service import person_name
 from portal.i18n import translator
 from portal.shell import Page, Shell, when
 from portal.views import (
+    destination,
     doc_view,
     extension,
     local_time,
     patient_view,
+    person_line,
     study_view,
 )
 from referral import commands
@@ -33,6 +36,8 @@ from teleconsult.presentation import VIRTUAL_SERVICE
 
 #: The states of a referral sent and not yet ended (the worklist by default).
 SENT_OPEN = [state for state in OPEN_STATES if state != "draft"]
+#: FHIR R4 request-priority, most urgent first.
+PRIORITY_RANK = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
 #: How each move is offered: (word, button style); a move not listed resumes from on-hold.
 MOVE_LABELS = {
     "accepted": ("accept", ""),
@@ -72,42 +77,79 @@ class ReferralPages(Shell):
         params: list[tuple[str, str]],
         title: str,
     ) -> Page:
+        """Referrals as people read a list: the patient's name, sex and age, the kind, where to,
+        the status in words; the most urgent first, then by deadline (overdue marked)."""
         xinjiang = self.xinjiang(self.claims(session).hospital_id)
 
-        def work(s: Session, ctx: Context) -> SearchResult:
-            return self._search(s, ctx, "Task", [*params, ("_count", "100")], 100)
+        def work(s: Session, ctx: Context) -> tuple[SearchResult, dict[str, Resource]]:
+            tasks = self._search(
+                s,
+                ctx,
+                "Task",
+                [
+                    *params,
+                    ("_include", "Task:patient"),
+                    ("_include", "Task:focus"),
+                    ("_count", "100"),
+                ],
+                100,
+            )
+            related = {f"{v.resource_type}/{v.id}": v.resource() for v in tasks.included}
+            asked = {
+                reference_id(p, "Organization")
+                for r in related.values()
+                if r["resourceType"] == "ServiceRequest"
+                for p in r.get("performer") or []
+            } - {None}
+            if asked:
+                orgs = self._search(
+                    s,
+                    ctx,
+                    "Organization",
+                    [
+                        ("_id", ",".join(sorted(str(o) for o in asked))),
+                        ("_include", "Organization:partof"),
+                    ],
+                    200,
+                )
+                related |= {
+                    f"Organization/{v.id}": v.resource() for v in [*orgs.matches, *orgs.included]
+                }
+            return tasks, related
 
-        result = await self.run(
+        result, related = await self.run(
             request,
             session,
             Interaction("search", query=urlencode(params)),
             work,
-            lambda r: [
-                Touched(f"Patient/{v.patient_id}", v.patient_id) for v in r.matches if v.patient_id
+            lambda found: [
+                Touched(f"Patient/{v.patient_id}", v.patient_id)
+                for v in found[0].matches
+                if v.patient_id
             ],
         )
+        t = translator(session.lang)
         rows = []
         for v in result.matches:
             task = v.resource()
-            overdue = (task.get("businessStatus") or {}).get("text") == "overdue"
             deadline = ((task.get("restriction") or {}).get("period") or {}).get("end")
+            request_resource = related.get(task["focus"]["reference"], {})
+            patient = related.get(task["for"]["reference"])
             rows.append(
                 {
                     "id": v.id,
                     "status": task["status"],
                     "priority": task.get("priority", "routine"),
-                    "patient": self._patient_label(task),
-                    "description": task.get("description", ""),
+                    "patient": person_line(patient, t) if patient else t("not_shared"),
+                    "kind": category_of(request_resource) or "",
+                    "target": destination(request_resource, related),
                     "deadline": when(deadline, xinjiang),
-                    "overdue": overdue,
+                    "due": deadline or "9999",
+                    "overdue": (task.get("businessStatus") or {}).get("text") == "overdue",
                 }
             )
-        rows.sort(key=lambda r: not r["overdue"])  # overdue first
+        rows.sort(key=lambda r: (not r["overdue"], PRIORITY_RANK.get(r["priority"], 9), r["due"]))
         return Page("referrals.html", {"referrals": rows, "title": title})
-
-    def _patient_label(self, task: dict[str, Any]) -> str:
-        reference: str = (task.get("for") or {}).get("reference", "")
-        return reference.removeprefix("Patient/")
 
     async def referral(
         self, request: Request, session: sessions.WebSession, task_id: str, error: str | None = None

@@ -3,9 +3,12 @@ error is about."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
+from alliance import clock
 from alliance.codes import (
     RESIDENT_ID,
 )
@@ -132,3 +135,35 @@ def field_of(exc: AllianceError, default: str = "form") -> str:
     if "attach" in exc.message or exc.status in (413, 415):
         return "document"
     return default
+
+
+def age_on(birth_date: str, today: date) -> int | None:
+    """Whole years from a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD) to `today`."""
+    parts = [int(p) for p in birth_date.split("-") if p.isdigit()]
+    if not parts:
+        return None
+    year, month, day = [*parts, 1, 1][:3]
+    return today.year - year - ((today.month, today.day) < (month, day))
+
+
+def person_line(patient: dict[str, Any], t: Callable[[str], str]) -> str:
+    """`姓名 · 女 · 45岁`: how a list names a patient."""
+    names = [n.get("text", "") for n in patient.get("name") or [] if n.get("text")]
+    parts = [names[0] if names else "—"]
+    if patient.get("gender") in ("male", "female"):
+        parts.append(t(str(patient["gender"])))
+    age = age_on(str(patient.get("birthDate", "")), clock.now().date())
+    if age is not None:
+        parts.append(t("age_years").format(age=age))
+    return " · ".join(parts)
+
+
+def destination(request: dict[str, Any], related: dict[str, dict[str, Any]]) -> str:
+    """`苏北人民医院 · 心血管内科`: the hospital and department a request asks."""
+    for performer in request.get("performer") or []:
+        org = related.get(str(performer.get("reference", "")))
+        if org is None:
+            continue
+        parent = related.get(str((org.get("partOf") or {}).get("reference", "")))
+        return " · ".join(str(o.get("name", "")) for o in (parent, org) if o)
+    return ""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
+from alliance import clock
 from alliance.codes import ICD10_CN
 from alliance.config import Settings
 from alliance.security import sessions
@@ -183,7 +184,7 @@ def test_a_referral_made_through_the_portal_is_what_the_doctor_said(
 
     csrf = sign_in(client, "dr.xinyuan.people")
     made = {}
-    for diagnosis in ("胸痛待查", "I21.900 急性心肌梗死"):
+    for diagnosis, priority in (("胸痛待查", "routine"), ("I21.900 急性心肌梗死", "urgent")):
         r = client.post(
             "/referrals/new",
             data={
@@ -192,7 +193,7 @@ def test_a_referral_made_through_the_portal_is_what_the_doctor_said(
                 "target": "subei-cardiology",
                 "diagnosis": diagnosis,
                 "summary": "胸痛3天",
-                "priority": "routine",
+                "priority": priority,
                 "consenter": "patient",
             },
             files={"consent_form": ("consent.png", PNG, "image/png")},
@@ -222,6 +223,20 @@ def test_a_referral_made_through_the_portal_is_what_the_doctor_said(
             }
         ],
     }
+
+    # The list names people and places, the urgent one first.
+    listed = client.get("/referrals").text
+    rows = re.findall(
+        r'<tr class="[^"]*">\s*<td><a href="/referrals/([^"]+)">([^<]+)</a></td>\s*'
+        r"<td>([^<]*)</td>\s*<td>([^<]*)</td>",
+        listed,
+    )
+    age = clock.now().year - 1978 - ((clock.now().month, clock.now().day) < (9, 21))
+    line = f"阿依古丽·努尔兰 · 女 · {age}岁"
+    assert rows[:2] == [
+        (made["I21.900 急性心肌梗死"], line, "上转", "苏北人民医院 · 心血管内科"),
+        (made["胸痛待查"], line, "上转", "苏北人民医院 · 心血管内科"),
+    ]
 
     task_id = made["胸痛待查"]
     page = client.get(f"/referrals/{task_id}")
