@@ -257,3 +257,9 @@ def test_a_referral_made_through_the_portal_is_what_the_doctor_said(
         ).json()["entry"]
     ]
     assert senders == ["努尔兰·别克 · 新源县人民医院"]
+
+
+def test_the_site_has_an_icon(client: TestClient) -> None:
+    r = client.get("/favicon.ico")
+    assert (r.status_code, r.headers["content-type"]) == (200, "image/vnd.microsoft.icon")
+    assert r.content[:4] == b"\x00\x00\x01\x00"  # an ICO file (icon resource directory)
