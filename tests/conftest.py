@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -153,6 +154,16 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield c
 
 
+@pytest.fixture
+def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary folder of this test's own for the spool files of this process (STOW-RS
+    parts, C-STORE data sets), so a test can see that none is left behind."""
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -286,3 +297,12 @@ def serving(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(20)
+
+
+def peak_memory(pid: int) -> int:
+    """The process's peak resident set so far, in bytes (VmHWM in /proc/<pid>/status): what a
+    memory test bounds, since it cannot miss a peak between two samples."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
