@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from alliance.config import Settings
+from imaging.scp import StorageSCP
 from server.app import create_app
 from server.demo import seed_demo
 from server.migrate import upgrade
@@ -251,6 +252,20 @@ def s3() -> Iterator[S3Server]:
         skip_or_fail(f"S3 backend not tested: {exc}")
     with seaweedfs_s3() as server:
         yield server
+
+
+@pytest.fixture
+def scp(settings: Settings) -> Iterator[StorageSCP]:
+    """The C-STORE receiver on a free port of this process, storing for the calling AE title
+    XYPEOPLE_CT (xy-people)."""
+    from server.dicom import build_scp
+
+    configured = settings.model_copy(update={"dicom_calling_aes": "XYPEOPLE_CT=xy-people"})
+    receiver = build_scp(configured)
+    receiver.start("127.0.0.1", 0)
+    yield receiver
+    receiver.stop()
+    receiver.imaging.db.dispose()
 
 
 @contextmanager

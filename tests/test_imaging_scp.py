@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -30,16 +30,6 @@ from tests.imaging_data import ct_series, large_ct_file, relabel
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def scp(settings: Settings) -> Iterator[StorageSCP]:
-    configured = settings.model_copy(update={"dicom_calling_aes": "XYPEOPLE_CT=xy-people"})
-    receiver = build_scp(configured)
-    receiver.start("127.0.0.1", 0)
-    yield receiver
-    receiver.stop()
-    receiver.imaging.db.dispose()
 
 
 def associate(scp: StorageSCP, calling: str, syntaxes: list[str] | None = None) -> object:
