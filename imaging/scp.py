@@ -37,7 +37,7 @@ from typing import Any
 from pynetdicom import AE, StoragePresentationContexts, _config, dimse_messages, evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event, EventHandlerType
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy.orm import Session
 
 from alliance.audit.service import AuditActor, AuditInput, append
@@ -119,6 +119,24 @@ class ReceivedDataSet:
             os.unlink(self.name)
 
 
+#: Largest PDU read from a peer. pynetdicom reads a PDU whole, of whatever length its header
+#: declares; the receiver's Maximum Length Received (PS3.8 D.1, 16 KiB here) bounds what a
+#: P-DATA-TF may hold, and an A-ASSOCIATE-RQ with every presentation context and a user
+#: identity fits well within this.
+MAX_PDU_BYTES = 1024 * 1024
+
+
+class _BoundedSocket(AssociationSocket):
+    """An association's socket that refuses to read a PDU over `MAX_PDU_BYTES`: pynetdicom takes
+    it as the transport connection closing (the state machine of PS3.8 9.2) and ends the
+    association, before a byte of the PDU's value is held."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_PDU_BYTES:
+            raise OSError(f"a PDU of {nr_bytes} bytes is over the {MAX_PDU_BYTES} read here")
+        return super().recv(nr_bytes)
+
+
 class _ReceivingAE(AE):
     """The receiver's Application Entity, which knows its `StorageSCP` so that the spool file
     of a data set arriving on one of its associations is made by that receiver."""
@@ -183,6 +201,7 @@ class StorageSCP:
 
     def start(self, host: str, port: int, *, block: bool = False) -> None:
         handlers: list[EventHandlerType] = [
+            (evt.EVT_CONN_OPEN, self._on_connect),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
@@ -217,6 +236,13 @@ class StorageSCP:
             self._receiving.pop(spool.name, None)
 
     # ---- handlers ---------------------------------------------------------------------
+
+    def _on_connect(self, event: Event) -> None:
+        """Every connection reads its PDUs through a `_BoundedSocket` (set before the
+        association's first read: pynetdicom signals the connection, then starts reading)."""
+        sock = event.assoc.dul.socket
+        if type(sock) is AssociationSocket:
+            sock.__class__ = _BoundedSocket
 
     def _actor(self, event: Event) -> tuple[AuditActor, str | None]:
         calling = str(event.assoc.requestor.ae_title).strip()

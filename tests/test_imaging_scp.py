@@ -4,8 +4,11 @@ association, and what is stored shows up in QIDO-RS and as an ImagingStudy."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -267,3 +270,35 @@ def test_a_data_set_cut_off_by_an_abort_leaves_no_spool_file(
         time.sleep(0.05)
     assert list(spool.iterdir()) == []
     assert list(scp.imaging.blobs.list_keys()) == []
+
+
+def test_a_pdu_declaring_a_gigabyte_is_not_read_into_memory(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """pynetdicom reads a PDU whole, of the length its header declares: a peer declaring 1 GiB
+    and sending 256 MiB of it made the receiver hold all it sent. The receiver now closes the
+    connection at the header, and goes on serving others."""
+    port = free_port()
+    env = {"ALLIANCE_DICOM_PORT": str(port), "ALLIANCE_DICOM_CALLING_AES": "XYPEOPLE_CT=xy-people"}
+    with serving(settings, tmp_path / "serve.log", **env) as (_url, proc):
+        ae = AE(ae_title="XYPEOPLE_CT")
+        ae.add_requested_context(CTImageStorage)
+        warm_up = ae.associate("127.0.0.1", port, ae_title="ALLIANCE")
+        assert warm_up.is_established
+        warm_up.release()
+        before = peak_memory(proc.pid)
+        sent = 0
+        with socket.create_connection(("127.0.0.1", port)) as peer:
+            # An A-ASSOCIATE-RQ PDU header (PS3.8 9.3.2) declaring 1 GiB.
+            peer.sendall(struct.pack(">BBI", 0x01, 0x00, 1024**3))
+            junk = bytes(1024 * 1024)
+            with contextlib.suppress(OSError):  # the receiver closes the connection
+                for _ in range(256):
+                    peer.sendall(junk)
+                    sent += len(junk)
+        after = peak_memory(proc.pid)
+        again = ae.associate("127.0.0.1", port, ae_title="ALLIANCE")
+        assert again.is_established
+        again.release()
+    assert sent < 256 * MiB, "the receiver read the whole PDU"
+    assert after - before < 16 * MiB, f"peak RSS grew by {(after - before) / MiB:.0f} MiB"
