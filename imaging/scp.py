@@ -15,12 +15,13 @@ or malformed UIDs, inconsistent pixel data, another patient); 0xC000 cannot unde
 parseable as DICOM); 0x0111 duplicate SOP instance with other content; 0x0124 refused, not
 authorised (a study kept by another hospital); 0x0110 processing failure.
 
-Each data set is streamed to disk as its P-DATA arrives (PS3.8 9.3.5, PS3.7 Annex E): pynetdicom's
-chunked receive writes every PDV into a `ReceivedDataSet` spool file, so an instance of any size
-costs the receiver one PDU of memory. Past `max_instance_bytes` nothing more is written and the
-C-STORE is answered 0xA700 once the request is complete (there is no way to refuse a C-STORE
-before then other than aborting the association). The spool file is removed when its C-STORE is
-answered, or when the association ends with it half-received.
+Each data set is streamed to disk as its P-DATA-TF PDUs arrive (PS3.8 9.3.5 and Annex E):
+pynetdicom's chunked receive writes every PDV into a `ReceivedDataSet` spool file, so an
+instance of any size costs the receiver one PDU of memory (and no PDU over `MAX_PDU_BYTES` is
+read). Past `max_instance_bytes` nothing more is written and the C-STORE is answered 0xA700
+once the request is complete (there is no way to refuse a C-STORE before then other than
+aborting the association). The spool file is removed when its C-STORE is answered, or when the
+association ends with it half-received.
 """
 
 from __future__ import annotations
