@@ -172,7 +172,13 @@ def test_a_served_process_takes_the_corpus_in_flat_memory(
     sample = [c for c in corpus if not c.name.startswith("truncated")] + truncated[::10]
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     port = free_port()
-    env = {"ALLIANCE_DICOM_PORT": str(port), "ALLIANCE_DICOM_CALLING_AES": "XYPEOPLE_CT=xy-people"}
+    spool = tmp_path / "spool"  # the served process's temporary folder
+    spool.mkdir()
+    env = {
+        "ALLIANCE_DICOM_PORT": str(port),
+        "ALLIANCE_DICOM_CALLING_AES": "XYPEOPLE_CT=xy-people",
+        "TMPDIR": str(spool),
+    }
     headers = bearer(settings, DOCTOR)
     with (
         serving(settings, tmp_path / "serve.log", **env) as (url, proc),
@@ -201,4 +207,5 @@ def test_a_served_process_takes_the_corpus_in_flat_memory(
             assert send_corpus(assoc, sample, tmp_path) == {}
         after = peak_memory(proc.pid)
         assoc.release()
+        assert list(spool.iterdir()) == []
     assert after - before < 32 * MiB, f"peak RSS grew by {(after - before) / MiB:.1f} MiB"

@@ -196,7 +196,13 @@ def test_a_300_mb_instance_is_received_to_disk_not_into_memory(
     # The SCU sends the file as it is on disk, in chunks, rather than decoding it first.
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     port = free_port()
-    env = {"ALLIANCE_DICOM_PORT": str(port), "ALLIANCE_DICOM_CALLING_AES": "XYPEOPLE_CT=xy-people"}
+    spool = tmp_path / "spool"  # the served process's temporary folder
+    spool.mkdir()
+    env = {
+        "ALLIANCE_DICOM_PORT": str(port),
+        "ALLIANCE_DICOM_CALLING_AES": "XYPEOPLE_CT=xy-people",
+        "TMPDIR": str(spool),
+    }
     with serving(settings, tmp_path / "serve.log", **env) as (_url, proc):
         ae = AE(ae_title="XYPEOPLE_CT")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -210,6 +216,7 @@ def test_a_300_mb_instance_is_received_to_disk_not_into_memory(
         assert assoc.send_c_store(big).Status == 0x0000
         after = peak_memory(proc.pid)
         assoc.release()
+        assert list(spool.iterdir()) == []
     assert after - before < 64 * MiB, f"peak RSS grew by {(after - before) / MiB:.0f} MiB"
     found = as_user("dr.xinyuan.people").get(
         "/dicomweb/instances",
