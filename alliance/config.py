@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     dicom_calling_aes: str = ""
     #: Largest STOW-RS request body, in bytes (413 beyond it, before reading it all).
     max_stow_bytes: int = 2 * 1024 * 1024 * 1024
+    #: Most parts in one STOW-RS request (413 beyond): every part costs a spool file and an
+    #: entry in the response, however small the part.
+    max_stow_parts: int = 10_000
     #: Browser origins of DICOMweb viewers allowed by CORS on /dicomweb, separated by commas.
     viewer_origins: str = ""
     #: Addresses or networks (CIDR) of the reverse proxies whose `Forwarded` /

@@ -228,7 +228,7 @@ class DicomwebApi:
         boundary = ctype.param("boundary")
         if not boundary:
             raise BadRequest("the multipart Content-Type names no boundary")
-        return MultipartReader(boundary), body
+        return MultipartReader(boundary, max_parts=self.settings.max_stow_parts), body
 
     async def _receive(
         self,

@@ -11,25 +11,34 @@ date when the association ends (and by any later ingest of the study).
 
 Status codes (PS3.4 B.2.3, PS3.7 C): 0x0000 success; 0xA700 out of resources (blob store or
 database unavailable, instance too large); 0xA900 data set does not match SOP Class (missing
-or malformed UIDs, inconsistent pixel data, another patient); 0xC211 cannot understand (not
+or malformed UIDs, inconsistent pixel data, another patient); 0xC000 cannot understand (not
 parseable as DICOM); 0x0111 duplicate SOP instance with other content; 0x0124 refused, not
 authorised (a study kept by another hospital); 0x0110 processing failure.
+
+Each data set is streamed to disk as its P-DATA-TF PDUs arrive (PS3.8 9.3.5 and Annex E):
+pynetdicom's chunked receive writes every PDV into a `ReceivedDataSet` spool file, so an
+instance of any size costs the receiver one PDU of memory (and no PDU over `MAX_PDU_BYTES` is
+read). Past `max_instance_bytes` nothing more is written and the C-STORE is answered 0xA700
+once the request is complete (there is no way to refuse a C-STORE before then other than
+aborting the association). The spool file is removed when its C-STORE is answered, or when the
+association ends with it half-received.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pydicom.filebase import DicomFileLike
-from pydicom.filewriter import write_file_meta_info
-from pynetdicom import AE, StoragePresentationContexts, evt
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom import AE, StoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event, EventHandlerType
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy.orm import Session
 
 from alliance.audit.service import AuditActor, AuditInput, append
@@ -44,8 +53,6 @@ log = logging.getLogger("alliance.dicom")
 
 #: Verification SOP Class (PS3.4 Annex A): C-ECHO, so a PACS can test the link.
 VERIFICATION = "1.2.840.10008.1.1"
-#: "Cannot understand" as the C-STORE receiver reports it (PS3.4 B.2.3, 0xCxxx).
-CANNOT_UNDERSTAND = 0xC211
 
 #: Transfer syntaxes accepted for every storage SOP class: the uncompressed ones and every
 #: compressed one stored as received (nothing is transcoded on the way in).
@@ -68,8 +75,99 @@ TRANSFER_SYNTAXES = [
 ]
 
 
-def _status(outcome_status: int) -> int:
-    return CANNOT_UNDERSTAND if outcome_status == dicom.CANNOT_UNDERSTAND else outcome_status
+class ReceivedDataSet:
+    """The spool file one C-STORE data set is written to while its P-DATA arrives.
+
+    pynetdicom writes the file meta (built from the request's Affected SOP Class and Instance
+    UIDs and the presentation context's transfer syntax) and then every data set PDV here, as
+    it would into the temporary file it makes itself; the bytes are counted, and past `limit`
+    the file is emptied and the rest is counted but not written (`over_limit`).
+    """
+
+    def __init__(
+        self, limit: int, on_close: Callable[[ReceivedDataSet], None] | None = None
+    ) -> None:
+        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIXES[1], suffix=".dcm")
+        self.file = os.fdopen(fd, "wb")
+        self.name = name
+        self.limit = limit
+        self.size = 0
+        self.over_limit = False
+        self._on_close = on_close
+
+    def __bool__(self) -> bool:
+        return True  # pynetdicom tests the file for truth before writing to it
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if not self.over_limit and self.size > self.limit:
+            self.over_limit = True
+            self.file.seek(0)
+            self.file.truncate()
+        if not self.over_limit:
+            self.file.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.file.close()
+        if self._on_close is not None:
+            self._on_close(self)
+            self._on_close = None
+
+    def discard(self) -> None:
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.name)
+
+
+#: Largest PDU read from a peer. pynetdicom reads a PDU whole, of whatever length its header
+#: declares; the receiver's Maximum Length Received (PS3.8 D.1, 16 KiB here) bounds what a
+#: P-DATA-TF may hold, and an A-ASSOCIATE-RQ with every presentation context and a user
+#: identity fits well within this.
+MAX_PDU_BYTES = 1024 * 1024
+
+
+class _BoundedSocket(AssociationSocket):
+    """An association's socket that refuses to read a PDU over `MAX_PDU_BYTES`: pynetdicom takes
+    it as the transport connection closing (the state machine of PS3.8 9.2) and ends the
+    association, before a byte of the PDU's value is held."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_PDU_BYTES:
+            raise OSError(f"a PDU of {nr_bytes} bytes is over the {MAX_PDU_BYTES} read here")
+        return super().recv(nr_bytes)
+
+
+class _ReceivingAE(AE):
+    """The receiver's Application Entity, which knows its `StorageSCP` so that the spool file
+    of a data set arriving on one of its associations is made by that receiver."""
+
+    def __init__(self, ae_title: str, receiver: StorageSCP) -> None:
+        super().__init__(ae_title=ae_title)
+        self.receiver = receiver
+
+
+def _spool_file(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for the `NamedTemporaryFile` pynetdicom's chunked receive makes a data set's
+    file with (pynetdicom.dimse_messages.DIMSEMessage.decode_msg, which runs in the receiving
+    association's DUL thread): on an association of an alliance receiver, a `ReceivedDataSet`
+    of that receiver; elsewhere, what pynetdicom would have made."""
+    thread = threading.current_thread()
+    if isinstance(thread, DULServiceProvider):
+        ae = thread.assoc.ae
+        if isinstance(ae, _ReceivingAE):
+            return ae.receiver.spool_for(thread.assoc)
+    return tempfile.NamedTemporaryFile(*args, **kwargs)
+
+
+def _receive_to_disk() -> None:
+    """Turn on pynetdicom's chunked receive (STORE_RECV_CHUNKED_DATASET, pynetdicom >= 2.0),
+    with its data set files made by `_spool_file`. Process-wide: this process's only SCP is
+    this receiver, and an SCP of anyone else gets pynetdicom's own behaviour from it."""
+    if not hasattr(dimse_messages, "NamedTemporaryFile"):
+        raise RuntimeError("this pynetdicom does not make C-STORE files where expected")
+    dimse_messages.NamedTemporaryFile = _spool_file
+    _config.STORE_RECV_CHUNKED_DATASET = True
 
 
 class StorageSCP:
@@ -86,7 +184,8 @@ class StorageSCP:
         self.imaging = imaging
         self.calling_aes = dict(calling_aes)
         self.max_instance_bytes = max_instance_bytes
-        self.ae = AE(ae_title=ae_title)
+        _receive_to_disk()
+        self.ae = _ReceivingAE(ae_title, self)
         self.ae.require_calling_aet = list(self.calling_aes)
         for context in StoragePresentationContexts:
             assert context.abstract_syntax is not None
@@ -97,10 +196,13 @@ class StorageSCP:
         # Studies touched per association, to refresh when it ends; lives only as long as the
         # association, which belongs to this process anyway.
         self._touched: dict[int, set[str]] = {}
+        # Data sets being received, by spool file name, with the association receiving each.
+        self._receiving: dict[str, tuple[int, ReceivedDataSet]] = {}
         self._lock = threading.Lock()
 
     def start(self, host: str, port: int, *, block: bool = False) -> None:
         handlers: list[EventHandlerType] = [
+            (evt.EVT_CONN_OPEN, self._on_connect),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
@@ -123,7 +225,25 @@ class StorageSCP:
             self._server.shutdown()
             self._server = None
 
+    def spool_for(self, assoc: object) -> ReceivedDataSet:
+        """A spool file for a data set arriving on `assoc` (see `_spool_file`)."""
+        spool = ReceivedDataSet(self.max_instance_bytes, self._forget)
+        with self._lock:
+            self._receiving[spool.name] = (id(assoc), spool)
+        return spool
+
+    def _forget(self, spool: ReceivedDataSet) -> None:
+        with self._lock:
+            self._receiving.pop(spool.name, None)
+
     # ---- handlers ---------------------------------------------------------------------
+
+    def _on_connect(self, event: Event) -> None:
+        """Every connection reads its PDUs through a `_BoundedSocket` (set before the
+        association's first read: pynetdicom signals the connection, then starts reading)."""
+        sock = event.assoc.dul.socket
+        if type(sock) is AssociationSocket:
+            sock.__class__ = _BoundedSocket
 
     def _actor(self, event: Event) -> tuple[AuditActor, str | None]:
         calling = str(event.assoc.requestor.ae_title).strip()
@@ -138,10 +258,11 @@ class StorageSCP:
         hospital = actor.hospital_id
         if hospital is None:  # cannot happen: require_calling_aet refused it
             return dicom.NOT_AUTHORISED
-        path: Path | None = None
+        spool: ReceivedDataSet | None = None
         outcome: Outcome
         try:
-            path = self._spool(event)
+            spool = self._received(event)
+            path = Path(spool.name)
             outcome = self._ingest(path, hospital, actor, address, id(event.assoc))
         except Rejected as exc:
             outcome = Outcome.rejected(exc)
@@ -151,28 +272,28 @@ class StorageSCP:
             outcome = Outcome(dicom.PROCESSING_FAILURE, "internal error")
             self._audit_failure(actor, address, outcome)
         finally:
-            if path is not None:
-                path.unlink(missing_ok=True)
-        return _status(outcome.status)
+            if spool is not None:
+                spool.discard()
+        return outcome.status
 
-    def _spool(self, event: Event) -> Path:
-        """The received data set as a PS3.10 file: preamble, file meta, then the bytes exactly
-        as sent (they are what is stored and served)."""
-        request = event.request
-        if not isinstance(request, C_STORE) or request.DataSet is None:
+    def _received(self, event: Event) -> ReceivedDataSet:
+        """The request's data set, received to disk as a PS3.10 file: preamble, file meta, then
+        the bytes exactly as sent (they are what is stored and served)."""
+        try:
+            name = str(event.dataset_path)
+        except AttributeError:
+            name = ""
+        with self._lock:
+            _assoc, spool = self._receiving.get(name, (0, None))
+        if spool is None:
             raise Rejected(dicom.CANNOT_UNDERSTAND, "a C-STORE request without a data set")
-        encoded = request.DataSet.getvalue()
-        if len(encoded) > self.max_instance_bytes:
-            raise Rejected(dicom.OUT_OF_RESOURCES, "the instance is over the size limit")
-        meta = event.file_meta
-        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIXES[1], suffix=".dcm")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(b"\x00" * 128 + b"DICM")
-            out = DicomFileLike(handle)
-            out.is_little_endian, out.is_implicit_VR = True, False
-            write_file_meta_info(out, meta, enforce_standard=True)
-            handle.write(encoded)
-        return Path(name)
+        if spool.over_limit:
+            spool.discard()
+            raise Rejected(
+                dicom.OUT_OF_RESOURCES,
+                f"the instance is over the size limit of {self.max_instance_bytes} bytes",
+            )
+        return spool
 
     def _ingest(
         self, path: Path, hospital: str, actor: AuditActor, address: str | None, assoc: int
@@ -211,8 +332,14 @@ class StorageSCP:
             self._touched.setdefault(assoc, set()).add(study_uid)
 
     def _on_end(self, event: Event) -> None:
+        assoc = id(event.assoc)
         with self._lock:
-            studies = self._touched.pop(id(event.assoc), set())
+            studies = self._touched.pop(assoc, set())
+            # A data set cut off by an abort or a dropped connection is never handed to
+            # `_on_store`; pynetdicom leaves its file behind.
+            unfinished = [spool for a, spool in self._receiving.values() if a == assoc]
+        for spool in unfinished:
+            spool.discard()
         if not studies:
             return
         try:

@@ -4,7 +4,8 @@ Input comes from other hospitals' PACS and modalities and from anyone with a tok
 treated as hostile. `scan` walks the file's structure reading only tags and lengths: every
 declared length must fit in the file, sequences may nest at most `MAX_DEPTH` deep, undefined
 lengths are allowed only where PS3.5 7.5 and A.4 allow them, and the file must end exactly where
-its last element does. A truncated file, a huge declared length or a sequence bomb is refused
+its last element does; elements come in tag order, each at most once. A truncated file, a huge
+declared length, a repeated element or a sequence bomb is refused
 there, at the cost of one pass over the headers, with no value read into memory. It also
 locates the pixel data, which `imaging.dicom` checks against the image attributes.
 """
@@ -81,6 +82,7 @@ class _Scanner:
 
     def dataset(self, pos: int, end: int, depth: int, in_item: bool, found: Structure) -> int:
         """Scan elements from `pos`; in an undefined-length item, up to its delimiter."""
+        previous = -1
         while pos < end:
             tag = self._tag(pos, end)
             if tag == _ITEM_END:
@@ -89,6 +91,8 @@ class _Scanner:
                 return pos + 8
             if tag >> 16 == 0xFFFE:
                 raise Rejected(CANNOT_UNDERSTAND, f"an unexpected item tag at byte {pos}")
+            _ascending(previous, tag, pos)
+            previous = tag
             self.elements += 1
             if self.elements > MAX_ELEMENTS:
                 raise Rejected(CANNOT_UNDERSTAND, f"more than {MAX_ELEMENTS} data elements")
@@ -205,6 +209,18 @@ class _Scanner:
         return pos + length
 
 
+def _ascending(previous: int, tag: int, pos: int) -> None:
+    """Elements of a data set come in increasing tag order, each at most once (PS3.5 7.1).
+    A repeated element would be read as its first value by some parsers and its last by
+    others: a SOP Instance UID indexed as one instance and served as another."""
+    if tag <= previous:
+        what = "repeated" if tag == previous else "out of order"
+        raise Rejected(
+            CANNOT_UNDERSTAND,
+            f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {pos} is {what}",
+        )
+
+
 def scan(buf: Buffer) -> Structure:
     """Check the structure of a PS3.10 file in `buf` (bytes or mmap); see the module docstring."""
     size = len(buf)
@@ -213,12 +229,17 @@ def scan(buf: Buffer) -> Structure:
     meta = _Scanner(buf, True, True)
     pos = 132
     transfer_syntax: str | None = None
+    previous = -1
     while pos + 8 <= size and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
         tag = meta._tag(pos, size)
+        _ascending(previous, tag, pos)
+        previous = tag
         vr = bytes(buf[pos + 4 : pos + 6])
         if not _VR_RE.fullmatch(vr):
             raise Rejected(CANNOT_UNDERSTAND, "the file meta information is malformed")
         if vr in _LONG_VRS:
+            if pos + 12 > size:
+                raise Rejected(CANNOT_UNDERSTAND, f"the file is truncated at byte {pos}")
             length = struct.unpack_from("<I", buf, pos + 8)[0]
             pos += 12
         else:

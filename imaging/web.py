@@ -19,7 +19,7 @@ from typing import IO, Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
-from alliance.errors import BadRequest
+from alliance.errors import BadRequest, PayloadTooLarge
 from alliance.sweep import SPOOL_PREFIXES
 
 _TOKEN_SPLIT = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')
@@ -90,13 +90,15 @@ class MultipartReader:
     """Feed it the body in chunks; it returns each part once its closing boundary is seen.
 
     A body that does not start with the boundary, breaks its framing, or ends before the
-    closing boundary is a 400 (`BadRequest`). Every part's temporary file belongs to the
-    caller once returned; `discard` removes the one still being written.
+    closing boundary is a 400 (`BadRequest`); a part beyond `max_parts` is a 413
+    (`PayloadTooLarge`). Every part's temporary file belongs to the caller once returned;
+    `discard` removes the one still being written.
     """
 
-    def __init__(self, boundary: str, *, max_part_headers: int = 32) -> None:
+    def __init__(self, boundary: str, *, max_parts: int, max_part_headers: int = 32) -> None:
         if not boundary or len(boundary) > 70:
             raise BadRequest("a multipart body needs a boundary of 1 to 70 characters")
+        self.max_parts = max_parts
         self._done: list[Part] = []
         self._file: IO[bytes] | None = None
         self._path: Path | None = None
@@ -120,6 +122,8 @@ class MultipartReader:
         )
 
     def _begin(self) -> None:
+        if self.parts_seen >= self.max_parts:
+            raise PayloadTooLarge(f"a STOW-RS request holds at most {self.max_parts} parts")
         self._headers = {}
         fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIXES[0], suffix=".dcm")
         self._file = os.fdopen(fd, "wb")

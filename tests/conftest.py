@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from alliance.config import Settings
+from imaging.scp import StorageSCP
 from server.app import create_app
 from server.demo import seed_demo
 from server.migrate import upgrade
@@ -153,6 +155,16 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield c
 
 
+@pytest.fixture
+def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary folder of this test's own for the spool files of this process (STOW-RS
+    parts, C-STORE data sets), so a test can see that none is left behind."""
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -242,6 +254,20 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
+@pytest.fixture
+def scp(settings: Settings) -> Iterator[StorageSCP]:
+    """The C-STORE receiver on a free port of this process, storing for the calling AE title
+    XYPEOPLE_CT (xy-people)."""
+    from server.dicom import build_scp
+
+    configured = settings.model_copy(update={"dicom_calling_aes": "XYPEOPLE_CT=xy-people"})
+    receiver = build_scp(configured)
+    receiver.start("127.0.0.1", 0)
+    yield receiver
+    receiver.stop()
+    receiver.imaging.db.dispose()
+
+
 @contextmanager
 def serving(
     settings: Settings, log: Path, *args: str, **env: str
@@ -286,3 +312,12 @@ def serving(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(20)
+
+
+def peak_memory(pid: int) -> int:
+    """The process's peak resident set so far, in bytes (VmHWM in /proc/<pid>/status): what a
+    memory test bounds, since it cannot miss a peak between two samples."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")

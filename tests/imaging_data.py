@@ -5,6 +5,7 @@ CT, a 16-bit CT series of any size)."""
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -115,6 +116,26 @@ def ct_series(count: int, **kwargs: object) -> list[bytes]:
         encode(ct_slice(study_uid=study, series_uid=series, number=i + 1, **kwargs))  # type: ignore[arg-type]
         for i in range(count)
     ]
+
+
+def large_ct_file(path: Path, frames: int, *, rows: int = 512, columns: int = 512) -> Dataset:
+    """A multi-frame 16-bit CT of `frames` frames (512 KiB each at 512x512) written to `path`
+    without its pixel data ever in memory: the header by pydicom, then PixelData's element
+    header and its value, in chunks. Returns the header."""
+    ds = ct_slice(
+        study_uid=generate_uid(), series_uid=generate_uid(), number=1, rows=rows, columns=columns
+    )
+    del ds.PixelData
+    ds.NumberOfFrames = frames
+    frame = rows * columns * 2
+    with path.open("wb") as out:
+        ds.save_as(out, enforce_file_format=True)
+        # (7FE0,0010) OW in Explicit VR Little Endian: tag, VR, two reserved bytes, 4-byte length.
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frame * frames))
+        chunk = np.arange(frame // 2, dtype=np.uint16).tobytes()
+        for _ in range(frames):
+            out.write(chunk)
+    return ds
 
 
 def multipart(parts: Iterable[bytes], boundary: str = "alliance-test-boundary") -> bytes:

@@ -4,37 +4,35 @@ association, and what is stored shows up in QIDO-RS and as an ImagingStudy."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+from sqlalchemy import select
 
 from alliance.config import Settings
+from imaging.models import Instance
 from imaging.scp import StorageSCP
 from server.dicom import build_scp
-from tests.conftest import free_port
-from tests.imaging_data import ct_series, relabel
+from tests.conftest import free_port, peak_memory, serving
+from tests.imaging_data import ct_series, large_ct_file, relabel
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-
-
-@pytest.fixture
-def scp(settings: Settings) -> Iterator[StorageSCP]:
-    configured = settings.model_copy(update={"dicom_calling_aes": "XYPEOPLE_CT=xy-people"})
-    receiver = build_scp(configured)
-    receiver.start("127.0.0.1", 0)
-    yield receiver
-    receiver.stop()
-    receiver.imaging.db.dispose()
+MiB = 1024 * 1024
 
 
 def associate(scp: StorageSCP, calling: str, syntaxes: list[str] | None = None) -> object:
@@ -181,3 +179,133 @@ def test_the_dicom_scp_command_receives_for_its_hospitals(
         "/dicomweb/studies", params={"StudyInstanceUID": ds.StudyInstanceUID}
     )
     assert len(found.json()) == 1
+
+
+def test_a_300_mb_instance_is_received_to_disk_not_into_memory(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    as_user: Callable[[str], TestClient],
+) -> None:
+    """Issue 11: a 300 MB instance raised the server's memory by 640 MB when the data set was
+    received into memory. `alliance serve` with its receiver runs in a process of its own,
+    whose peak resident set (VmHWM) is read before and after the instance is stored."""
+    big = tmp_path / "big.dcm"
+    header = large_ct_file(big, 600)  # 600 frames of 512 KiB: 300 MiB of pixel data
+    assert big.stat().st_size > 300 * MiB
+    # The SCU sends the file as it is on disk, in chunks, rather than decoding it first.
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    port = free_port()
+    spool = tmp_path / "spool"  # the served process's temporary folder
+    spool.mkdir()
+    env = {
+        "ALLIANCE_DICOM_PORT": str(port),
+        "ALLIANCE_DICOM_CALLING_AES": "XYPEOPLE_CT=xy-people",
+        "TMPDIR": str(spool),
+    }
+    with serving(settings, tmp_path / "serve.log", **env) as (_url, proc):
+        ae = AE(ae_title="XYPEOPLE_CT")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", port, ae_title="ALLIANCE")
+        assert assoc.is_established
+        warm_up = tmp_path / "small.dcm"
+        warm_up.write_bytes(ct_series(1)[0])
+        assert assoc.send_c_store(warm_up).Status == 0x0000
+        before = peak_memory(proc.pid)
+        assert assoc.send_c_store(big).Status == 0x0000
+        after = peak_memory(proc.pid)
+        assoc.release()
+        assert list(spool.iterdir()) == []
+    assert after - before < 64 * MiB, f"peak RSS grew by {(after - before) / MiB:.0f} MiB"
+    found = as_user("dr.xinyuan.people").get(
+        "/dicomweb/instances",
+        params={"SOPInstanceUID": header.SOPInstanceUID, "includefield": "00280008"},
+    )
+    assert found.json()[0]["00280008"]["Value"] == [600]
+
+
+def test_an_instance_over_the_limit_is_refused_while_it_arrives(
+    settings: Settings, spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ALLIANCE_MAX_STOW_BYTES the receiver stops writing the data set and answers Out of
+    Resources (PS3.4 B.2.3, 0xA700) once it has arrived; the association goes on."""
+    limited = settings.model_copy(
+        update={"dicom_calling_aes": "XYPEOPLE_CT=xy-people", "max_stow_bytes": 256 * 1024}
+    )
+    receiver = build_scp(limited)
+    receiver.start("127.0.0.1", 0)
+    try:
+        big = tmp_path / "big.dcm"
+        large_ct_file(big, 8, rows=256, columns=256)  # 1 MiB of pixel data
+        monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+        assoc = associate(receiver, "XYPEOPLE_CT")
+        assert assoc.send_c_store(big).Status == 0xA700  # type: ignore[attr-defined]
+        assert list(spool.iterdir()) == []
+        small = read(ct_series(1)[0])
+        monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+        assert assoc.send_c_store(small).Status == 0x0000  # type: ignore[attr-defined]
+        assoc.release()  # type: ignore[attr-defined]
+        with receiver.imaging.db.transaction() as session:
+            stored = session.scalars(select(Instance.sop_instance_uid)).all()
+        assert stored == [small.SOPInstanceUID]
+        assert len(list(receiver.imaging.blobs.list_keys())) == 1
+    finally:
+        receiver.stop()
+        receiver.imaging.db.dispose()
+
+
+def test_a_data_set_cut_off_by_an_abort_leaves_no_spool_file(
+    scp: StorageSCP, spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = tmp_path / "big.dcm"
+    large_ct_file(big, 256)  # 128 MiB: still arriving when the SCU aborts
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc = associate(scp, "XYPEOPLE_CT")
+    sender = threading.Thread(target=assoc.send_c_store, args=(big,))  # type: ignore[attr-defined]
+    sender.start()
+    # Abort once the receiver has written part of the data set to its spool file.
+    deadline = time.monotonic() + 30
+    while not any(f.stat().st_size > 1024 * 1024 for f in spool.iterdir()):
+        assert time.monotonic() < deadline, "the data set never started to arrive"
+        time.sleep(0.01)
+    assoc.abort()  # type: ignore[attr-defined]
+    sender.join(30)
+    # The receiver learns of the abort just after the SCU sends it.
+    deadline = time.monotonic() + 10
+    while list(spool.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(spool.iterdir()) == []
+    assert list(scp.imaging.blobs.list_keys()) == []
+
+
+def test_a_pdu_declaring_a_gigabyte_is_not_read_into_memory(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """pynetdicom reads a PDU whole, of the length its header declares: a peer declaring 1 GiB
+    and sending 256 MiB of it made the receiver hold all it sent. The receiver now closes the
+    connection at the header, and goes on serving others."""
+    port = free_port()
+    env = {"ALLIANCE_DICOM_PORT": str(port), "ALLIANCE_DICOM_CALLING_AES": "XYPEOPLE_CT=xy-people"}
+    with serving(settings, tmp_path / "serve.log", **env) as (_url, proc):
+        ae = AE(ae_title="XYPEOPLE_CT")
+        ae.add_requested_context(CTImageStorage)
+        warm_up = ae.associate("127.0.0.1", port, ae_title="ALLIANCE")
+        assert warm_up.is_established
+        warm_up.release()
+        before = peak_memory(proc.pid)
+        sent = 0
+        with socket.create_connection(("127.0.0.1", port)) as peer:
+            # An A-ASSOCIATE-RQ PDU header (PS3.8 9.3.2) declaring 1 GiB.
+            peer.sendall(struct.pack(">BBI", 0x01, 0x00, 1024**3))
+            junk = bytes(1024 * 1024)
+            with contextlib.suppress(OSError):  # the receiver closes the connection
+                for _ in range(256):
+                    peer.sendall(junk)
+                    sent += len(junk)
+        after = peak_memory(proc.pid)
+        again = ae.associate("127.0.0.1", port, ae_title="ALLIANCE")
+        assert again.is_established
+        again.release()
+    assert sent < 256 * MiB, "the receiver read the whole PDU"
+    assert after - before < 16 * MiB, f"peak RSS grew by {(after - before) / MiB:.0f} MiB"
