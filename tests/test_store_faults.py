@@ -201,9 +201,7 @@ def _associate(port: int) -> object:
 
 
 @pytest.mark.s3
-def test_s3_down_in_the_middle_of_a_cstore_association(
-    settings: Settings, weed: S3Server
-) -> None:
+def test_s3_down_in_the_middle_of_a_cstore_association(settings: Settings, weed: S3Server) -> None:
     settings = settings.model_copy(
         update={
             "storage_url": weed.url_for(f"fault-{uuid.uuid4().hex[:12]}"),
