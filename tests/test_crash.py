@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,12 +39,13 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import func, select
 
-from alliance.config import Settings
+from alliance.config import Settings, get_settings
 from alliance.db import Database
 from alliance.storage import BlobStore, FileBlobStore, content_key, open_blob_store
 from alliance.sweep import SPOOL_PREFIXES
 from imaging.models import Instance, Series, Study
 from imaging.service import BLOB_REFERENCES
+from server.cli import main
 from server.sweep import KEPT_PREFIXES
 from tests.conftest import bearer, free_port, serving
 from tests.imaging_data import ct_slice, encode, multipart, stow_headers
@@ -207,6 +207,8 @@ def _check_after_restart(
     spool: Path,
     acked: set[str],
     env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Restart, let the start-up sweep run, and hold the store, index and trail to account."""
     db = Database(settings.database_url)
@@ -249,25 +251,31 @@ def _check_after_restart(
                     assert entry["numberOfInstances"] == in_series
     finally:
         db.dispose()
-    verify = subprocess.run(
-        [sys.executable, "-m", "server.cli", "audit", "verify"],
-        env={
-            **os.environ,
-            "ALLIANCE_DATABASE_URL": settings.database_url,
-            "ALLIANCE_STORAGE_URL": settings.storage_url,
-            "ALLIANCE_DEMO": "true",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "audit trail intact" in verify.stdout
+    # `alliance audit verify`, in this process (the command's code; no second interpreter).
+    for name, value in (
+        ("ALLIANCE_DATABASE_URL", settings.database_url),
+        ("ALLIANCE_STORAGE_URL", settings.storage_url),
+        ("ALLIANCE_DEMO", "true"),
+    ):
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        code = main(["audit", "verify"])
+    finally:
+        get_settings.cache_clear()
+    said = capsys.readouterr()
+    assert code == 0, said.out + said.err
+    assert "audit trail intact" in said.out
 
 
 @pytest.mark.parametrize("backend", ["file", pytest.param("s3", marks=pytest.mark.s3)])
 def test_kill_9_in_the_middle_of_stow(
-    backend: str, settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str,
+    settings: Settings,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = settings.model_copy(update={"storage_url": _storage(backend, tmp_path, request)})
     spool = tmp_path / "spool"
@@ -310,7 +318,7 @@ def test_kill_9_in_the_middle_of_stow(
         assert acked.responses < CLIENTS * REQUESTS, "the kill came after every request"
     finally:
         db.dispose()
-    _check_after_restart(settings, tmp_path, spool, acked.uids, {})
+    _check_after_restart(settings, tmp_path, spool, acked.uids, {}, monkeypatch, capsys)
 
 
 @dataclass
@@ -347,7 +355,12 @@ class Scu:
 
 @pytest.mark.parametrize("backend", ["file", pytest.param("s3", marks=pytest.mark.s3)])
 def test_kill_9_in_the_middle_of_a_cstore_association(
-    backend: str, settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str,
+    settings: Settings,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = settings.model_copy(update={"storage_url": _storage(backend, tmp_path, request)})
     spool = tmp_path / "spool"
@@ -376,4 +389,4 @@ def test_kill_9_in_the_middle_of_a_cstore_association(
             assert killed is not None and killed.fhir_stale
     finally:
         db.dispose()
-    _check_after_restart(settings, tmp_path, spool, set(scu.acked), env)
+    _check_after_restart(settings, tmp_path, spool, set(scu.acked), env, monkeypatch, capsys)
