@@ -48,7 +48,7 @@ from imaging.service import BLOB_REFERENCES
 from server.cli import main
 from server.sweep import KEPT_PREFIXES
 from tests.conftest import bearer, free_port, serving
-from tests.imaging_data import ct_slice, encode, multipart, stow_headers
+from tests.imaging_data import ct_slice, encode, multipart, part_start, stow_headers
 from tests.s3server import S3Server
 
 BOUNDARY = "alliance-test-boundary"
@@ -132,11 +132,7 @@ class Paused:
 
     def chunks(self) -> Iterator[bytes]:
         body = multipart(self.parts, BOUNDARY)
-        head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        cut = -1
-        for _ in range(PAUSED_PARTS + 1):
-            cut = body.index(head, cut + 1)
-        cut += len(head) + len(self.parts[PAUSED_PARTS]) // 2
+        cut = part_start(body, PAUSED_PARTS, BOUNDARY) + len(self.parts[PAUSED_PARTS]) // 2
         yield body[:cut]
         self.sent.set()
         self.release.wait(WAIT_S)

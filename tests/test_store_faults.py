@@ -29,6 +29,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from alliance.config import Settings
+from alliance.db import Database
 from alliance.storage import CONTENT_PREFIX, BlobStore, content_key
 from imaging import dicom
 from imaging.models import Instance
@@ -37,7 +38,14 @@ from server.app import create_app
 from server.dicom import build_scp
 from server.sweep import sweep
 from tests.conftest import LiveServer, bearer, skip_or_fail
-from tests.imaging_data import ct_series, encode, multipart, split_multipart, stow_headers
+from tests.imaging_data import (
+    ct_series,
+    encode,
+    multipart,
+    part_start,
+    split_multipart,
+    stow_headers,
+)
 from tests.s3server import S3Server, WeedNotFound, find_weed, seaweedfs_s3
 
 BOUNDARY = "alliance-test-boundary"
@@ -78,11 +86,7 @@ def _stow_with_fault(
     """One STOW-RS request over real HTTP whose body stops after `before` complete parts,
     runs `fault`, then sends the rest."""
     body = multipart(parts, BOUNDARY)
-    head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    cut = -1
-    for _ in range(before + 1):
-        cut = body.index(head, cut + 1)
-    cut += len(head)
+    cut = part_start(body, before, BOUNDARY)
 
     def chunks() -> Iterator[bytes]:
         yield body[:cut]
@@ -118,8 +122,6 @@ def _outcomes(r: httpx.Response) -> tuple[list[str], list[tuple[str, int]]]:
 
 def _indexed(settings: Settings) -> dict[str, str]:
     """SOP Instance UID -> SHA-256 of every indexed instance."""
-    from alliance.db import Database
-
     db = Database(settings.database_url)
     try:
         with db.transaction() as session:
