@@ -113,7 +113,9 @@ class Settings(BaseSettings):
     #: The sweep (at start-up and `alliance storage sweep`) removes unreferenced blobs and
     #: spool files only when older than this many seconds, so uploads still running are safe;
     #: it must exceed the longest upload (a STOW-RS body is staged before it is indexed).
-    sweep_min_age_seconds: int = Field(default=6 * 3600, ge=60)
+    #: 0 removes whatever nothing references at once: only where nothing else can be uploading
+    #: when the server starts (one server, restarted after a crash, as the kill tests do).
+    sweep_min_age_seconds: int = Field(default=6 * 3600, ge=0)
     #: Whether the server sweeps (orphans, spool files, stale ImagingStudy counts) at start-up.
     sweep_on_start: bool = True
 

@@ -191,7 +191,7 @@ class DicomwebApi:
         except StowFailed as exc:
             await self._sweep(staged_key(s) for s in staged)
             _count_stow(exc.outcomes)
-            return self._stow_response(exc.outcomes, study, 409)
+            return self._stow_response(exc.outcomes, study, exc.status)
         except BaseException:
             await self._sweep(staged_key(s) for s in staged)
             raise

@@ -17,7 +17,12 @@ A blob is always in the store before the row that points to it commits (the row 
 only after a successful put, and the blob's presence is re-checked under the study lock). A
 blob put for an instance that was then not indexed, or whose transaction failed, is removed by
 `Imaging.sweep` under the same lock, unless a committed row uses it (content addressing: the
-same bytes already stored by an earlier upload).
+same bytes already stored by an earlier upload); when the store is down by then, the age-based
+sweep (`server.sweep`) removes it later.
+
+The blob store going down in the middle of a request fails only the instances it did not take
+(0xA700, PS3.4 B.2.3; in the STOW-RS FailedSOPSequence, PS3.18 10.5.3): those it took before
+are indexed, and no message names the store's endpoint, folders or keys.
 
 Patients (PS3.3 C.7.1.1): an instance is linked to the uploading hospital's Patient whose
 resident identity number (GB 11643) is the PatientID or one of the Other Patient IDs, or else
@@ -47,7 +52,7 @@ from alliance.config import Settings
 from alliance.db import Database, named_lock
 from alliance.directory.identity import IdentityNumberError, parse_identity_number
 from alliance.directory.models import PatientIdentity
-from alliance.errors import AllianceError, Invalid, NotFound
+from alliance.errors import AllianceError, Invalid, NotFound, Unavailable
 from alliance.fhir.models import ResourceRow, TokenIndex
 from alliance.fhir.store import FhirStore
 from alliance.fhir.values import normalize
@@ -170,7 +175,11 @@ class Imaging:
             with path.open("rb") as handle:
                 blob = self.blobs.put(handle, content_type="application/dicom")
         except AllianceError as exc:
-            raise Rejected(dicom.OUT_OF_RESOURCES, f"the blob store: {exc.message}") from None
+            # The store's own message names its endpoint, folders or keys: logged, not answered.
+            log.warning(
+                "the blob store did not take SOP Instance %s: %s", parsed.sop_instance_uid, exc
+            )
+            raise Rejected(dicom.OUT_OF_RESOURCES, STORE_REFUSED) from None
         except OSError as exc:
             raise Rejected(
                 dicom.OUT_OF_RESOURCES, f"cannot read the received file: {exc}"
@@ -233,9 +242,7 @@ class Imaging:
         series = session.get(Series, p.series_uid)
         if series is not None and series.study_uid != p.study_uid:
             raise Rejected(dicom.DOES_NOT_MATCH, f"Series {p.series_uid} belongs to another study")
-        # The lock is held: a sweep of a failed upload of these same bytes cannot run now, but
-        # one may have run between our put and the lock.
-        if not self.blobs.exists(item.blob.key):
+        if not self._still_stored(item):
             raise Rejected(
                 dicom.PROCESSING_FAILURE, "the stored bytes vanished before indexing; send again"
             )
@@ -300,6 +307,27 @@ class Imaging:
             patient_id=study.patient_id,
             blob_key=item.blob.key,
         )
+
+    def _still_stored(self, item: Staged) -> bool:
+        """Whether a staged blob is still in the store, asked under its study's lock.
+
+        The lock is held, so the clean-up of a failed upload of the same bytes (`sweep`) cannot
+        run now, but one may have run between our put and the lock. When the store cannot
+        answer (it went down after our put, in the middle of a STOW-RS request), the put that
+        this request completed is the evidence, so what was stored before the outage is indexed
+        (issue 11, section 3). The one way to be wrong then needs that clean-up to have run in
+        the moments between our put and the outage; WADO-RS checks every blob before its 200,
+        so even then a retrieve answers 404 rather than a cut body.
+        """
+        try:
+            return self.blobs.exists(item.blob.key)
+        except Unavailable as exc:
+            log.warning(
+                "the blob store cannot confirm SOP Instance %s; indexed on its put: %s",
+                item.parsed.sop_instance_uid,
+                exc,
+            )
+            return True
 
     def _new_study(self, session: Session, p: Parsed, hospital_id: str, now: datetime) -> Study:
         alpha, ideo, phon = p.name_groups
@@ -427,14 +455,22 @@ class Imaging:
         if not wanted:
             return 0
         removed = 0
-        with self.db.transaction(write=True) as session:
-            for uid in sorted(wanted):
-                study_lock(session, uid)
-            keys = set().union(*wanted.values())
-            used = keys_in_use(session, keys, BLOB_REFERENCES)
-            for key in sorted(keys - used):
-                self.blobs.delete(key)
-                removed += 1
+        keys = set().union(*wanted.values())
+        try:
+            with self.db.transaction(write=True) as session:
+                for uid in sorted(wanted):
+                    study_lock(session, uid)
+                used = keys_in_use(session, keys, BLOB_REFERENCES)
+                for key in sorted(keys - used):
+                    self.blobs.delete(key)
+                    removed += 1
+        except AllianceError as exc:
+            # A clean-up that fails (the store or the database went down) must not replace the
+            # answer about the instances: what it leaves is an orphan the age-based sweep
+            # (`alliance storage sweep`, and at start-up) removes.
+            log.warning(
+                "%d unindexed blobs left for the sweep: %s", len(keys) - removed, exc.message
+            )
         return removed
 
     def refresh_stale(self, *, dry_run: bool = False) -> list[str]:
@@ -458,6 +494,12 @@ class Imaging:
             self.finish(session, uids)
         return uids
 
+
+#: Why an instance the blob store did not take failed (0xA700), as its sender may read it.
+STORE_REFUSED = (
+    "the image store cannot take the instance now (unavailable or full); nothing of it was "
+    "stored: send it again later"
+)
 
 #: Every column whose rows reference a blob: a blob any of them names is never swept. Rendered
 #: opinions are attachments too; audit checkpoints are kept by prefix (`server.sweep`).

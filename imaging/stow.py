@@ -17,11 +17,17 @@ from imaging.web import Part
 
 
 class StowFailed(Conflict):
-    """No instance of a STOW-RS request was stored: audited as a failure, answered 409 with
-    the FailedSOPSequence (PS3.18 10.5.3)."""
+    """No instance of a STOW-RS request was stored: audited as a failure, answered with the
+    FailedSOPSequence (PS3.18 10.5.3): 409 Conflict, or 503 Busy when every instance failed
+    for want of resources (0xA700: the image store is down or full), so the sender tries again
+    later rather than changing its request."""
 
     def __init__(self, outcomes: list[Outcome]) -> None:
-        super().__init__("no instance was stored")
+        busy = all(o.status == dicom.OUT_OF_RESOURCES for o in outcomes)
+        super().__init__(
+            "the image store cannot take instances now" if busy else "no instance was stored"
+        )
+        self.status = 503 if busy else 409
         self.outcomes = outcomes
 
 

@@ -146,6 +146,16 @@ def multipart(parts: Iterable[bytes], boundary: str = "alliance-test-boundary") 
     return body + f"--{boundary}--\r\n".encode()
 
 
+def part_start(body: bytes, index: int, boundary: str = "alliance-test-boundary") -> int:
+    """Where the bytes of part `index` (from 0) of a `multipart` body begin: a body cut there
+    holds the parts before it whole."""
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    at = -1
+    for _ in range(index + 1):
+        at = body.index(head, at + 1)
+    return at + len(head)
+
+
 def stow_headers(boundary: str = "alliance-test-boundary") -> dict[str, str]:
     return {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
 

@@ -46,6 +46,35 @@ class WeedNotFound(RuntimeError):
     """The `weed` binary is not installed; S3 tests are skipped, not failed."""
 
 
+class _Weed:
+    """The `weed server` process behind an S3Server, which a fault test may stop and start again
+    (same ports, same data) to take the store away in the middle of a request."""
+
+    def __init__(self, args: list[str], rundir: Path, log_path: Path) -> None:
+        self.args = args
+        self.rundir = rundir
+        self.log_path = log_path
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                self.args,
+                cwd=self.rundir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def start(self) -> None:
+        if self.proc.poll() is None:
+            raise RuntimeError("weed is running already")
+        self.proc = self._spawn()
+
+
 @dataclass(frozen=True)
 class S3Server:
     """A running SeaweedFS S3 gateway and the one identity allowed to use it."""
@@ -56,6 +85,16 @@ class S3Server:
     secret_key: str = field(repr=False)
     data_dir: Path
     log_path: Path
+    weed: _Weed = field(repr=False, compare=False)
+
+    def stop(self) -> None:
+        """Stop the server, as an outage would (SIGTERM, then SIGKILL); its data stays."""
+        self.weed.stop()
+
+    def restart(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start the stopped server again on the same ports and data; return once it serves."""
+        self.weed.start()
+        _wait_ready(self, self.weed.proc, timeout)
 
     @property
     def endpoint(self) -> str:
@@ -200,21 +239,18 @@ def _started(weed: str, rundir: Path, timeout: float) -> Iterator[S3Server | str
         else:  # weed's default, which it leaves behind like the gRPC ones
             sockets.append(f"/tmp/seaweedfs-{name}-{port}.sock")
 
-    server = S3Server("127.0.0.1", s3, access_key, secret_key, data_dir, log_path)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            args, cwd=rundir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
+    weed = _Weed(args, rundir, log_path)
+    server = S3Server("127.0.0.1", s3, access_key, secret_key, data_dir, log_path, weed)
     try:
         try:
-            _wait_ready(server, proc, timeout)
+            _wait_ready(server, weed.proc, timeout)
         except _Exited as exc:
             yield str(exc)
             return
         _check_signatures(server)
         yield server
     finally:
-        _stop(proc)
+        weed.stop()
         for leftover in sockets:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
