@@ -106,6 +106,12 @@ _BY_KEYWORD = {a.keyword: a for a in ATTRS}
 _CONTROL = frozenset({"limit", "offset", "fuzzymatching", "includefield", "_"})
 
 
+def level_at_most(attr_level: Level, level: Level) -> bool:
+    """Whether an attribute of `attr_level` may be matched in a query at `level` (a series
+    query matches study and series attributes, not instance ones)."""
+    return _LEVELS[attr_level] <= _LEVELS[level]
+
+
 def lookup(key: str) -> Attr | None:
     """An attribute by keyword or by tag (`00100010`, also `0010,0010`)."""
     found = _BY_KEYWORD.get(key)
@@ -174,7 +180,7 @@ def parse_query(params: list[tuple[str, str]], level: Level) -> Query:
                     raise BadRequest(f"{key!r} is not a DICOM attribute or QIDO-RS parameter")
                 warnings.append(f"{key} is not supported for matching and was ignored")
                 continue
-            if _LEVELS[attr.level] > _LEVELS[level]:
+            if not level_at_most(attr.level, level):
                 raise BadRequest(f"{attr.keyword} cannot be matched in a {level} query")
             by_attr.setdefault(attr.tag, []).append(value)
     conditions: list[ColumnElement[bool]] = []
