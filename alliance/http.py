@@ -10,6 +10,7 @@ the limit whatever it sends.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -20,6 +21,7 @@ from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
 from alliance.errors import PayloadTooLarge
+from alliance.numbers import whole_number
 
 
 def read_limited(request: Request, limit: int, message: str | None = None) -> AsyncIterator[bytes]:
@@ -30,8 +32,8 @@ def read_limited(request: Request, limit: int, message: str | None = None) -> As
     spool (STOW-RS) consume it chunk by chunk; callers that need the whole body join it.
     """
     text = message or f"the body is over the limit of {limit} bytes"
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = whole_number(request.headers.get("content-length") or "", sys.maxsize)
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(text)
     return _limited(request.stream(), limit, text)
 

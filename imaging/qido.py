@@ -22,6 +22,7 @@ from sqlalchemy.orm import QueryableAttribute, Session, aliased
 
 from alliance.errors import BadRequest
 from alliance.fhir.values import normalize
+from alliance.numbers import MAX_INTEGER, whole_number
 from imaging.models import Instance, Series, Study
 
 Level = Literal["study", "series", "instance"]
@@ -194,15 +195,12 @@ def parse_query(params: list[tuple[str, str]], level: Level) -> Query:
     return Query(level, conditions, include, include_all, limit, offset, warnings)
 
 
-#: The largest integer a query may carry (limit, offset, an IS/US match such as SeriesNumber):
-#: what the database's integer columns hold; DICOM's IS is at most 12 characters anyway.
-MAX_INTEGER = 2**31 - 1
-
-
 def _non_negative(key: str, value: str) -> int:
-    if not value.isdigit() or int(value) > MAX_INTEGER:
-        raise BadRequest(f"{key} must be an integer from 0 to {MAX_INTEGER}, not {value!r}")
-    return int(value)
+    """`limit` or `offset`: what the database's integer columns hold (MAX_INTEGER)."""
+    number = whole_number(value)
+    if number is None:
+        raise BadRequest(f"{key} must be an integer from 0 to {MAX_INTEGER}, not {value[:40]!r}")
+    return number
 
 
 def _condition(attr: Attr, value: str, fuzzy: bool) -> ColumnElement[bool] | None:

@@ -44,6 +44,7 @@ from alliance.http import (
     read_limited,
     responses,
 )
+from alliance.numbers import MAX_INTEGER
 from alliance.security.access import Principal
 from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.security.service import principal_for
@@ -133,7 +134,7 @@ _RENDERED = _route_docs(
 def _qido(level: qido.Level) -> dict[str, Any]:
     """QIDO-RS at a level (PS3.18 10.6): its control parameters and the attributes it
     matches (those of the level and above)."""
-    integer = {"type": "integer", "minimum": 0, "maximum": qido.MAX_INTEGER}
+    integer = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
     matching = [a.keyword for a in qido.ATTRS if qido.level_at_most(a.level, level)]
     return _route_docs(
         {200: {DICOM_JSON: _DATASETS}},

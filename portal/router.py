@@ -44,6 +44,7 @@ from alliance.errors import AllianceError, Forbidden, Invalid, NotFound, Unautho
 from alliance.fhir.registry import Operation, OperationContext, OperationResult
 from alliance.fhir.store import FhirStore
 from alliance.fhir.types import SearchResult, Version
+from alliance.numbers import whole_number
 from alliance.records import keeper_of
 from alliance.security import sessions
 from alliance.security.access import Principal
@@ -1967,9 +1968,10 @@ class Portal:
     ) -> Page | Response:
         def remove(service: dict[str, Any]) -> None:
             closures = service.get("notAvailable") or []
-            if not index.isdigit() or int(index) >= len(closures):
+            position = whole_number(index)
+            if position is None or position >= len(closures):
                 raise NotFound("no such closure")
-            closures.pop(int(index))
+            closures.pop(position)
             if not closures:
                 service.pop("notAvailable", None)
 

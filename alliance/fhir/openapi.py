@@ -15,6 +15,7 @@ from typing import Any
 from alliance.fhir.registry import Registry
 from alliance.fhir.search import COMMON_PARAMS, MAX_SEARCH_PARAMS
 from alliance.http import BEARER, path_parameters, responses
+from alliance.numbers import MAX_INTEGER
 
 FHIR_MEDIA = "application/fhir+json"
 
@@ -99,7 +100,7 @@ def _header(name: str, description: str) -> dict[str, Any]:
     }
 
 
-_INTEGER = {"type": "integer", "minimum": 0, "maximum": 2147483647}
+_INTEGER = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
 
 #: The parameters every search takes besides each type's own (listed in /fhir/metadata).
 SEARCH_PARAMETERS = [

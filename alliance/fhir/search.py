@@ -26,6 +26,7 @@ from alliance.fhir.models import DateIndex, ReferenceIndex, ResourceRow, StringI
 from alliance.fhir.registry import Registry, ResourceDefinition
 from alliance.fhir.types import DateValue, Filter, Include, SearchParam, SearchSpec, Token
 from alliance.fhir.values import date_range, normalize, parse_reference
+from alliance.numbers import MAX_INTEGER, whole_number
 
 #: Parameters the paging links carry; clients should treat them as opaque.
 PAGE_AFTER = "_page_after"
@@ -166,17 +167,16 @@ def _apply_result_param(
         return
 
 
-#: The largest integer a result parameter (`_count`, `_page_offset`, `_page_before`) may
-#: carry: what the database's integer columns and LIMIT/OFFSET hold.
-MAX_INTEGER = 2**31 - 1
-
-
 def non_negative(value: str, name: str) -> int:
-    if not value.isdigit() or int(value) > MAX_INTEGER:
+    """A result parameter's integer (`_count`, `_page_offset`, `_page_before`); 400 when it
+    is not one from 0 to MAX_INTEGER."""
+    number = whole_number(value)
+    if number is None:
         raise BadRequest(
-            f"{name} must be an integer from 0 to {MAX_INTEGER}, not {value!r}", expression=[name]
+            f"{name} must be an integer from 0 to {MAX_INTEGER}, not {value[:40]!r}",
+            expression=[name],
         )
-    return int(value)
+    return number
 
 
 def split_values(value: str) -> list[str]:
