@@ -52,7 +52,7 @@ hypothesis_settings.register_profile(
 )
 hypothesis_settings.register_profile(
     "fuzz",
-    max_examples=int(os.environ.get("ALLIANCE_FUZZ_EXAMPLES", "300")),
+    max_examples=int(os.environ.get("ALLIANCE_FUZZ_EXAMPLES", "100")),
     deadline=None,
     print_blob=True,
     suppress_health_check=_SHARED_FIXTURES,

@@ -17,6 +17,7 @@ from alliance.codes import RESIDENT_ID
 from alliance.config import Settings
 from alliance.fhir.search import COMMON_PARAMS, MAX_SEARCH_PARAMS, MAX_SEARCH_VALUES
 from fhir_mappings import build_registry
+from tests.accounts import portal
 from tests.imaging_data import ct_series, multipart, stow_headers
 
 REGISTRY = build_registry(Settings(demo=True))
@@ -366,3 +367,13 @@ def test_an_identity_number_with_other_digits_is_422(
     body = {**PATIENT, "identifier": [{"system": RESIDENT_ID, "value": number}]}
     r = as_user(DOCTOR).post("/fhir/Patient", json=body)
     assert (r.status_code, _is_outcome(r)) == (422, True), r.text
+
+
+@pytest.mark.parametrize("index", [SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS])
+def test_a_closure_index_that_is_no_number_is_refused_on_the_calendar_page(
+    client: TestClient, index: str
+) -> None:
+    csrf = portal(client, "admin.xinyuan.people")
+    r = client.post(f"/admin/calendar/closures/{index}/remove", data={"csrf": csrf})
+    assert (r.status_code, "no such closure" in r.text) == (422, True)
+    assert "元旦" in client.get("/admin/calendar").text  # the closure is still there
