@@ -111,7 +111,8 @@ def _query_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 #: STOW-RS (PS3.18 10.5): 200 all stored, 202 some, 409 none (each with the response module).
 _STOW = _route_docs(
     {s: {DICOM_JSON: _STORE_RESPONSE} for s in (200, 202, 409)},
-    (400, 401, 403, 413, 415, 503),
+    # 404: a study UID the mount cannot route (a line feed in it), as on every route below.
+    (400, 401, 403, 404, 413, 415, 503),
     requestBody={
         "required": True,
         "content": {'multipart/related; type="application/dicom"': {"schema": _BINARY}},
