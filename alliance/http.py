@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import Scope
 
-from alliance.errors import PayloadTooLarge
+from alliance.errors import BadRequest, PayloadTooLarge
 from alliance.numbers import whole_number
 
 
@@ -32,9 +32,13 @@ def read_limited(request: Request, limit: int, message: str | None = None) -> As
     spool (STOW-RS) consume it chunk by chunk; callers that need the whole body join it.
     """
     text = message or f"the body is over the limit of {limit} bytes"
-    declared = whole_number(request.headers.get("content-length") or "", sys.maxsize)
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(text)
+    header = request.headers.get("content-length")
+    if header is not None:
+        declared = whole_number(header, sys.maxsize)
+        if declared is None:  # RFC 9112 6.3: an invalid Content-Length is a 400
+            raise BadRequest("Content-Length is not a number of bytes")
+        if declared > limit:
+            raise PayloadTooLarge(text)
     return _limited(request.stream(), limit, text)
 
 

@@ -377,3 +377,15 @@ def test_a_closure_index_that_is_no_number_is_refused_on_the_calendar_page(
     r = client.post(f"/admin/calendar/closures/{index}/remove", data={"csrf": csrf})
     assert (r.status_code, "no such closure" in r.text) == (422, True)
     assert "元旦" in client.get("/admin/calendar").text  # the closure is still there
+
+
+@pytest.mark.parametrize("length", [SUPERSCRIPT_TWO.encode("latin-1"), b"9" * 5000, b"-1"])
+def test_a_content_length_that_is_no_number_is_400(
+    as_user: Callable[[str], TestClient], length: bytes
+) -> None:
+    r = as_user(DOCTOR).post(
+        "/fhir/Patient",
+        content=json.dumps(PATIENT).encode(),
+        headers={"Content-Type": "application/fhir+json", "Content-Length": length},
+    )
+    assert (r.status_code, _is_outcome(r)) == (400, True), r.text
