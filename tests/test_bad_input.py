@@ -389,3 +389,15 @@ def test_a_content_length_that_is_no_number_is_400(
         headers={"Content-Type": "application/fhir+json", "Content-Length": length},
     )
     assert (r.status_code, _is_outcome(r)) == (400, True), r.text
+
+
+@pytest.mark.parametrize(
+    "form",
+    [{"_page_after": "\x00"}, {"name": "a\x00b"}, {"identifier": "a|\x00"}, {"name\x00": "a"}],
+    ids=["page-after", "string", "token", "name"],
+)
+def test_nul_in_a_posted_search_is_400(
+    as_user: Callable[[str], TestClient], form: dict[str, str]
+) -> None:
+    r = as_user(DOCTOR).post("/fhir/Patient/_search", data=form)
+    assert (r.status_code, _is_outcome(r)) == (400, True), r.text

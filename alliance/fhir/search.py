@@ -81,6 +81,10 @@ def parse_search(
         raise BadRequest(f"a search takes at most {MAX_SEARCH_PARAMS} parameters")
     if sum(len(split_values(value)) for _, value in params) > MAX_SEARCH_VALUES:
         raise BadRequest(f"a search takes at most {MAX_SEARCH_VALUES} values in all")
+    # The Guard refuses a NUL in the address; a POST to _search carries its parameters in the
+    # body. No id, code or name holds one, and PostgreSQL cannot compare text that does.
+    if any("\x00" in name or "\x00" in value for name, value in params):
+        raise BadRequest("a search parameter holds a NUL character (U+0000)")
 
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
