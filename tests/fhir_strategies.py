@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import string
+import types
 import typing
 from typing import Any
 
@@ -60,7 +61,8 @@ NASTY = [
     "%zz",
 ]
 
-#: Unicode blocks a name or a code may come in: CJK, Cyrillic (Kazakh), Arabic (Uyghur).
+#: Any character UTF-8 can carry but surrogates: letters of every script (Chinese, Kazakh
+#: Cyrillic, Uyghur Arabic), marks, digits of other scripts, punctuation, controls.
 _SCRIPTS = st.characters(
     codec="utf-8",
     categories=["L", "M", "N", "P", "S", "Z", "Cc"],
@@ -338,7 +340,7 @@ def _value(annotation: Any, depth: int) -> st.SearchStrategy[Any]:
     common datatypes, dates, codes and strings; anything else, or at random, any JSON."""
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+    if origin in (typing.Union, types.UnionType) and args:
         return _value(args[0], depth)
     if origin is list and args:
         return st.lists(_value(args[0], depth), max_size=2)
