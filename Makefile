@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PACKAGES := alliance fhir_mappings server referral imaging teleconsult portal
 
-.PHONY: run test install install-dev lint typecheck bench clean
+.PHONY: run test fuzz install install-dev lint typecheck bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ run: install
 ## make test: install the dev tools, lint, type-check, and run every test this machine can run.
 test: install-dev lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make fuzz: the generated tests alone (Schemathesis over /openapi.json, Hypothesis over every
+## FHIR type and search parameter) with many more examples, drawn at random each run
+## (HYPOTHESIS_PROFILE=fuzz; ALLIANCE_FUZZ_EXAMPLES=N sets how many, default 100).
+fuzz: install-dev
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_api_fuzz.py tests/test_fhir_fuzz.py $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check $(PACKAGES) migrations tests bench

@@ -25,6 +25,7 @@ from alliance.fhir.search import split_values
 from alliance.fhir.store import SearchResult, Version
 from alliance.fhir.types import DateValue, Filter, SearchSpec
 from alliance.fhir.values import date_range, instant, parse_reference
+from alliance.numbers import whole_number
 from teleconsult.booking import PARTICIPATION
 from teleconsult.common import TELECONSULT_CATEGORY
 from teleconsult.operations import FindQuery, Found
@@ -129,8 +130,8 @@ def _integer(value: Any, name: str, default: int) -> int:
         return default
     if isinstance(value, bool):
         raise BadRequest(f"parameter {name} is an integer")
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    if isinstance(value, str) and (number := whole_number(value)) is not None:
+        return number
     if isinstance(value, int):
         return value
     raise BadRequest(f"parameter {name} is an integer")

@@ -22,6 +22,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from alliance.errors import BadRequest, NotAcceptable, NotFound
+from alliance.numbers import whole_number
 from imaging.dicom import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 
 UNCOMPRESSED = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
@@ -182,9 +183,10 @@ def render_options(
         viewport = (nums[0], nums[1], rest[0], rest[1], rest[2], rest[3])
     quality = 90
     if params.get("quality"):
-        if not params["quality"].isdigit() or not 1 <= int(params["quality"]) <= 100:
+        number = whole_number(params["quality"], 100)
+        if not number:  # None (not a number up to 100) or 0
             raise BadRequest("quality is an integer from 1 to 100")
-        quality = int(params["quality"])
+        quality = number
     return RenderOptions(media_type, window, viewport, quality)
 
 
@@ -298,10 +300,11 @@ def bulk_value(path: Path, element_path: str) -> tuple[bytes, str]:
     ds: Any = pydicom.dcmread(str(path))
     for i, part in enumerate(parts):
         if i % 2:
-            if not part.isdigit():
+            index = whole_number(part)
+            if index is None:
                 raise NotFound(f"no bulk data at {element_path}")
             try:
-                ds = ds[int(part)]
+                ds = ds[index]
             except IndexError:
                 raise NotFound(f"no bulk data at {element_path}") from None
             continue

@@ -22,6 +22,7 @@ from sqlalchemy.orm import QueryableAttribute, Session, aliased
 
 from alliance.errors import BadRequest
 from alliance.fhir.values import normalize
+from alliance.numbers import MAX_INTEGER, whole_number
 from imaging.models import Instance, Series, Study
 
 Level = Literal["study", "series", "instance"]
@@ -106,6 +107,12 @@ _BY_KEYWORD = {a.keyword: a for a in ATTRS}
 _CONTROL = frozenset({"limit", "offset", "fuzzymatching", "includefield", "_"})
 
 
+def level_at_most(attr_level: Level, level: Level) -> bool:
+    """Whether an attribute of `attr_level` may be matched in a query at `level` (a series
+    query matches study and series attributes, not instance ones)."""
+    return _LEVELS[attr_level] <= _LEVELS[level]
+
+
 def lookup(key: str) -> Attr | None:
     """An attribute by keyword or by tag (`00100010`, also `0010,0010`)."""
     found = _BY_KEYWORD.get(key)
@@ -174,7 +181,7 @@ def parse_query(params: list[tuple[str, str]], level: Level) -> Query:
                     raise BadRequest(f"{key!r} is not a DICOM attribute or QIDO-RS parameter")
                 warnings.append(f"{key} is not supported for matching and was ignored")
                 continue
-            if _LEVELS[attr.level] > _LEVELS[level]:
+            if not level_at_most(attr.level, level):
                 raise BadRequest(f"{attr.keyword} cannot be matched in a {level} query")
             by_attr.setdefault(attr.tag, []).append(value)
     conditions: list[ColumnElement[bool]] = []
@@ -188,15 +195,12 @@ def parse_query(params: list[tuple[str, str]], level: Level) -> Query:
     return Query(level, conditions, include, include_all, limit, offset, warnings)
 
 
-#: The largest integer a query may carry (limit, offset, an IS/US match such as SeriesNumber):
-#: what the database's integer columns hold; DICOM's IS is at most 12 characters anyway.
-MAX_INTEGER = 2**31 - 1
-
-
 def _non_negative(key: str, value: str) -> int:
-    if not value.isdigit() or int(value) > MAX_INTEGER:
-        raise BadRequest(f"{key} must be an integer from 0 to {MAX_INTEGER}, not {value!r}")
-    return int(value)
+    """`limit` or `offset`: what the database's integer columns hold (MAX_INTEGER)."""
+    number = whole_number(value)
+    if number is None:
+        raise BadRequest(f"{key} must be an integer from 0 to {MAX_INTEGER}, not {value[:40]!r}")
+    return number
 
 
 def _condition(attr: Attr, value: str, fuzzy: bool) -> ColumnElement[bool] | None:

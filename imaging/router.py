@@ -35,7 +35,16 @@ from starlette.types import ASGIApp
 from alliance import metrics, trace
 from alliance.config import Settings
 from alliance.errors import AllianceError, BadRequest, UnsupportedMediaType
-from alliance.http import read_limited
+from alliance.http import (
+    BEARER,
+    Answers,
+    Endpoint,
+    by_path,
+    path_parameters,
+    read_limited,
+    responses,
+)
+from alliance.numbers import MAX_INTEGER
 from alliance.security.access import Principal
 from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.security.service import principal_for
@@ -77,6 +86,70 @@ def _accept(request: Request) -> list[MediaRange]:
     return parse_accept(request.headers.get("accept"))
 
 
+# ---- what each route answers, for the OpenAPI document (PS3.18 8.x and 10.x) ----------------
+
+_BINARY = {"type": "string", "format": "binary"}
+#: PS3.18 F.2: the DICOM JSON Model, an array of datasets (QIDO-RS results, metadata).
+_DATASETS = {"type": "array", "items": {"type": "object"}}
+#: PS3.18 10.5.3: the Store Instances Response Module (ReferencedSOPSequence,
+#: FailedSOPSequence with a FailureReason per instance, RetrieveURL).
+_STORE_RESPONSE = {"type": "object"}
+#: What every guarded read may answer: a malformed request (400), no or a bad token (401),
+#: a token without the scope (403), a study the caller may not see or that does not exist
+#: (404), an Accept it cannot satisfy (406), the database or the trail unavailable (503).
+_READ_ERRORS = (400, 401, 403, 404, 406, 503)
+
+
+def _route_docs(answers: Answers, errors: Iterable[int], **extra: Any) -> dict[str, Any]:
+    return {"responses": responses(answers, errors), "openapi_extra": {"security": BEARER, **extra}}
+
+
+def _query_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+#: STOW-RS (PS3.18 10.5): 200 all stored, 202 some, 409 none (each with the response module).
+_STOW = _route_docs(
+    {s: {DICOM_JSON: _STORE_RESPONSE} for s in (200, 202, 409)},
+    # 404: a study UID the mount cannot route (a line feed in it), as on every route below.
+    (400, 401, 403, 404, 413, 415, 503),
+    requestBody={
+        "required": True,
+        "content": {'multipart/related; type="application/dicom"': {"schema": _BINARY}},
+    },
+)
+_INSTANCES = _route_docs({200: {"multipart/related": _BINARY}}, _READ_ERRORS)
+_METADATA = _route_docs({200: {DICOM_JSON: _DATASETS}, 304: {}}, _READ_ERRORS)
+_BULK = _route_docs({200: {"multipart/related": _BINARY}}, _READ_ERRORS)
+_RENDERED = _route_docs(
+    {200: {"image/jpeg": _BINARY, "image/png": _BINARY}},
+    _READ_ERRORS,
+    parameters=[
+        _query_param("window", {"type": "string"}),
+        _query_param("viewport", {"type": "string"}),
+        _query_param("quality", {"type": "integer", "minimum": 1, "maximum": 100}),
+    ],
+)
+
+
+def _qido(level: qido.Level) -> dict[str, Any]:
+    """QIDO-RS at a level (PS3.18 10.6): its control parameters and the attributes it
+    matches (those of the level and above)."""
+    integer = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
+    matching = [a.keyword for a in qido.ATTRS if qido.level_at_most(a.level, level)]
+    return _route_docs(
+        {200: {DICOM_JSON: _DATASETS}},
+        _READ_ERRORS,
+        parameters=[
+            _query_param("limit", integer),
+            _query_param("offset", integer),
+            _query_param("includefield", {"type": "string"}),
+            _query_param("fuzzymatching", {"enum": ["true", "false"]}),
+            *(_query_param(k, {"type": "string"}) for k in matching),
+        ],
+    )
+
+
 class DicomwebApi:
     def __init__(self, imaging: Imaging, guard: Guard, settings: Settings) -> None:
         self.imaging = imaging
@@ -99,30 +172,48 @@ class DicomwebApi:
 
     def router(self) -> APIRouter:
         r = APIRouter(tags=["DICOMweb"])
-        add = r.add_api_route
-        add("/studies", self.stow, methods=["POST"])
-        add("/studies/{study}", self.stow, methods=["POST"])
-        add("/studies", self.search_studies, methods=["GET"])
-        add("/series", self.search_series, methods=["GET"])
-        add("/instances", self.search_instances, methods=["GET"])
-        add("/studies/{study}/series", self.search_series, methods=["GET"])
-        add("/studies/{study}/instances", self.search_instances, methods=["GET"])
-        add("/studies/{study}/series/{series}/instances", self.search_instances, methods=["GET"])
-        add("/studies/{study}", self.retrieve, methods=["GET"])
-        add("/studies/{study}/series/{series}", self.retrieve, methods=["GET"])
-        add("/studies/{study}/series/{series}/instances/{instance}", self.retrieve, methods=["GET"])
-        add("/studies/{study}/metadata", self.metadata, methods=["GET"])
-        add("/studies/{study}/series/{series}/metadata", self.metadata, methods=["GET"])
         instance = "/studies/{study}/series/{series}/instances/{instance}"
-        add(f"{instance}/metadata", self.metadata, methods=["GET"])
-        add(f"{instance}/frames/{{frames}}", self.frames, methods=["GET"])
-        add(f"{instance}/rendered", self.rendered, methods=["GET"])
-        add(f"{instance}/frames/{{frames}}/rendered", self.rendered, methods=["GET"])
-        add(f"{instance}/thumbnail", self.thumbnail, methods=["GET"])
-        add(f"{instance}/frames/{{frames}}/thumbnail", self.thumbnail, methods=["GET"])
-        add("/studies/{study}/thumbnail", self.thumbnail, methods=["GET"])
-        add("/studies/{study}/series/{series}/thumbnail", self.thumbnail, methods=["GET"])
-        add(f"{instance}/bulkdata/{{path:path}}", self.bulkdata, methods=["GET"])
+        routes: list[tuple[str, str, Endpoint, dict[str, Any]]] = [
+            ("/studies", "POST", self.stow, _STOW),
+            ("/studies/{study}", "POST", self.stow, _STOW),
+            ("/studies", "GET", self.search_studies, _qido("study")),
+            ("/series", "GET", self.search_series, _qido("series")),
+            ("/instances", "GET", self.search_instances, _qido("instance")),
+            ("/studies/{study}/series", "GET", self.search_series, _qido("series")),
+            ("/studies/{study}/instances", "GET", self.search_instances, _qido("instance")),
+            (
+                "/studies/{study}/series/{series}/instances",
+                "GET",
+                self.search_instances,
+                _qido("instance"),
+            ),
+            ("/studies/{study}", "GET", self.retrieve, _INSTANCES),
+            ("/studies/{study}/series/{series}", "GET", self.retrieve, _INSTANCES),
+            (instance, "GET", self.retrieve, _INSTANCES),
+            ("/studies/{study}/metadata", "GET", self.metadata, _METADATA),
+            ("/studies/{study}/series/{series}/metadata", "GET", self.metadata, _METADATA),
+            (f"{instance}/metadata", "GET", self.metadata, _METADATA),
+            (f"{instance}/frames/{{frames}}", "GET", self.frames, _BULK),
+            (f"{instance}/rendered", "GET", self.rendered, _RENDERED),
+            (f"{instance}/frames/{{frames}}/rendered", "GET", self.rendered, _RENDERED),
+            (f"{instance}/thumbnail", "GET", self.thumbnail, _RENDERED),
+            (f"{instance}/frames/{{frames}}/thumbnail", "GET", self.thumbnail, _RENDERED),
+            ("/studies/{study}/thumbnail", "GET", self.thumbnail, _RENDERED),
+            ("/studies/{study}/series/{series}/thumbnail", "GET", self.thumbnail, _RENDERED),
+            (f"{instance}/bulkdata/{{path:path}}", "GET", self.bulkdata, _BULK),
+        ]
+        for path, method, endpoint, docs in routes:
+            extra = {**docs["openapi_extra"]}
+            extra["parameters"] = path_parameters(path) + extra.get("parameters", [])
+            r.add_api_route(
+                path,
+                by_path(endpoint),
+                methods=[method],
+                response_class=Response,
+                status_code=200,
+                responses=docs["responses"],
+                openapi_extra=extra,
+            )
         return r
 
     async def _read(

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alliance.errors import BadRequest, NotAcceptable, NotFound, Unavailable
+from alliance.numbers import whole_number
 from alliance.storage import BlobStore
 from alliance.sweep import SPOOL_PREFIXES
 from imaging import dicom, pixels
@@ -75,10 +76,10 @@ def check_syntax(rows: list[Instance], wanted: str | None) -> None:
 
 
 def frame_numbers(text: str | None) -> list[int]:
-    parts = [p.strip() for p in (text or "").split(",")]
-    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+    numbers = [whole_number(p.strip()) for p in (text or "").split(",")]
+    if not all(numbers):  # None (not a number) or 0
         raise BadRequest("frame numbers are positive integers separated by commas")
-    return [int(p) for p in parts]
+    return [n for n in numbers if n]
 
 
 def frame_choice(accept: list[MediaRange], stored: str) -> tuple[bool, str]:

@@ -18,6 +18,7 @@ from alliance.codes import (
 from alliance.directory.commands import open_department, set_department_open
 from alliance.errors import AllianceError, Forbidden, NotFound, Unauthorized
 from alliance.fhir.types import Version
+from alliance.numbers import whole_number
 from alliance.security import sessions
 from alliance.security.access import Principal
 from alliance.security.guard import Context, Interaction
@@ -259,9 +260,10 @@ class AdminPages(Shell):
     ) -> Page | Response:
         def remove(service: dict[str, Any]) -> None:
             closures = service.get("notAvailable") or []
-            if not index.isdigit() or int(index) >= len(closures):
+            position = whole_number(index)
+            if position is None or position >= len(closures):
                 raise NotFound("no such closure")
-            closures.pop(int(index))
+            closures.pop(position)
             if not closures:
                 service.pop("notAvailable", None)
 

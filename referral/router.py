@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from alliance import clock
 from alliance.errors import BadRequest, Forbidden
+from alliance.http import BEARER, responses
 from alliance.security.access import Principal
 from alliance.security.guard import Guard, Interaction, Touched
 from referral.stats import Period, reason_reader, referral_figures
@@ -32,7 +33,19 @@ def _parse_day(value: str | None, default: date, name: str) -> date:
 def referral_router(guard: Guard) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["referral"])
 
-    @router.get("/stats/referrals")
+    @router.get(
+        "/stats/referrals",
+        response_class=Response,
+        responses=responses({200: {"application/json": {"type": "object"}}}, [400, 401, 403, 503]),
+        openapi_extra={
+            "security": BEARER,
+            "parameters": [
+                {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
+                {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
+                {"name": "granularity", "in": "query", "schema": {"enum": ["month"]}},
+            ],
+        },
+    )
     async def figures(request: Request) -> JSONResponse:
         """Referrals up and down per hospital pair and month (Beijing time), accepted /
         rejected / completed / cancelled, decline reasons, median and 90th-percentile

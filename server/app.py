@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,7 @@ from alliance.db import Database
 from alliance.errors import AllianceError, Issue, MethodNotAllowed, NotFound, Unavailable
 from alliance.fhir.http import FhirApi, error_response
 from alliance.fhir.store import FhirStore
+from alliance.http import allowed_methods, responses
 from alliance.security.guard import Guard
 from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
@@ -106,15 +107,24 @@ def _face_error(request: Request, error: AllianceError) -> Response:
             f"<h1>未找到该页面或记录 · Nothing to show here</h1><p>{error.status}</p>"
             '<p><a href="/">返回首页 · Back to the start page</a></p></main></html>'
         )
-        return HTMLResponse(body, error.status)
+        return HTMLResponse(body, error.status, headers=error.headers)
     return JSONResponse(
         {"error": error.code, "message": error.message}, error.status, headers=error.headers
     )
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+#: The `Allow` of a 405 on a request's path (alliance.http.allowed_methods, or a face's own).
+AllowOf = Callable[[Request], str]
+
+
+def _routes_allow(request: Request) -> str:
+    return allowed_methods(request.app.router.routes, request.scope)
+
+
+def _install_error_handlers(app: FastAPI, allow_of: AllowOf = _routes_allow) -> None:
     """Errors answer as the face they happen on expects (`_face_error`); installed on the
-    main application and on each mounted one (a mounted application handles its own)."""
+    main application and on each mounted one (a mounted application handles its own).
+    A 405 carries `Allow`, the methods its path supports (RFC 9110 15.5.6)."""
 
     @app.exception_handler(AllianceError)
     async def _alliance_error(request: Request, exc: AllianceError) -> Response:
@@ -124,7 +134,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error: AllianceError
         if exc.status_code == 405:
-            error = MethodNotAllowed(f"{request.method} is not supported on {request.url.path}")
+            allow = allow_of(request)
+            error = MethodNotAllowed(
+                f"{request.method} is not supported on {request.url.path}; use {allow}",
+                headers={"Allow": allow},
+            )
         elif exc.status_code == 404:
             error = NotFound(f"nothing is served at {request.url.path}")
         else:
@@ -164,6 +178,10 @@ def _document_mounted(app: FastAPI, mounted: dict[str, FastAPI]) -> None:
                     schema.setdefault("paths", {})[prefix + path] = item
                 found = part.get("components", {}).get("schemas", {})
                 schema.setdefault("components", {}).setdefault("schemas", {}).update(found)
+            # The scheme operations name in their `security` (alliance.http.BEARER).
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -198,13 +216,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost: the request middleware already sees the client's view.
     app.add_middleware(ForwardedMiddleware, trusted=settings.trusted_proxy_networks)
 
-    _install_error_handlers(app)
+    fhir = FhirApi(services.fhir, services.guard, settings)
+
+    def allow_of(request: Request) -> str:
+        if request.url.path.startswith("/fhir/"):
+            return fhir.allow(request.scope)
+        return _routes_allow(request)
+
+    _install_error_handlers(app, allow_of)
 
     app.include_router(auth_router(services.db, settings))
     app.include_router(audit_router(services.guard, services.blobs))
     app.include_router(attachment_router(services.guard, services.blobs, settings))
     app.include_router(referral_router(services.guard))
-    app.include_router(FhirApi(services.fhir, services.guard, settings).router())
+    app.include_router(fhir.router())
     portal = Portal(settings, services.db, services.guard, services.fhir, services.blobs)
     app.include_router(portal.router())
     app.mount("/static", portal.static(), name="static")
@@ -220,7 +245,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        response_class=Response,
+        responses=responses(
+            {200: {"application/json": {"type": "object"}}}, [503], {"application/json": {}}
+        ),
+    )
     async def readyz() -> Response:
         """The database and the blob store are reachable (503 otherwise)."""
         checks: dict[str, Any] = {}
@@ -236,7 +268,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             200 if ready else 503,
         )
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses=responses({200: {"text/plain": {"type": "string"}}}, []),
+    )
     async def metrics_endpoint() -> Response:
         """Prometheus text exposition: request counts and latency by route and status."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -16,6 +16,7 @@ from alliance.fhir.models import ReferenceIndex, ResourceRow
 from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
 from alliance.fhir.values import instant
+from alliance.numbers import whole_number
 from alliance.records import extension_reference, keeper_of, stamp_keeper
 from alliance.security.service import open_grant
 from referral.models import Referral
@@ -221,7 +222,8 @@ class AppointmentRules:
     def upcoming_condition(self, value: str) -> ColumnElement[bool]:
         """`Appointment?upcoming=24`: held or booked consults starting in the next N hours
         (1 to 168), computed when searched; combine with `actor` or `practitioner`."""
-        if not value.isdigit() or not 1 <= int(value) <= 168:
+        hours = whole_number(value, 168)
+        if hours is None or hours < 1:
             raise BadRequest("upcoming is a number of hours from 1 to 168")
         now = clock.now()
         soon = select(Booking.appointment_id).where(

@@ -22,6 +22,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -33,6 +35,31 @@ from server.migrate import upgrade
 from tests.s3server import S3Server, WeedNotFound, find_weed, seaweedfs_s3
 
 PG_URL = os.environ.get("ALLIANCE_TEST_DATABASE_URL", "")
+
+#: The generated tests (test_api_fuzz.py, test_fhir_fuzz.py) run under a Hypothesis profile:
+#: `ci` (the default, `make test`) replays a fixed seed with a few examples per route, type
+#: and parameter, so the generated part stays within a few minutes on two cores and a
+#: failure is the same on every run; `fuzz` (`make fuzz`, HYPOTHESIS_PROFILE=fuzz) draws
+#: many more at random. Examples share the test's app and database, hence the health check.
+FUZZ_SEED = 20261201
+_SHARED_FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=int(os.environ.get("ALLIANCE_FUZZ_EXAMPLES", "6")),
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=_SHARED_FIXTURES,
+)
+hypothesis_settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("ALLIANCE_FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_SHARED_FIXTURES,
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 BACKENDS = ["sqlite", "postgresql"]
 
 

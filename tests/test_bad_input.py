@@ -13,9 +13,11 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
+from alliance.codes import RESIDENT_ID
 from alliance.config import Settings
 from alliance.fhir.search import COMMON_PARAMS, MAX_SEARCH_PARAMS, MAX_SEARCH_VALUES
 from fhir_mappings import build_registry
+from tests.accounts import portal
 from tests.imaging_data import ct_series, multipart, stow_headers
 
 REGISTRY = build_registry(Settings(demo=True))
@@ -280,3 +282,122 @@ def test_a_patient_without_managing_organization_is_kept_by_the_writers_hospital
     # Naming another hospital is still refused.
     other = {**PATIENT, "managingOrganization": {"reference": "Organization/subei"}}
     assert user.post("/fhir/Patient", json=other).status_code == 403
+
+
+# ---- digits int() refuses: "²" passes str.isdigit, and int() reads at most 4300 digits ------
+# (found by the generated tests, test_fhir_fuzz.py)
+
+SUPERSCRIPT_TWO = "\u00b2"
+FIVE_THOUSAND_DIGITS = "9" * 5000
+
+
+@pytest.mark.parametrize("value", [SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS])
+@pytest.mark.parametrize("name", ["_count", "_page_offset"])
+def test_search_integers_int_cannot_read_are_400(
+    as_user: Callable[[str], TestClient], name: str, value: str
+) -> None:
+    r = as_user(DOCTOR).get("/fhir/Patient", params={name: value})
+    assert (r.status_code, _is_outcome(r)) == (400, True), r.text
+
+
+@pytest.mark.parametrize("value", [SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS])
+def test_history_integers_int_cannot_read_are_400(
+    as_user: Callable[[str], TestClient], value: str
+) -> None:
+    user = as_user(DOCTOR)
+    pid = user.post("/fhir/Patient", json=PATIENT).json()["id"]
+    for name in ("_page_before", "_count"):
+        r = user.get(f"/fhir/Patient/{pid}/_history", params={name: value})
+        assert (name, r.status_code, _is_outcome(r)) == (name, 400, True)
+
+
+@pytest.mark.parametrize("version", [SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS, HUGE])
+def test_a_version_that_is_no_number_the_database_holds_is_404(
+    as_user: Callable[[str], TestClient], version: str
+) -> None:
+    user = as_user(DOCTOR)
+    pid = user.post("/fhir/Patient", json=PATIENT).json()["id"]
+    r = user.get(f"/fhir/Patient/{pid}/_history/{version}")
+    assert (r.status_code, _is_outcome(r)) == (404, True), r.text
+
+
+@pytest.mark.parametrize("value", [SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS])
+def test_upcoming_hours_int_cannot_read_are_400(
+    as_user: Callable[[str], TestClient], value: str
+) -> None:
+    r = as_user(DOCTOR).get("/fhir/Appointment", params={"upcoming": value, "actor": "x"})
+    assert (r.status_code, _is_outcome(r)) == (400, True), r.text
+
+
+@pytest.mark.parametrize("value", [SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS, HUGE])
+def test_find_minutes_that_are_no_duration_are_400(
+    as_user: Callable[[str], TestClient], value: str
+) -> None:
+    r = as_user(DOCTOR).get("/fhir/Appointment/$find", params={"minutes-duration": value})
+    assert (r.status_code, _is_outcome(r)) == (400, True), r.text
+
+
+@pytest.mark.parametrize("key", ["limit", "offset"])
+def test_qido_integers_int_cannot_read_are_400(
+    as_user: Callable[[str], TestClient], key: str
+) -> None:
+    for value in (SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS):
+        r = as_user(DOCTOR).get("/dicomweb/studies", params={key: value})
+        assert r.status_code == 400, r.text
+
+
+def test_frames_and_quality_int_cannot_read_are_400(
+    as_user: Callable[[str], TestClient],
+) -> None:
+    user = as_user(DOCTOR)
+    study, series, sop = _store(user, ct_series(1))
+    url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    png = {"Accept": "image/png"}
+    for value in (SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS):
+        assert user.get(f"{url}/frames/{value}").status_code == 400
+        assert user.get(f"{url}/frames/{value}/rendered", headers=png).status_code == 400
+        r = user.get(f"{url}/rendered", params={"quality": value}, headers=png)
+        assert r.status_code == 400
+
+
+def test_an_identity_number_with_other_digits_is_422(
+    as_user: Callable[[str], TestClient],
+) -> None:
+    number = "6541251990010100" + SUPERSCRIPT_TWO + "5"
+    body = {**PATIENT, "identifier": [{"system": RESIDENT_ID, "value": number}]}
+    r = as_user(DOCTOR).post("/fhir/Patient", json=body)
+    assert (r.status_code, _is_outcome(r)) == (422, True), r.text
+
+
+@pytest.mark.parametrize("index", [SUPERSCRIPT_TWO, FIVE_THOUSAND_DIGITS])
+def test_a_closure_index_that_is_no_number_is_refused_on_the_calendar_page(
+    client: TestClient, index: str
+) -> None:
+    csrf = portal(client, "admin.xinyuan.people")
+    r = client.post(f"/admin/calendar/closures/{index}/remove", data={"csrf": csrf})
+    assert (r.status_code, "no such closure" in r.text) == (422, True)
+    assert "元旦" in client.get("/admin/calendar").text  # the closure is still there
+
+
+@pytest.mark.parametrize("length", [SUPERSCRIPT_TWO.encode("latin-1"), b"9" * 5000, b"-1"])
+def test_a_content_length_that_is_no_number_is_400(
+    as_user: Callable[[str], TestClient], length: bytes
+) -> None:
+    r = as_user(DOCTOR).post(
+        "/fhir/Patient",
+        content=json.dumps(PATIENT).encode(),
+        headers={"Content-Type": "application/fhir+json", "Content-Length": length},
+    )
+    assert (r.status_code, _is_outcome(r)) == (400, True), r.text
+
+
+@pytest.mark.parametrize(
+    "form",
+    [{"_page_after": "\x00"}, {"name": "a\x00b"}, {"identifier": "a|\x00"}, {"name\x00": "a"}],
+    ids=["page-after", "string", "token", "name"],
+)
+def test_nul_in_a_posted_search_is_400(
+    as_user: Callable[[str], TestClient], form: dict[str, str]
+) -> None:
+    r = as_user(DOCTOR).post("/fhir/Patient/_search", data=form)
+    assert (r.status_code, _is_outcome(r)) == (400, True), r.text

@@ -9,9 +9,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import iterate_in_threadpool
 
 from alliance.attachments.models import Attachment
-from alliance.attachments.service import fhir_attachment, readable_attachment, store_attachment
+from alliance.attachments.service import (
+    ACCEPTED_TYPES,
+    fhir_attachment,
+    readable_attachment,
+    store_attachment,
+)
 from alliance.config import Settings
-from alliance.http import read_limited
+from alliance.http import BEARER, path_parameters, read_limited, responses
 from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.storage import BlobStore
 
@@ -32,10 +37,30 @@ class _RequestStream:
         return out
 
 
+_DOWNLOAD = "/api/attachments/{attachment_id}"
+
+
 def attachment_router(guard: Guard, blobs: BlobStore, settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["attachments"])
 
-    @router.post("/attachments", status_code=201)
+    @router.post(
+        "/attachments",
+        status_code=201,
+        response_class=Response,
+        responses=responses(
+            {201: {"application/json": {"type": "object"}}}, [400, 401, 403, 413, 415, 422, 503]
+        ),
+        openapi_extra={
+            "security": BEARER,
+            "parameters": [{"name": "title", "in": "query", "schema": {"type": "string"}}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}} for t in ACCEPTED_TYPES
+                },
+            },
+        },
+    )
     async def upload(request: Request) -> JSONResponse:
         """Upload a file (PDF, JPEG, PNG, TIFF or UTF-8 text) as the raw request body, with
         its Content-Type, and optionally `?title=`. Answers the FHIR Attachment to put in a
@@ -67,11 +92,20 @@ def attachment_router(guard: Guard, blobs: BlobStore, settings: Settings) -> API
         )
         return JSONResponse(fhir_attachment(settings.base_url, row), 201)
 
-    @router.get("/attachments/{attachment_id}")
-    async def download(request: Request, attachment_id: str) -> Response:
+    @router.get(
+        _DOWNLOAD.removeprefix("/api"),
+        response_class=Response,
+        responses=responses(
+            {200: {t: {"type": "string", "format": "binary"} for t in ACCEPTED_TYPES}},
+            [400, 401, 403, 404, 503],
+        ),
+        openapi_extra={"security": BEARER, "parameters": path_parameters(_DOWNLOAD)},
+    )
+    async def download(request: Request) -> Response:
         """The file, to those who may see in full a record that references it, with a token
         whose scopes allow reading that record's type (403 for a token that may read no
         clinical record; 404 to everyone else)."""
+        attachment_id = request.path_params["attachment_id"]
         clinical = [d.type for d in guard.registry.definitions() if d.access == "clinical"]
         row = await guard.run(
             request,

@@ -16,6 +16,7 @@ from alliance.audit.anchor import TrailResult, verify_trail
 from alliance.audit.service import audit_conditions, search_events
 from alliance.errors import Forbidden, PayloadTooLarge
 from alliance.fhir.search import parse_search
+from alliance.http import BEARER, responses
 from alliance.security.access import Principal
 from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.storage import BlobStore
@@ -62,7 +63,12 @@ def _auditors_only(principal: Principal) -> None:
 def audit_router(guard: Guard, blobs: BlobStore) -> APIRouter:
     router = APIRouter(prefix="/api/audit", tags=["audit"])
 
-    @router.get("/events.csv")
+    @router.get(
+        "/events.csv",
+        response_class=Response,
+        responses=responses({200: {"text/csv": {"type": "string"}}}, [400, 401, 403, 413, 503]),
+        openapi_extra={"security": BEARER},
+    )
     async def export_csv(request: Request) -> Response:
         """The AuditEvents matching a search (the parameters of `GET /fhir/AuditEvent`:
         date, agent, altid, hospital, patient, entity, subtype, outcome, ...), oldest first, as
@@ -112,7 +118,12 @@ def audit_router(guard: Guard, blobs: BlobStore) -> APIRouter:
             headers={"Content-Disposition": 'attachment; filename="audit-events.csv"'},
         )
 
-    @router.get("/verify")
+    @router.get(
+        "/verify",
+        response_class=Response,
+        responses=responses({200: {"application/json": {"type": "object"}}}, [401, 403, 503]),
+        openapi_extra={"security": BEARER},
+    )
     async def verify_chain(request: Request) -> JSONResponse:
         """Walk the hash chain and hold it to its newest signed checkpoints in the blob store:
         `{ok, checked, first_bad_seq, problem, checkpoints: {ok, read, latest, confirmed_seq,

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 
@@ -58,7 +59,7 @@ def parse_identity_number(raw: str, *, today: date | None = None) -> IdentityNum
         raise IdentityNumberError(
             "length", f"an identity number has 18 characters, this one has {len(value)}"
         )
-    if not value[:17].isdigit() or not (value[17].isdigit() or value[17] == "X"):
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", value):  # ASCII: "²" is a digit to isdigit()
         raise IdentityNumberError(
             "characters", "the first 17 characters must be digits and the last a digit or X"
         )

@@ -13,7 +13,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
+from starlette.routing import Match
+from starlette.types import Scope
 
 from alliance import trace
 from alliance.config import Settings
@@ -27,18 +30,21 @@ from alliance.errors import (
     UnsupportedMediaType,
 )
 from alliance.fhir.capability import capability_statement
+from alliance.fhir.openapi import interaction_docs
 from alliance.fhir.registry import Operation, OperationContext
 from alliance.fhir.search import non_negative
 from alliance.fhir.store import FhirStore
 from alliance.fhir.types import SearchResult, Version, WriteResult
 from alliance.fhir.values import instant
-from alliance.http import read_body
+from alliance.http import by_path, read_body
 from alliance.security.guard import Context, Guard, Interaction, Touched
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _JSON_TYPES = {"application/fhir+json", "application/json", "json", "text/json", "application/*"}
 _XML_TYPES = {"application/fhir+xml", "application/xml", "xml", "text/xml"}
 _TRANSPORT_PARAMS = {"_format", "_pretty"}
+#: The interaction of a type-level operation's routes (FHIR R4 operations.html).
+_OPERATION = "operation"
 T = TypeVar("T")
 
 
@@ -153,6 +159,8 @@ class FhirApi:
         self.store = store
         self.guard = guard
         self.settings = settings
+        #: The routes this face serves, each with its interaction (set by `router`).
+        self._routes: list[tuple[APIRoute, str | None]] = []
 
     @property
     def base(self) -> str:
@@ -210,23 +218,70 @@ class FhirApi:
 
     def router(self) -> APIRouter:
         r = APIRouter(prefix="/fhir")
-        r.add_api_route("/metadata", self.metadata, methods=["GET"])
-        # Before the instance routes, so `Appointment/$find` is not read as an id.
-        r.add_api_route("/{rtype}/${name}", self.operate, methods=["POST"])
-        r.add_api_route("/{rtype}/${name}", self.operate_get, methods=["GET"])
-        r.add_api_route("/{rtype}", self.search, methods=["GET"])
-        r.add_api_route("/{rtype}/_search", self.search_post, methods=["POST"])
-        r.add_api_route("/{rtype}", self.create, methods=["POST"], status_code=201)
-        r.add_api_route("/{rtype}/{rid}", self.read, methods=["GET"])
-        r.add_api_route("/{rtype}/{rid}", self.update, methods=["PUT"])
-        r.add_api_route("/{rtype}/{rid}", self.delete, methods=["DELETE"])
-        r.add_api_route("/{rtype}/{rid}/_history", self.history, methods=["GET"])
-        r.add_api_route("/{rtype}/{rid}/_history/{vid}", self.vread, methods=["GET"])
+        # Each route with the interaction it serves (FHIR R4 http.html); the operations'
+        # routes before the instance routes, so `Appointment/$find` is not read as an id.
+        table: list[tuple[str, str, Callable[..., Any], str | None]] = [
+            ("/metadata", "GET", self.metadata, None),
+            ("/{rtype}/${name}", "POST", self.operate, _OPERATION),
+            ("/{rtype}/${name}", "GET", self.operate_get, _OPERATION),
+            ("/{rtype}", "GET", self.search, "search-type"),
+            ("/{rtype}/_search", "POST", self.search_post, "search-type"),
+            ("/{rtype}", "POST", self.create, "create"),
+            ("/{rtype}/{rid}", "GET", self.read, "read"),
+            ("/{rtype}/{rid}", "PUT", self.update, "update"),
+            ("/{rtype}/{rid}", "DELETE", self.delete, "delete"),
+            ("/{rtype}/{rid}/_history", "GET", self.history, "history-instance"),
+            ("/{rtype}/{rid}/_history/{vid}", "GET", self.vread, "vread"),
+        ]
+        self._routes = []
+        registry = self.store.registry
+        for path, method, endpoint, interaction in table:
+            r.add_api_route(
+                path,
+                by_path(endpoint),
+                methods=[method],
+                response_class=Response,
+                tags=["FHIR"],
+                **interaction_docs(registry, f"/fhir{path}", interaction, method),
+            )
+            route = r.routes[-1]
+            assert isinstance(route, APIRoute)
+            self._routes.append((route, interaction))
         return r
 
-    def _supports(self, rtype: str, interaction: str) -> None:
+    def allow(self, scope: Scope) -> str:
+        """The `Allow` of a 405 on a FHIR path (RFC 9110 15.5.6): the methods of the routes
+        that serve the path, less those whose interaction the type does not support (an
+        AuditEvent is read, never written) and GET of an operation that changes data."""
+        methods: set[str] = set()
+        for route, interaction in self._routes:
+            match, child = route.matches(scope)
+            served = route.methods or set()
+            if match is Match.NONE:
+                continue
+            params = child.get("path_params", {})
+            if self._serves(params.get("rtype"), params.get("name"), served, interaction):
+                methods |= served
+        return ", ".join(sorted(methods))
+
+    def _serves(
+        self, rtype: str | None, name: str | None, methods: set[str], interaction: str | None
+    ) -> bool:
+        if interaction is None or rtype is None or rtype not in self.store.registry:
+            return True  # an unknown type answers 404 whatever the method
+        definition = self.store.registry.get(rtype)
+        if interaction != _OPERATION:
+            return interaction in definition.interactions
+        operation = definition.operations.get(name or "")
+        return operation is None or "GET" not in methods or not operation.affects_state
+
+    def _supports(self, request: Request, rtype: str, interaction: str) -> None:
         if interaction not in self.store.registry.get(rtype).interactions:
-            raise MethodNotAllowed(f"{interaction} is not supported on {rtype}")
+            allow = self.allow(request.scope)
+            raise MethodNotAllowed(
+                f"{interaction} is not supported on {rtype}; use {allow}",
+                headers={"Allow": allow},
+            )
 
     # ---- interactions -------------------------------------------------------------------
 
@@ -237,7 +292,7 @@ class FhirApi:
 
     async def read(self, request: Request, rtype: str, rid: str) -> Response:
         _negotiate(request)
-        self._supports(rtype, "read")
+        self._supports(request, rtype, "read")
         version = await self._guarded(
             request,
             Interaction("read", f"{rtype}/{rid}"),
@@ -254,7 +309,7 @@ class FhirApi:
 
     async def vread(self, request: Request, rtype: str, rid: str, vid: str) -> Response:
         _negotiate(request)
-        self._supports(rtype, "vread")
+        self._supports(request, rtype, "vread")
         version = await self._guarded(
             request,
             Interaction("vread", f"{rtype}/{rid}"),
@@ -267,7 +322,7 @@ class FhirApi:
 
     async def history(self, request: Request, rtype: str, rid: str) -> Response:
         _negotiate(request)
-        self._supports(rtype, "history-instance")
+        self._supports(request, rtype, "history-instance")
         count = self._count(request)
         before = request.query_params.get("_page_before")
         if before is not None:
@@ -335,7 +390,7 @@ class FhirApi:
     async def _search(
         self, request: Request, rtype: str, params: list[tuple[str, str]]
     ) -> Response:
-        self._supports(rtype, "search-type")
+        self._supports(request, rtype, "search-type")
         lenient = _prefer(request).get("handling") == "lenient"
         result = await self._guarded(
             request,
@@ -389,7 +444,7 @@ class FhirApi:
 
     async def create(self, request: Request, rtype: str) -> Response:
         _negotiate(request)
-        self._supports(rtype, "create")
+        self._supports(request, rtype, "create")
         body = await _read_json(request, self.settings.max_body_bytes)
         # The criteria come in If-None-Exist (FHIR R4 http.html#ccreate) or, as some clients
         # (fhirpy's get_or_create) send them, in the query string of the POST.
@@ -417,7 +472,7 @@ class FhirApi:
 
     async def update(self, request: Request, rtype: str, rid: str) -> Response:
         _negotiate(request)
-        self._supports(rtype, "update")
+        self._supports(request, rtype, "update")
         body = await _read_json(request, self.settings.max_body_bytes)
         if_match = _version_of(request.headers.get("if-match"))
         result = await self._guarded(
@@ -453,7 +508,9 @@ class FhirApi:
         _negotiate(request)
         operation = self._operation(rtype, name)
         if operation.affects_state:
-            raise MethodNotAllowed(f"${name} changes data: POST a Parameters resource")
+            raise MethodNotAllowed(
+                f"${name} changes data: POST a Parameters resource", headers={"Allow": "POST"}
+            )
         params = [
             {"name": k, "valueString": v}
             for k, v in request.query_params.multi_items()
@@ -490,7 +547,7 @@ class FhirApi:
 
     async def delete(self, request: Request, rtype: str, rid: str) -> Response:
         _negotiate(request)
-        self._supports(rtype, "delete")
+        self._supports(request, rtype, "delete")
         version = await self._guarded(
             request,
             Interaction("delete", f"{rtype}/{rid}"),

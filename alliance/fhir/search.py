@@ -26,6 +26,7 @@ from alliance.fhir.models import DateIndex, ReferenceIndex, ResourceRow, StringI
 from alliance.fhir.registry import Registry, ResourceDefinition
 from alliance.fhir.types import DateValue, Filter, Include, SearchParam, SearchSpec, Token
 from alliance.fhir.values import date_range, normalize, parse_reference
+from alliance.numbers import MAX_INTEGER, whole_number
 
 #: Parameters the paging links carry; clients should treat them as opaque.
 PAGE_AFTER = "_page_after"
@@ -80,6 +81,10 @@ def parse_search(
         raise BadRequest(f"a search takes at most {MAX_SEARCH_PARAMS} parameters")
     if sum(len(split_values(value)) for _, value in params) > MAX_SEARCH_VALUES:
         raise BadRequest(f"a search takes at most {MAX_SEARCH_VALUES} values in all")
+    # The Guard refuses a NUL in the address; a POST to _search carries its parameters in the
+    # body. No id, code or name holds one, and PostgreSQL cannot compare text that does.
+    if any("\x00" in name or "\x00" in value for name, value in params):
+        raise BadRequest("a search parameter holds a NUL character (U+0000)")
 
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
@@ -166,17 +171,16 @@ def _apply_result_param(
         return
 
 
-#: The largest integer a result parameter (`_count`, `_page_offset`, `_page_before`) may
-#: carry: what the database's integer columns and LIMIT/OFFSET hold.
-MAX_INTEGER = 2**31 - 1
-
-
 def non_negative(value: str, name: str) -> int:
-    if not value.isdigit() or int(value) > MAX_INTEGER:
+    """A result parameter's integer (`_count`, `_page_offset`, `_page_before`); 400 when it
+    is not one from 0 to MAX_INTEGER."""
+    number = whole_number(value)
+    if number is None:
         raise BadRequest(
-            f"{name} must be an integer from 0 to {MAX_INTEGER}, not {value!r}", expression=[name]
+            f"{name} must be an integer from 0 to {MAX_INTEGER}, not {value[:40]!r}",
+            expression=[name],
         )
-    return int(value)
+    return number
 
 
 def split_values(value: str) -> list[str]:

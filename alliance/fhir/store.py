@@ -35,6 +35,7 @@ from alliance.fhir.types import (
     WriteResult,
 )
 from alliance.fhir.values import instant
+from alliance.numbers import whole_number
 
 # Callers that named these through the store before they moved to `alliance.fhir.types`.
 __all__ = ["FhirStore", "SearchResult", "Version", "Visibility", "WriteResult", "validate"]
@@ -127,9 +128,10 @@ class FhirStore:
                 raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
             return only
         current = self._current(session, resource_type, resource_id, visible)
-        if not version_id.isdigit():
-            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
-        row = session.get(ResourceVersion, (resource_type, resource_id, int(version_id)))
+        number = whole_number(version_id)
+        if number is None:
+            raise NotFound(f"{resource_type}/{resource_id} has no version {version_id[:40]!r}")
+        row = session.get(ResourceVersion, (resource_type, resource_id, number))
         if row is None:
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
         result = Version.of(row, current.patient_id)

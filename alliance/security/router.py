@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alliance.config import Settings
 from alliance.db import Database
+from alliance.http import BEARER, JSON_ERRORS, responses
 from alliance.security.login import LoginRefused, log_in, log_out_everywhere
 from alliance.security.signing import jwks
 from alliance.security.tokens import missing_token
@@ -29,6 +30,36 @@ def _oauth_error(
     return JSONResponse({"error": error, "error_description": description}, status, headers=headers)
 
 
+#: RFC 6749 5.1 and 5.2: what the token endpoint answers.
+_TOKEN = {
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in", "scope"],
+    "properties": {
+        "access_token": {"type": "string"},
+        "token_type": {"const": "Bearer"},
+        "expires_in": {"type": "integer"},
+        "scope": {"type": "string"},
+    },
+}
+_OAUTH_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+}
+_TOKEN_FORM = {
+    "type": "object",
+    "required": ["grant_type"],
+    "properties": {
+        "grant_type": {"enum": ["password", "client_credentials"]},
+        "username": {"type": "string"},
+        "password": {"type": "string"},
+        "scope": {"type": "string"},
+        "client_id": {"type": "string"},
+        "client_secret": {"type": "string"},
+    },
+}
+
+
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("basic "):
@@ -43,7 +74,21 @@ def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, st
 def auth_router(db: Database, settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/auth", tags=["auth"])
 
-    @router.post("/token")
+    @router.post(
+        "/token",
+        response_class=Response,
+        responses=responses(
+            {200: {"application/json": _TOKEN}},
+            [400, 401, 429, 503],
+            {"application/json": _OAUTH_ERROR},
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-www-form-urlencoded": {"schema": _TOKEN_FORM}},
+            }
+        },
+    )
     async def token(request: Request) -> JSONResponse:
         """OAuth 2.0 token endpoint. Form fields: `grant_type=password` with `username`,
         `password` and optional `scope` (SMART v2, e.g. `user/Patient.rs`), or
@@ -94,7 +139,13 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
         }
         return JSONResponse(body, headers=_NO_STORE)
 
-    @router.post("/logout", status_code=204)
+    @router.post(
+        "/logout",
+        status_code=204,
+        response_class=Response,
+        responses=responses({204: {}}, [401, 503], JSON_ERRORS),
+        openapi_extra={"security": BEARER},
+    )
     async def logout(request: Request) -> Response:
         """Log out with `Authorization: Bearer …`: every token and portal session of the
         token's account ends at once (204). A token already ended answers 401."""
@@ -111,7 +162,11 @@ def auth_router(db: Database, settings: Settings) -> APIRouter:
         )
         return Response(status_code=204, headers=_NO_STORE)
 
-    @router.get("/jwks.json")
+    @router.get(
+        "/jwks.json",
+        response_class=Response,
+        responses=responses({200: {"application/jwk-set+json": {"type": "object"}}}, [503]),
+    )
     async def jwks_json() -> JSONResponse:
         """The public keys of the server's signatures (signed opinions, audit checkpoints) as
         a JWK Set (RFC 7517): every key that ever signed, kept for good. Public."""
