@@ -10,6 +10,7 @@ from typing import Any
 
 from alliance import clock
 from alliance.codes import (
+    PROFESSIONAL_TITLE,
     RESIDENT_ID,
 )
 from alliance.errors import AllianceError, Forbidden
@@ -167,3 +168,41 @@ def destination(request: dict[str, Any], related: dict[str, dict[str, Any]]) -> 
         parent = related.get(str((org.get("partOf") or {}).get("reference", "")))
         return " · ".join(str(o.get("name", "")) for o in (parent, org) if o)
     return ""
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_day(value: str | None, today: date) -> date:
+    """A day asked for in a query (YYYY-MM-DD), never before today; today if none or bad."""
+    try:
+        asked = date.fromisoformat(value) if value else today
+    except ValueError:
+        return today
+    return max(asked, today)
+
+
+def day_label(day: date, t: Callable[[str], str]) -> str:
+    """`12月03日 周四` (or `12-03 Thu`): a day as a heading."""
+    return t("day_heading").format(month=day.month, day=day.day, weekday=t(WEEKDAYS[day.weekday()]))
+
+
+def consultant_of(appointment: dict[str, Any]) -> str | None:
+    """The PractitionerRole an Appointment books (the consultant)."""
+    for p in appointment.get("participant") or []:
+        ref = str((p.get("actor") or {}).get("reference", ""))
+        if ref.startswith("PractitionerRole/"):
+            return ref
+    return None
+
+
+def practitioner_line(practitioner: dict[str, Any]) -> str:
+    """`陈志明 主任医师`: a practitioner's name and professional title (职称)."""
+    names = [n.get("text", "") for n in practitioner.get("name") or [] if n.get("text")]
+    titles = [
+        c.get("display", "")
+        for q in practitioner.get("qualification") or []
+        for c in (q.get("code") or {}).get("coding") or []
+        if c.get("system") == PROFESSIONAL_TITLE
+    ]
+    return " ".join(x for x in (names[:1] + titles[:1]) if x)

@@ -123,14 +123,34 @@ def test_a_teleconsult_booked_and_signed_through_the_portal(
     times = re.findall(r'name="proposal" value="([^"]+)"', r.text)
     assert times, r.text
     assert "北京时间 (新疆时间" in r.text  # a Xinyuan user sees Xinjiang time beside it
+    # By day, with the weekday and the specialist's name and title; weeks page forward.
+    first_day = re.search(r"<h2>(\d+)月(\d+)日 (周[一二三四五六日])</h2>", r.text)
+    assert first_day is not None, r.text
+    assert "陈志明 主任医师" in r.text
+    later = re.search(r'href="\?from=([\d-]+)">下一周', r.text)
+    assert later is not None
+    next_week = client.get(f"/teleconsults/{task_id}/times", params={"from": later.group(1)})
+    assert next_week.status_code == 200 and first_day.group(0) not in next_week.text
     import html
 
+    proposal = html.unescape(times[0])
+    asked = client.post(
+        f"/teleconsults/{task_id}/book",
+        data={"csrf": csrf, "proposal": proposal, "who": "陈志明 主任医师"},
+    )
+    # Nothing is booked before the doctor confirms what they chose.
+    assert asked.status_code == 200 and "确认预约" in asked.text, asked.text
+    assert "陈志明 主任医师" in asked.text
+    assert "进入视频会诊" not in client.get(f"/referrals/{task_id}").text
     booked = client.post(
         f"/teleconsults/{task_id}/book",
-        data={"csrf": csrf, "proposal": html.unescape(times[0])},
+        data={"csrf": csrf, "proposal": proposal, "confirm": "yes"},
         follow_redirects=True,
     )
     assert booked.status_code == 200 and "进入视频会诊" in booked.text, booked.text
+    assert re.findall(r"<li>[^<]*· ([^<·]+?) · <a", booked.text) == ["已预约"]
+    # The county doctor is not offered the specialist's answer.
+    assert "/accept" not in client.get("/consults").text
 
     specialist = TestClient(app)  # type: ignore[arg-type]
     csrf2 = sign_in(specialist, "sp.subei")
