@@ -94,6 +94,15 @@ WORDS: dict[str, tuple[str, str]] = {
     ),
     "specialist": ("会诊专家", "Specialist"),
     "back": ("返回", "Back"),
+    "sign_preview": ("签署前请核对会诊意见", "Check the opinion before signing"),
+    "sign_preview_text": (
+        "签署后意见不可更改（只能以修订版更正），并发送给申请医院。",
+        "Once signed the opinion cannot change (only be amended); it goes to the requesting "
+        "hospital.",
+    ),
+    "sign_confirm": ("确认签署", "Sign"),
+    "free_text_diagnosis": ("（自由文本，非编码诊断）", "(free text, not a coded diagnosis)"),
+    "edit": ("修改", "Edit"),
     "appointment_proposed": ("拟定", "proposed"),
     "appointment_pending": ("待专家确认", "awaiting the specialist"),
     "appointment_booked": ("已预约", "booked"),

@@ -261,8 +261,9 @@ class ConsultPages(ReferralPages):
     async def consult_opinion(
         self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
     ) -> Page | Response:
-        """The specialist writes the opinion and signs it: a DiagnosticReport made final,
-        which files it as the consult's output and completes it."""
+        """The specialist writes the opinion, reads it back, and signs it: a DiagnosticReport
+        made final, which files it as the consult's output and completes it. The first post
+        shows the preview; the confirmed post signs (refused before the consult started)."""
         conclusion = str(form.get("conclusion", "")).strip()
         diagnosis = str(form.get("diagnosis", "")).strip()
         if not conclusion:
@@ -270,6 +271,18 @@ class ConsultPages(ReferralPages):
                 request, session, task_id, error=translator(session.lang)("required")
             )
         given = Diagnosis.from_entry(diagnosis, DIAGNOSES) if diagnosis else None
+        if form.get("confirm") != "yes":
+            # What will be signed, read back before the signature that cannot be undone.
+            return Page(
+                "opinion_preview.html",
+                {
+                    "task_id": task_id,
+                    "conclusion": conclusion,
+                    "diagnosis": diagnosis,
+                    "coded": given.code if given else None,
+                    "shown": given.display if given else "",
+                },
+            )
 
         def work(s: Session, ctx: Context) -> Version:
             return sign_opinion(self.acting(s, ctx), task_id, conclusion, given)
@@ -285,5 +298,7 @@ class ConsultPages(ReferralPages):
         except AllianceError as exc:
             if isinstance(exc, (NotFound, Unauthorized)):
                 raise
-            return await self.referral(request, session, task_id, error=exc.message)
+            return await self.referral(
+                request, session, task_id, error=exc.message, error_status=exc.status
+            )
         return RedirectResponse(f"/referrals/{task_id}", 303)

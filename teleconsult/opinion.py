@@ -43,6 +43,7 @@ from alliance.errors import Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
+from alliance.fhir.values import instant
 from alliance.records import reference_id, stamp_keeper
 from alliance.security import signing
 from alliance.storage import BlobStore, open_blob_store
@@ -214,6 +215,26 @@ class OpinionRules:
             )
         return own
 
+    def _check_started(self, ctx: WriteContext, row: Referral, signer: str) -> None:
+        """An opinion is signed once the consult has started (its Encounter started, or its
+        booked time reached), never before it took place."""
+        bookings = ctx.session.execute(
+            select(Booking.status, Booking.starts).where(
+                Booking.task_id == row.task_id,
+                Booking.practitioner_id == signer,
+                Booking.status.in_(("booked", "arrived", "fulfilled")),
+            )
+        ).all()
+        now = clock.now()
+        if any(status in ("arrived", "fulfilled") or starts <= now for status, starts in bookings):
+            return
+        first = min(starts for _status, starts in bookings)
+        refuse(
+            Conflict,
+            "consult-not-started",
+            f"the consult starts at {instant(first)}; its opinion is signed once it has started",
+        )
+
     def _sign(self, ctx: WriteContext, report: Resource, request: Resource, row: Referral) -> None:
         signer = self._signer(ctx, row)
         if row.status not in ("accepted", "in-progress", "completed"):
@@ -222,6 +243,7 @@ class OpinionRules:
                 "consult-not-accepted",
                 f"the consult request is {row.status}; an opinion is signed once it is accepted",
             )
+        self._check_started(ctx, row, signer)
         if not (report.get("conclusion") or "").strip():
             refuse(
                 Invalid,

@@ -3,9 +3,11 @@ idle timeout, who sees which page, administrators' pages."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -165,11 +167,17 @@ def test_a_teleconsult_booked_and_signed_through_the_portal(
         ).status_code
         == 200
     )
-    signed = specialist.post(
-        f"/referrals/{task_id}/opinion",
-        data={"csrf": csrf2, "conclusion": "建议尽快冠脉造影", "diagnosis": "I21.900 急性心肌梗死"},
-        follow_redirects=True,
-    )
+    written = {"csrf": csrf2, "conclusion": "建议尽快冠脉造影", "diagnosis": "I21.900 急性心肌梗死"}
+    preview = specialist.post(f"/referrals/{task_id}/opinion", data=written)
+    assert preview.status_code == 200 and "确认签署" in preview.text
+    assert "建议尽快冠脉造影" in preview.text and "I21.900 急性心肌梗死" in preview.text
+    assert "已完成" not in client.get(f"/referrals/{task_id}").text  # nothing signed yet
+    confirmed = {**written, "confirm": "yes"}
+    early = specialist.post(f"/referrals/{task_id}/opinion", data=confirmed)
+    # Not before the consult took place.
+    assert early.status_code == 409 and "consult-not-started" in early.text
+    clock.set_to(datetime.fromisoformat(json.loads(proposal)["start"].replace("Z", "+00:00")))
+    signed = specialist.post(f"/referrals/{task_id}/opinion", data=confirmed, follow_redirects=True)
     assert signed.status_code == 200 and "已完成" in signed.text, signed.text
     page = client.get(f"/referrals/{task_id}")
     assert "已完成" in page.text and "/api/attachments/" in page.text
