@@ -94,6 +94,9 @@ WORDS: dict[str, tuple[str, str]] = {
     ),
     "specialist": ("会诊专家", "Specialist"),
     "back": ("返回", "Back"),
+    "unlinked_study": ("（未关联患者的检查）", "(a study linked to no patient)"),
+    "study_date": ("检查日期", "Study date"),
+    "dicom_header": ("DICOM 文件头", "DICOM header"),
     "sign_preview": ("签署前请核对会诊意见", "Check the opinion before signing"),
     "sign_preview_text": (
         "签署后意见不可更改（只能以修订版更正），并发送给申请医院。",

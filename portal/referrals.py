@@ -161,7 +161,7 @@ class ReferralPages(Shell):
     ) -> Page:
         """One referral: what it asks, what it shares (the triage view before acceptance), its
         messages, appointments and outputs, and what this hospital may do next. With `error`,
-        the page says why the last action was refused, answered with the refusal's `error_status`."""
+        the page says why the last action was refused, answered with the refusal's status."""
         claims = self.claims(session)
 
         def work(s: Session, ctx: Context) -> dict[str, Any]:

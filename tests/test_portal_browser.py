@@ -174,6 +174,31 @@ def test_refer_review_and_audit_in_the_browser(
     specialist.mouse.up()
     length = float(specialist.get_attribute("#image", "data-length") or 0)
     assert length > 0  # millimetres, from Pixel Spacing
+    # Who is on the screen is always in view: the banner and the four-corner overlay.
+    banner = specialist.inner_text("#banner")
+    assert "哈力木拉提·艾买提" in banner and number in banner
+    assert specialist.inner_text("#corner-tl").splitlines() == [
+        next(line for line in banner.splitlines() if "哈力木拉提" in line).strip(),
+        number,
+    ]
+    status = specialist.inner_text("#status")
+    assert status.startswith("第 2 / ") and "窗宽" in status and "长度" in status
+    status_box = specialist.locator("#status").bounding_box()
+    assert status_box["y"] + status_box["height"] <= 720  # on a 1280x720 screen, unscrolled
+    specialist.click("button[data-preset=lung]")
+    pressed = specialist.eval_on_selector_all(
+        "[data-preset]",
+        "bs => bs.filter(b => b.getAttribute('aria-pressed') === 'true')"
+        ".map(b => b.dataset.preset)",
+    )
+    assert pressed == ["lung"]
+    specialist.wait_for_function(
+        "[...document.querySelectorAll('#header tr')].some(r => r.cells[1].textContent)"
+    )
+    names = specialist.eval_on_selector_all(
+        "#header tr", "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])"
+    )
+    assert ["0008,0060", "Modality"] in names
     shot(specialist, "b2-viewer")
 
     # ...starts, and completes with the signed opinion.
