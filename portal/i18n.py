@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 LANGS = ("zh", "en")
 
 WORDS: dict[str, tuple[str, str]] = {
@@ -94,6 +96,15 @@ WORDS: dict[str, tuple[str, str]] = {
     ),
     "specialist": ("会诊专家", "Specialist"),
     "back": ("返回", "Back"),
+    "through": ("至", "–"),
+    "list_and": ("、", ", "),
+    "role_county-doctor": ("基层医生", "County doctor"),
+    "role_specialist": ("专科医生", "Specialist"),
+    "role_hospital-admin": ("医院管理员", "Hospital administrator"),
+    "role_auditor": ("医联体审计员", "Alliance auditor"),
+    "role_hospital-system": ("医院信息系统", "Hospital system"),
+    "department_name": ("科室名称", "Department"),
+    "department_subject": ("诊疗科目", "Registered subject"),
     "unlinked_study": ("（未关联患者的检查）", "(a study linked to no patient)"),
     "study_date": ("检查日期", "Study date"),
     "dicom_header": ("DICOM 文件头", "DICOM header"),
@@ -168,10 +179,10 @@ WORDS: dict[str, tuple[str, str]] = {
     "remove": ("删除", "Remove"),
     "edit_hours": ("每周工作时间（每行一段）", "Weekly hours (one span per line)"),
     "hours_hint": (
-        "格式：星期(mon tue wed thu fri sat sun) 开始-结束，"
-        "例如 mon tue wed thu fri 08:00-12:00；时间按上面的时区",
-        "Format: days (mon tue wed thu fri sat sun) start-end, "
-        "e.g. mon tue wed thu fri 08:00-12:00; in the time zone above",
+        "每行一段：星期 开始-结束，例如 周一至周五 08:00-12:00 或 周二、周四 14:00-17:00；"
+        "时间按上面的时区",
+        "One span per line: days start-end, e.g. Mon-Fri as 周一至周五 08:00-12:00 or "
+        "mon tue wed thu fri 08:00-12:00; in the time zone above",
     ),
     "new_department": ("新建科室", "New department"),
     "inactive": ("已停用", "closed"),
@@ -242,3 +253,10 @@ def translator(lang: str):  # type: ignore[no-untyped-def]
         return key
 
     return t
+
+
+def role_label(t: Callable[[str], str], role: str) -> str:
+    """A role in words (roles are data: one without words keeps its name)."""
+    key = f"role_{role}"
+    said = t(key)
+    return role if said == key else said

@@ -291,3 +291,52 @@ def test_the_site_has_an_icon(client: TestClient) -> None:
     r = client.get("/favicon.ico")
     assert (r.status_code, r.headers["content-type"]) == (200, "image/vnd.microsoft.icon")
     assert r.content[:4] == b"\x00\x00\x01\x00"  # an ICO file (icon resource directory)
+
+
+def test_administrators_read_roles_subjects_and_hours_in_words(client: TestClient) -> None:
+    """Roles in words, the departments' register with its specialties, and weekly hours
+    written and shown as people write them (周一至周五 08:00-12:00)."""
+    csrf = sign_in(client, "admin.subei")
+    staff = client.get("/admin/staff").text
+    assert "专科医生" in staff and "<td>specialist</td>" not in staff
+    departments = client.get("/admin/departments").text
+    assert "<th>科室名称</th><th>诊疗科目</th>" in departments
+    assert 'value="03.05|血液内科专业"' in departments and 'value="51.01|维吾尔医学"' in departments
+    saved = client.post(
+        "/admin/calendar/hours",
+        data={"csrf": csrf, "hours": "周一至周五 08:00-12:00\n周二、周四 14:00-17:30"},
+        follow_redirects=True,
+    )
+    assert saved.status_code == 200, saved.text
+    shown = re.findall(r"<tr><td>(周[^<]+)</td></tr>", saved.text)
+    assert shown == ["周一至周五 08:00-12:00", "周二、周四 14:00-17:30"]
+    wrong = client.post("/admin/calendar/hours", data={"csrf": csrf, "hours": "每天 08:00-12:00"})
+    assert wrong.status_code == 422 and "每天 is not a day of the week" in wrong.text
+
+
+@pytest.mark.parametrize(
+    ("line", "days", "start", "end"),
+    [
+        ("周一至周五 08:00-12:00", ["mon", "tue", "wed", "thu", "fri"], "08:00:00", "12:00:00"),
+        ("周二、周四 14:00-17:30", ["tue", "thu"], "14:00:00", "17:30:00"),
+        ("星期六 到 星期日 9:00~11:00", ["sat", "sun"], "09:00:00", "11:00:00"),
+        ("mon tue wed 08:00-12:00", ["mon", "tue", "wed"], "08:00:00", "12:00:00"),
+        ("周五-周一 08:00-12:00", None, "", ""),
+        ("周一至周五", None, "", ""),
+        ("周一 25:00-26:00", None, "", ""),
+    ],
+)
+def test_weekly_hours_as_people_write_them(
+    line: str, days: list[str] | None, start: str, end: str
+) -> None:
+    from portal.i18n import translator
+    from portal.views import hours_line, parse_hours_line
+
+    if days is None:
+        with pytest.raises(ValueError):
+            parse_hours_line(line)
+        return
+    span = parse_hours_line(line)
+    assert span == {"daysOfWeek": days, "availableStartTime": start, "availableEndTime": end}
+    again = parse_hours_line(hours_line(span, translator("zh")))
+    assert again == span  # what the page shows can be saved back unchanged
