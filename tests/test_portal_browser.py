@@ -240,9 +240,16 @@ def test_refer_review_and_audit_in_the_browser(
 
     # (d) The auditor finds all this, exports it, verifies the chain, sees the dashboard.
     auditor = sign_in(browser, live_server, "auditor")
-    auditor.goto(f"{live_server.url}/audit?patient={patient_id}")
+    # The patient is found by name, not by id; people, hospitals and codes read as words.
+    auditor.goto(f"{live_server.url}/audit")
+    auditor.fill("input[name=patient_q]", "哈力木拉提·艾买提")
+    auditor.click("main form.grid button[type=submit]")
+    auditor.wait_for_selector("table tbody tr")
     rows = auditor.inner_text("table tbody")
-    assert "dr.xinyuan.people" in rows and "sp.subei" in rows
+    assert "努尔兰·别克 (dr.xinyuan.people)" in rows and "陈志明 (sp.subei)" in rows
+    assert "新源县人民医院" in rows and "苏北人民医院" in rows
+    assert "查阅" in rows and "成功" in rows and "哈力木拉提·艾买提 · 男" in rows
+    assert patient_id not in rows  # the patient column names the patient
     with auditor.expect_download() as download:
         auditor.click("text=导出 CSV")
     csv_text = Path(download.value.path()).read_text(encoding="utf-8-sig")
