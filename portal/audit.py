@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+from datetime import date, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -225,33 +228,90 @@ class AuditPages(Shell):
         return await self.audit(request, session, verified=result)
 
     async def dashboard(self, request: Request, session: sessions.WebSession) -> Page:
+        """The alliance's figures for a period (default: the last year) and optionally one
+        hospital: requests per month (up, down, teleconsult) on an axis, per hospital pair,
+        decline reasons, turnaround in minutes or hours, overdue now."""
         today = clock.now().date()
-        first = today.replace(year=today.year - 1)
-        period = Period.of_days(first, today)
+        first = _day(request.query_params.get("from"), today - timedelta(days=365))
+        last = _day(request.query_params.get("to"), today)
+        if last < first:
+            first, last = last, first
+        hospital = request.query_params.get("hospital") or None
+        period = Period.of_days(first, last)
 
         def check(principal: Principal) -> None:
             if not principal.capabilities & {"audit", "administer"}:
                 raise Forbidden("auditors and administrators only")
 
         def work(s: Session, ctx: Context) -> dict[str, Any]:
-            figures = referral_figures(s, period, reader_hospital=reason_reader(ctx.principal))
-            names = {}
-            orgs = self._search(s, ctx, "Organization", [("_count", "200")], 200)
-            for v in orgs.matches:
-                names[v.id] = v.resource().get("name", v.id)
-            return {"figures": figures, "names": names}
+            figures = referral_figures(
+                s, period, reader_hospital=reason_reader(ctx.principal), hospital=hospital
+            )
+            return {"figures": figures, "hospitals": self._hospitals(s, ctx)}
 
         data = await self.run(
             request,
             session,
-            Interaction("search", query="dashboard", type="query"),
+            Interaction("search", query=urlencode(request.query_params), type="query"),
             work,
             check=check,
         )
         t = translator(session.lang)
-        figures = data["figures"]
-        data["month_chart"] = stacked_months(figures["pairs"], {"up": t("up"), "down": t("down")})
-        data["reasons_chart"] = bar_chart(
-            [(r["display"], r["count"]) for r in figures["rejection_reasons"]]
+        figures, names = data["figures"], data["hospitals"]
+        kinds = {
+            "up": t("up-referral"),
+            "down": t("down-referral"),
+            "teleconsult": t("teleconsult"),
+        }
+        per_pair: Counter[tuple[str, str, str]] = Counter()
+        for p in figures["pairs"]:
+            per_pair[(p["direction"], p["from"], p["to"])] += p["sent"]
+        return Page(
+            "dashboard.html",
+            {
+                "figures": figures,
+                "names": names,
+                "hospitals": names,
+                "chosen": {"from": first.isoformat(), "to": last.isoformat(), "hospital": hospital},
+                "turnaround": {
+                    key: {
+                        "median": duration_words(row["median_hours"], t),
+                        "p90": duration_words(row["p90_hours"], t),
+                        "count": row["count"],
+                    }
+                    for key, row in figures["turnaround"].items()
+                },
+                "month_chart": stacked_months(figures["pairs"], kinds),
+                "pair_chart": bar_chart(
+                    [
+                        (f"{names.get(a, a)} → {names.get(b, b)} · {kinds[d]}", n)
+                        for (d, a, b), n in sorted(per_pair.items(), key=lambda kv: -kv[1])
+                    ],
+                    t("per_pair"),
+                    "#0b6e99",
+                ),
+                "reasons_chart": bar_chart(
+                    [(r["display"], r["count"]) for r in figures["rejection_reasons"]],
+                    t("decline_reasons"),
+                ),
+            },
         )
-        return Page("dashboard.html", data)
+
+
+def _day(value: str | None, default: date) -> date:
+    try:
+        return date.fromisoformat(value) if value else default
+    except ValueError:
+        return default
+
+
+def duration_words(hours: float | None, t: Callable[[str], str]) -> str:
+    """A turnaround as people read it: minutes under two hours, hours under two days, then
+    days; — for none."""
+    if hours is None:
+        return "—"
+    if hours < 2:
+        return t("n_minutes").format(n=round(hours * 60))
+    if hours < 48:
+        return t("n_hours").format(n=f"{hours:.1f}")
+    return t("n_days").format(n=f"{hours / 24:.1f}")

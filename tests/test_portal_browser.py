@@ -259,7 +259,16 @@ def test_refer_review_and_audit_in_the_browser(
     assert "审计链完整" in auditor.inner_text("#verify-result")
     shot(auditor, "d1-audit")
     auditor.goto(f"{live_server.url}/dashboard")
+    # Two charts (per month, per pair; no decline to chart here); text stays text-sized.
     assert auditor.locator("svg.chart").count() == 2
+    heights = auditor.eval_on_selector_all(
+        "svg.chart text", "ts => ts.map(t => t.getBoundingClientRect().height)"
+    )
+    assert heights and max(heights) <= 18
+    pairs = auditor.inner_text("main")
+    assert "新源县人民医院 → 苏北人民医院 · 上转" in pairs
+    assert "苏北人民医院 → 新源县人民医院 · 下转" in pairs
+    assert "分钟" in auditor.inner_text("main .grid2")  # minutes, not 0.059 小时
     shot(auditor, "d2-dashboard")
     auditor.goto(f"{live_server.url}/lang/en")
     auditor.goto(f"{live_server.url}/dashboard")
