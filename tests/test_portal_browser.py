@@ -76,7 +76,7 @@ def canvas_sum(page: Any) -> int:
 def test_refer_review_and_audit_in_the_browser(
     browser: Any, live_server: LiveServer, tmp_path: Path
 ) -> None:
-    number = identity_number(birth="19800315")
+    number = identity_number(birth="19800315", seq=771)  # odd sequence: male
 
     # (a) The county doctor registers a patient (the identity number is checked as typed)...
     county = sign_in(browser, live_server, "dr.xinyuan.people")
@@ -88,7 +88,11 @@ def test_refer_review_and_audit_in_the_browser(
     assert county.inner_text("#identity-error")  # a wrong check character, said at once
     county.fill("#identity", number)
     assert county.inner_text("#identity-error") == ""
-    county.fill("#birth_date", "1980-03-15")
+    # The number states the birth date and sex: the form fills them in.
+    assert (county.input_value("#birth_date"), county.input_value("#gender")) == (
+        "1980-03-15",
+        "male",
+    )
     shot(county, "a1-register")
     county.click("main button[type=submit]")
     county.wait_for_url("**/patients/*")
