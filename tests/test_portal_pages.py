@@ -181,6 +181,10 @@ def test_a_teleconsult_booked_and_signed_through_the_portal(
     assert signed.status_code == 200 and "已完成" in signed.text, signed.text
     page = client.get(f"/referrals/{task_id}")
     assert "已完成" in page.text and "/api/attachments/" in page.text
+    letter_url = re.search(r'href="(?:https?://[^/"]+)?(/api/attachments/[^"]+)"', page.text)
+    assert letter_url is not None
+    letter = client.get(letter_url.group(1)).text
+    assert "<th>申请医生</th><td>努尔兰·别克</td>" in letter and "陈志明 主任医师" in letter
 
 
 def test_administrator_adds_and_removes_a_closure(client: TestClient) -> None:

@@ -122,6 +122,24 @@ def test_the_consult_and_its_signed_opinion(
     signed = r.json()
     assert signed["resultsInterpreter"] == [{"reference": "Practitioner/sp-subei"}]
     assert signed["presentedForm"][0]["contentType"] == "text/html"
+    # The signed letter opens in the browser, printable, and says things in words.
+    letter = doctor.get(signed["presentedForm"][0]["url"])
+    assert letter.status_code == 200 and letter.headers["content-type"].startswith("text/html")
+    assert letter.headers["content-disposition"].startswith("inline; filename*=UTF-8''")
+    assert "sandbox" in letter.headers["content-security-policy"]
+    page = letter.text
+    for said in (
+        "苏北人民医院",
+        "远程会诊意见书",
+        "阿依古丽·努尔兰",
+        "<td>女</td>",
+        "654025197809210242",
+        "新源县人民医院",
+        "陈志明 主任医师",
+        "@page",
+    ):
+        assert said in page, said
+    assert "Patient/" not in page and "ServiceRequest/" not in page and "http" not in page
 
     # The Provenance's signature binds 陈志明 to exactly this version.
     target = f"DiagnosticReport/{draft['id']}/_history/{signed['meta']['versionId']}"
