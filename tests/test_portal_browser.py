@@ -121,6 +121,10 @@ def test_refer_review_and_audit_in_the_browser(
     county.wait_for_selector("#upload-summary[data-done=true]", timeout=30000)
     results = county.eval_on_selector_all("#uploads li", "els => els.map(e => e.dataset.result)")
     assert sorted(results) == ["failed", "ok", "ok", "ok"]
+    said = county.inner_text("#uploads")
+    assert "notes.txt ✗ 无法识别：不是有效的DICOM文件，或文件已损坏" in said  # words, not 0xC000
+    assert "0x" not in said and "409" not in said
+    assert county.inner_text("#upload-summary") == "已处理 4 / 4，成功 3，失败 1"
     shot(county, "a2-upload")
 
     # ...records consent with the photographed form and sends the referral with the study.
