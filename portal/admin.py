@@ -32,6 +32,7 @@ from alliance.security.service import (
 )
 from portal.i18n import translator
 from portal.shell import Page, Shell
+from portal.views import hours_line, parse_hours_line
 
 
 class AdminPages(Shell):
@@ -80,7 +81,16 @@ class AdminPages(Shell):
             work,
             check=self._admins_only,
         )
-        codes = sorted(DEPARTMENT_CODES.items())
+        # The register's subjects, each with its specialties (03 内科: 03.01 呼吸内科专业, ...).
+        codes = [
+            (
+                code,
+                display,
+                [(c, d) for c, d in sorted(DEPARTMENT_CODES.items()) if c.startswith(f"{code}.")],
+            )
+            for code, display in sorted(DEPARTMENT_CODES.items())
+            if "." not in code
+        ]
         return Page(
             "departments.html",
             {
@@ -176,6 +186,10 @@ class AdminPages(Shell):
             "calendar.html",
             {
                 "service": service,
+                "hours": [
+                    hours_line(span, translator(session.lang))
+                    for span in (service or {}).get("availableTime") or []
+                ],
                 "zone": zone,
                 "error": error,
                 "hospital_name": self._hospital_name(hospital),
@@ -230,25 +244,18 @@ class AdminPages(Shell):
     async def hours_save(
         self, request: Request, session: sessions.WebSession, form: FormData
     ) -> Page | Response:
-        """Weekly hours, one span per line: `mon tue wed thu fri 08:00-12:00`. The calendar's
-        own checks (teleconsult rules) refuse what does not make sense."""
+        """Weekly hours, one span per line as people write them (`周一至周五 08:00-12:00`,
+        portal.views.parse_hours_line). The calendar's own checks (teleconsult rules) refuse
+        what does not make sense."""
         spans = []
         for line in str(form.get("hours", "")).splitlines():
-            parts = line.split()
-            if not parts:
+            if not line.strip():
                 continue
-            times = parts[-1].split("-")
-            if len(times) != 2 or len(parts) < 2:
-                return await self.calendar(
-                    request, session, error=f"{line}: {translator(session.lang)('hours_hint')}"
-                )
-            spans.append(
-                {
-                    "daysOfWeek": parts[:-1],
-                    "availableStartTime": f"{times[0]}:00",
-                    "availableEndTime": f"{times[1]}:00",
-                }
-            )
+            try:
+                spans.append(parse_hours_line(line))
+            except ValueError as exc:
+                hint = translator(session.lang)("hours_hint")
+                return await self.calendar(request, session, error=f"{line}: {exc}. {hint}")
 
         def replace(service: dict[str, Any]) -> None:
             service["availableTime"] = spans

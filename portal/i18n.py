@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 LANGS = ("zh", "en")
 
 WORDS: dict[str, tuple[str, str]] = {
@@ -75,6 +77,89 @@ WORDS: dict[str, tuple[str, str]] = {
     "cancel": ("撤回", "Cancel"),
     "fail": ("无法完成", "Could not be done"),
     "hold": ("暂停", "Put on hold"),
+    "day_heading": ("{month}月{day:02d}日 {weekday}", "{month}/{day:02d} {weekday}"),
+    "mon": ("周一", "Mon"),
+    "tue": ("周二", "Tue"),
+    "wed": ("周三", "Wed"),
+    "thu": ("周四", "Thu"),
+    "fri": ("周五", "Fri"),
+    "sat": ("周六", "Sat"),
+    "sun": ("周日", "Sun"),
+    "earlier_week": ("上一周", "Previous week"),
+    "later_week": ("下一周", "Next week"),
+    "week_from": ("从此日起的一周", "The week from"),
+    "show": ("显示", "Show"),
+    "confirm_booking": ("确认预约", "Confirm the booking"),
+    "confirm_booking_text": (
+        "将为此会诊预约以下时间，并通知会诊专家。",
+        "This time will be booked for the consult and the specialist told.",
+    ),
+    "specialist": ("会诊专家", "Specialist"),
+    "back": ("返回", "Back"),
+    "n_minutes": ("{n} 分钟", "{n} min"),
+    "n_hours": ("{n} 小时", "{n} h"),
+    "n_days": ("{n} 天", "{n} days"),
+    "per_pair": ("各医院间的申请数", "Requests per pair of hospitals"),
+    "median": ("中位数", "Median"),
+    "p90": ("第90百分位", "90th percentile"),
+    "direction": ("类型", "Kind"),
+    "month": ("月份", "Month"),
+    "audit_read": ("查阅", "read"),
+    "audit_vread": ("查阅历史版本", "read a version"),
+    "audit_history": ("查看修改历史", "history"),
+    "audit_search": ("检索", "search"),
+    "audit_create": ("新建", "create"),
+    "audit_update": ("修改", "update"),
+    "audit_delete": ("删除", "delete"),
+    "audit_operation": ("执行操作", "operation"),
+    "audit_retrieve": ("调阅影像", "retrieve imaging"),
+    "audit_store": ("上传影像", "store imaging"),
+    "audit_export": ("导出", "export"),
+    "audit_110122": ("登录", "log in"),
+    "audit_110123": ("退出登录", "log out"),
+    "audit_grant-open": ("开放共享", "sharing opened"),
+    "audit_grant-close": ("关闭共享", "sharing closed"),
+    "audit_grant-end": ("共享到期", "sharing ended"),
+    "audit_audit-verify": ("校验审计链", "trail verified"),
+    "audit_dicom-association-rejected": ("拒绝DICOM连接", "DICOM association refused"),
+    "outcome_0": ("成功", "success"),
+    "outcome_4": ("失败（请求被拒绝或无效）", "failed (refused or invalid)"),
+    "outcome_8": ("严重失败（服务出错）", "serious failure (server error)"),
+    "outcome_12": ("重大失败", "major failure"),
+    "patient_name_or_id": ("患者姓名或身份证号", "Patient's name or identity number"),
+    "choose_patient": ("请选择要查的患者：", "Choose the patient:"),
+    "no_such_patient": ("没有找到该患者", "No such patient"),
+    "all": ("全部", "All"),
+    "through": ("至", "–"),
+    "list_and": ("、", ", "),
+    "role_county-doctor": ("基层医生", "County doctor"),
+    "role_specialist": ("专科医生", "Specialist"),
+    "role_hospital-admin": ("医院管理员", "Hospital administrator"),
+    "role_auditor": ("医联体审计员", "Alliance auditor"),
+    "role_hospital-system": ("医院信息系统", "Hospital system"),
+    "department_name": ("科室名称", "Department"),
+    "department_subject": ("诊疗科目", "Registered subject"),
+    "unlinked_study": ("（未关联患者的检查）", "(a study linked to no patient)"),
+    "study_date": ("检查日期", "Study date"),
+    "dicom_header": ("DICOM 文件头", "DICOM header"),
+    "sign_preview": ("签署前请核对会诊意见", "Check the opinion before signing"),
+    "sign_preview_text": (
+        "签署后意见不可更改（只能以修订版更正），并发送给申请医院。",
+        "Once signed the opinion cannot change (only be amended); it goes to the requesting "
+        "hospital.",
+    ),
+    "sign_confirm": ("确认签署", "Sign"),
+    "free_text_diagnosis": ("（自由文本，非编码诊断）", "(free text, not a coded diagnosis)"),
+    "edit": ("修改", "Edit"),
+    "appointment_proposed": ("拟定", "proposed"),
+    "appointment_pending": ("待专家确认", "awaiting the specialist"),
+    "appointment_booked": ("已预约", "booked"),
+    "appointment_arrived": ("会诊中", "in progress"),
+    "appointment_fulfilled": ("已完成", "done"),
+    "appointment_cancelled": ("已取消", "cancelled"),
+    "appointment_noshow": ("未到", "no-show"),
+    "appointment_entered-in-error": ("录入错误", "entered in error"),
+    "appointment_waitlist": ("候补", "waiting list"),
     "age_years": ("{age}岁", "{age} y"),
     "not_shared": ("（未共享）", "(not shared)"),
     "kind": ("类型", "Kind"),
@@ -128,10 +213,10 @@ WORDS: dict[str, tuple[str, str]] = {
     "remove": ("删除", "Remove"),
     "edit_hours": ("每周工作时间（每行一段）", "Weekly hours (one span per line)"),
     "hours_hint": (
-        "格式：星期(mon tue wed thu fri sat sun) 开始-结束，"
-        "例如 mon tue wed thu fri 08:00-12:00；时间按上面的时区",
-        "Format: days (mon tue wed thu fri sat sun) start-end, "
-        "e.g. mon tue wed thu fri 08:00-12:00; in the time zone above",
+        "每行一段：星期 开始-结束，例如 周一至周五 08:00-12:00 或 周二、周四 14:00-17:00；"
+        "时间按上面的时区",
+        "One span per line: days start-end, e.g. Mon-Fri as 周一至周五 08:00-12:00 or "
+        "mon tue wed thu fri 08:00-12:00; in the time zone above",
     ),
     "new_department": ("新建科室", "New department"),
     "inactive": ("已停用", "closed"),
@@ -202,3 +287,10 @@ def translator(lang: str):  # type: ignore[no-untyped-def]
         return key
 
     return t
+
+
+def role_label(t: Callable[[str], str], role: str) -> str:
+    """A role in words (roles are data: one without words keeps its name)."""
+    key = f"role_{role}"
+    said = t(key)
+    return role if said == key else said

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydicom.datadict import dictionary_description
 from sqlalchemy.orm import Session
 
 from alliance.errors import Forbidden, NotFound
+from alliance.fhir.registry import Resource
 from alliance.fhir.types import Version
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
+from portal.i18n import translator
 from portal.shell import Page, Shell
+from portal.views import patient_view, person_line
 
 
 class ImagingPages(Shell):
@@ -26,19 +33,50 @@ class ImagingPages(Shell):
         rules and the audit apply to every request; this page only checks the study exists
         for this user, so another hospital's study answers the not-found page."""
 
-        def work(s: Session, ctx: Context) -> Version:
+        def work(s: Session, ctx: Context) -> tuple[Version, Resource | None]:
             found = self._search(
-                s, ctx, "ImagingStudy", [("identifier", f"urn:oid:{study_uid}")], 1
+                s,
+                ctx,
+                "ImagingStudy",
+                [("identifier", f"urn:oid:{study_uid}"), ("_include", "ImagingStudy:patient")],
+                1,
             )
             if not found.matches:
                 raise NotFound(f"study {study_uid} is not known")
-            return found.matches[0]
+            patient = next((v.resource() for v in found.included), None)
+            return found.matches[0], patient
 
-        await self.run(
+        study, patient = await self.run(
             request,
             session,
             Interaction("read", f"ImagingStudy/{study_uid}"),
             work,
-            lambda v: [Touched(f"ImagingStudy/{v.id}", v.patient_id)],
+            lambda found: [Touched(f"ImagingStudy/{found[0].id}", found[0].patient_id)],
         )
-        return Page("viewer.html", {"study_uid": study_uid})
+        t = translator(session.lang)
+        resource = study.resource()
+        return Page(
+            "viewer.html",
+            {
+                "study_uid": study_uid,
+                # Who and what is on the screen, always in view (a safety banner).
+                "banner": {
+                    "patient": person_line(patient, t) if patient else t("unlinked_study"),
+                    "identity": patient_view(patient)["identity"] if patient else "",
+                    "study_date": str(resource.get("started", ""))[:10],
+                    "modality": ",".join(m.get("code", "") for m in resource.get("modality") or []),
+                    "description": resource.get("description", ""),
+                },
+            },
+        )
+
+    async def tag_names(self, request: Request) -> JSONResponse:
+        """The standard names of DICOM tags (PS3.6 data dictionary), for the viewer's header
+        table: `?tags=00100010,00080020` answers `{"00100010": "Patient's Name", ...}`."""
+        asked = request.query_params.get("tags", "").split(",")[:500]
+        names = {}
+        for tag in asked:
+            if len(tag) == 8 and all(c in "0123456789abcdefABCDEF" for c in tag):
+                with contextlib.suppress(KeyError):
+                    names[tag.upper()] = dictionary_description(int(tag, 16))
+        return JSONResponse(names, headers={"Cache-Control": "public, max-age=86400"})

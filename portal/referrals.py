@@ -152,8 +152,16 @@ class ReferralPages(Shell):
         return Page("referrals.html", {"referrals": rows, "title": title})
 
     async def referral(
-        self, request: Request, session: sessions.WebSession, task_id: str, error: str | None = None
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        task_id: str,
+        error: str | None = None,
+        error_status: int = 422,
     ) -> Page:
+        """One referral: what it asks, what it shares (the triage view before acceptance), its
+        messages, appointments and outputs, and what this hospital may do next. With `error`,
+        the page says why the last action was refused, answered with the refusal's status."""
         claims = self.claims(session)
 
         def work(s: Session, ctx: Context) -> dict[str, Any]:
@@ -314,7 +322,7 @@ class ReferralPages(Shell):
                 and status in ("accepted", "in-progress", "completed")
                 and category_of(data["request_resource"] or {}) == "up-referral",
             },
-            422 if error else 200,
+            error_status if error else 200,
         )
 
     async def referral_move(
@@ -347,7 +355,9 @@ class ReferralPages(Shell):
         except AllianceError as exc:
             if isinstance(exc, (NotFound, Unauthorized)):
                 raise
-            return await self.referral(request, session, task_id, error=exc.message)
+            return await self.referral(
+                request, session, task_id, error=exc.message, error_status=exc.status
+            )
         return RedirectResponse(f"/referrals/{task_id}", 303)
 
     async def send_down(
@@ -385,7 +395,9 @@ class ReferralPages(Shell):
         except AllianceError as exc:
             if isinstance(exc, (NotFound, Unauthorized)):
                 raise
-            return await self.referral(request, session, task_id, error=exc.message)
+            return await self.referral(
+                request, session, task_id, error=exc.message, error_status=exc.status
+            )
         return RedirectResponse(f"/referrals/{new_task}", 303)
 
     async def referral_message(

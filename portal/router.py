@@ -65,6 +65,7 @@ class Portal(
         )
         r.add_api_route("/worklist", page(self.worklist), methods=["GET"])
         r.add_api_route("/imaging/upload", page(self.upload), methods=["GET"])
+        r.add_api_route("/viewer/tag-names", self.tag_names, methods=["GET"])
         r.add_api_route("/viewer/{study_uid}", page(self.viewer), methods=["GET"])
         r.add_api_route("/audit", page(self.audit), methods=["GET"])
         r.add_api_route("/audit/verify", page(self.audit_verify, post=True), methods=["POST"])

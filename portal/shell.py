@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -34,7 +35,7 @@ from alliance.security.service import (
 )
 from alliance.security.tokens import TokenClaims, issue_token, verify_token
 from alliance.storage import BlobStore
-from portal.i18n import translator
+from portal.i18n import role_label, translator
 from portal.views import (
     UserView,
 )
@@ -121,6 +122,7 @@ class Shell:
         context = {
             "request": request,
             "t": translator(lang),
+            "role_label": partial(role_label, translator(lang)),
             "lang": lang,
             "user": user,
             "csrf": csrf,

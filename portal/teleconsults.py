@@ -23,10 +23,14 @@ from alliance.security.guard import Context, Interaction, Touched
 from portal.codes import DIAGNOSES
 from portal.i18n import translator
 from portal.referrals import ReferralPages
-from portal.shell import Page
+from portal.shell import Page, instant_of
 from portal.views import (
+    consultant_of,
+    day_label,
     extension,
     local_time,
+    parse_day,
+    practitioner_line,
 )
 from referral.commands import Diagnosis
 from teleconsult.commands import answer_consult, sign_opinion
@@ -43,9 +47,11 @@ class ConsultPages(ReferralPages):
     async def consult_times(
         self, request: Request, session: sessions.WebSession, task_id: str
     ) -> Page:
-        """The free times of the specialist asked, inside both sites' working hours ($find),
-        each shown as people here read it."""
-        days = max(1, min(28, int(request.query_params.get("days", "7") or 7)))
+        """A week of free times of the specialists asked, inside both sites' working hours
+        ($find), by day (date and weekday), each with the specialist's name and title; weeks
+        paged forward and back or chosen with a date."""
+        today = clock.now().astimezone(BEIJING).date()
+        first = parse_day(request.query_params.get("from"), today)
 
         def work(s: Session, ctx: Context) -> dict[str, Any]:
             task = self.store.read("Task", task_id, session=s, visible=ctx.visible).resource()
@@ -67,11 +73,10 @@ class ConsultPages(ReferralPages):
                 ),
                 None,
             )
-            today = clock.now().astimezone(BEIJING).date()
             params: list[dict[str, Any]] = [
                 {"name": "referral", "valueReference": {"reference": sr_ref}},
-                {"name": "start", "valueDateTime": today.isoformat()},
-                {"name": "end", "valueDateTime": (today + timedelta(days=days)).isoformat()},
+                {"name": "start", "valueDateTime": first.isoformat()},
+                {"name": "end", "valueDateTime": (first + timedelta(days=7)).isoformat()},
             ]
             if code:
                 params.append({"name": "specialty", "valueString": code})
@@ -79,7 +84,11 @@ class ConsultPages(ReferralPages):
                 self.acting(s, ctx), {"resourceType": "Parameters", "parameter": params}
             )
             proposals = [e["resource"] for e in result.resource.get("entry", [])]
-            return {"task": task, "proposals": proposals[:60]}
+            return {
+                "task": task,
+                "proposals": proposals,
+                "specialists": self._specialists(s, ctx, proposals),
+            }
 
         data = await self.run(
             request,
@@ -87,30 +96,77 @@ class ConsultPages(ReferralPages):
             Interaction("search", query=f"Appointment/$find for Task/{task_id}"),
             work,
         )
-        times = [
+        t = translator(session.lang)
+        days: dict[str, list[dict[str, Any]]] = {}
+        for p in data["proposals"]:
+            start = instant_of(p["start"])
+            assert start is not None  # $find answers instants
+            day = start.astimezone(BEIJING).date()
+            days.setdefault(day_label(day, t), []).append(
+                {
+                    "label": local_time(p) or p["start"],
+                    "who": data["specialists"].get(consultant_of(p) or "", ""),
+                    "json": json.dumps(p, ensure_ascii=False),
+                }
+            )
+        return Page(
+            "consult_times.html",
             {
-                "label": local_time(p) or p.get("start", ""),
-                "who": next(
-                    (
-                        a["actor"].get("display", "")
-                        for a in p.get("participant", [])
-                        if a.get("actor", {}).get("reference", "").startswith("PractitionerRole/")
-                    ),
-                    "",
-                ),
-                "json": json.dumps(p, ensure_ascii=False),
-            }
-            for p in data["proposals"]
-        ]
-        return Page("consult_times.html", {"task": data["task"], "times": times, "days": days})
+                "task": data["task"],
+                "days": days,
+                "first": first.isoformat(),
+                "earlier": (first - timedelta(days=7)).isoformat() if first > today else None,
+                "later": (first + timedelta(days=7)).isoformat(),
+                "today": today.isoformat(),
+            },
+        )
+
+    def _specialists(
+        self, s: Session, ctx: Context, proposals: list[dict[str, Any]]
+    ) -> dict[str, str]:
+        """`陈志明 主任医师` by PractitionerRole reference, for the roles proposed."""
+        roles = sorted({r for p in proposals if (r := consultant_of(p))})
+        if not roles:
+            return {}
+        found = self._search(
+            s,
+            ctx,
+            "PractitionerRole",
+            [
+                ("_id", ",".join(r.removeprefix("PractitionerRole/") for r in roles)),
+                ("_include", "PractitionerRole:practitioner"),
+            ],
+            len(roles),
+        )
+        people = {f"Practitioner/{v.id}": v.resource() for v in found.included}
+        named = {}
+        for v in found.matches:
+            person = people.get(str(v.resource().get("practitioner", {}).get("reference")))
+            if person is not None:
+                named[f"PractitionerRole/{v.id}"] = practitioner_line(person)
+        return named
 
     async def consult_book(
         self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
     ) -> Page | Response:
+        """Book the time chosen, once the doctor confirmed it: the first post shows what will
+        be booked (time, specialist) and asks; the confirmed post books ($book)."""
         try:
             proposal = json.loads(str(form.get("proposal", "")))
         except ValueError:
             raise Invalid("choose one of the times offered") from None
+        if not isinstance(proposal, dict) or "start" not in proposal:
+            raise Invalid("choose one of the times offered")
+        if form.get("confirm") != "yes":
+            return Page(
+                "consult_confirm.html",
+                {
+                    "task_id": task_id,
+                    "when": local_time(proposal) or proposal["start"],
+                    "who": str(form.get("who", "")),
+                    "proposal": json.dumps(proposal, ensure_ascii=False),
+                },
+            )
 
         def work(s: Session, ctx: Context) -> OperationResult:
             return self._operation("book").run(
@@ -138,18 +194,29 @@ class ConsultPages(ReferralPages):
         claims = self.claims(session)
         who = f"Practitioner/{claims.practitioner_id}" if claims.practitioner_id else None
 
-        def work(s: Session, ctx: Context) -> SearchResult:
+        def work(s: Session, ctx: Context) -> tuple[SearchResult, set[str]]:
             params = [("status", "booked,arrived,pending"), ("_sort", "date"), ("_count", "100")]
             if who:
                 params.append(("practitioner", who))
-            return self._search(s, ctx, "Appointment", params, 100, reader=True)
+            found = self._search(s, ctx, "Appointment", params, 100, reader=True)
+            own = (
+                {
+                    f"PractitionerRole/{v.id}"
+                    for v in self._search(
+                        s, ctx, "PractitionerRole", [("practitioner", who)], 20
+                    ).matches
+                }
+                if who
+                else set()
+            )
+            return found, own
 
-        result = await self.run(
+        result, own_roles = await self.run(
             request,
             session,
             Interaction("search", query="consult calendar"),
             work,
-            lambda r: [Touched(f"Appointment/{v.id}", v.patient_id) for v in r.matches],
+            lambda r: [Touched(f"Appointment/{v.id}", v.patient_id) for v in r[0].matches],
         )
         rows = []
         for v in result.matches:
@@ -171,13 +238,11 @@ class ConsultPages(ReferralPages):
                     "status": appt.get("status"),
                     "link": link,
                     "request": task_ref,
-                    # The specialist's part (the consultant, through their PractitionerRole)
-                    # still waits for their answer.
+                    # The viewer's own part (as the consultant, through one of their
+                    # PractitionerRoles) still waits for their answer.
                     "mine": any(
                         p.get("status") == "needs-action"
-                        and (p.get("actor") or {})
-                        .get("reference", "")
-                        .startswith("PractitionerRole/")
+                        and (p.get("actor") or {}).get("reference") in own_roles
                         for p in appt.get("participant", [])
                     ),
                 }
@@ -196,8 +261,9 @@ class ConsultPages(ReferralPages):
     async def consult_opinion(
         self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
     ) -> Page | Response:
-        """The specialist writes the opinion and signs it: a DiagnosticReport made final,
-        which files it as the consult's output and completes it."""
+        """The specialist writes the opinion, reads it back, and signs it: a DiagnosticReport
+        made final, which files it as the consult's output and completes it. The first post
+        shows the preview; the confirmed post signs (refused before the consult started)."""
         conclusion = str(form.get("conclusion", "")).strip()
         diagnosis = str(form.get("diagnosis", "")).strip()
         if not conclusion:
@@ -205,6 +271,18 @@ class ConsultPages(ReferralPages):
                 request, session, task_id, error=translator(session.lang)("required")
             )
         given = Diagnosis.from_entry(diagnosis, DIAGNOSES) if diagnosis else None
+        if form.get("confirm") != "yes":
+            # What will be signed, read back before the signature that cannot be undone.
+            return Page(
+                "opinion_preview.html",
+                {
+                    "task_id": task_id,
+                    "conclusion": conclusion,
+                    "diagnosis": diagnosis,
+                    "coded": given.code if given else None,
+                    "shown": given.display if given else "",
+                },
+            )
 
         def work(s: Session, ctx: Context) -> Version:
             return sign_opinion(self.acting(s, ctx), task_id, conclusion, given)
@@ -220,5 +298,7 @@ class ConsultPages(ReferralPages):
         except AllianceError as exc:
             if isinstance(exc, (NotFound, Unauthorized)):
                 raise
-            return await self.referral(request, session, task_id, error=exc.message)
+            return await self.referral(
+                request, session, task_id, error=exc.message, error_status=exc.status
+            )
         return RedirectResponse(f"/referrals/{task_id}", 303)

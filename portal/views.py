@@ -3,6 +3,7 @@ error is about."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -10,6 +11,7 @@ from typing import Any
 
 from alliance import clock
 from alliance.codes import (
+    PROFESSIONAL_TITLE,
     RESIDENT_ID,
 )
 from alliance.errors import AllianceError, Forbidden
@@ -167,3 +169,115 @@ def destination(request: dict[str, Any], related: dict[str, dict[str, Any]]) -> 
         parent = related.get(str((org.get("partOf") or {}).get("reference", "")))
         return " · ".join(str(o.get("name", "")) for o in (parent, org) if o)
     return ""
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_day(value: str | None, today: date) -> date:
+    """A day asked for in a query (YYYY-MM-DD), never before today; today if none or bad."""
+    try:
+        asked = date.fromisoformat(value) if value else today
+    except ValueError:
+        return today
+    return max(asked, today)
+
+
+def day_label(day: date, t: Callable[[str], str]) -> str:
+    """`12月03日 周四` (or `12-03 Thu`): a day as a heading."""
+    return t("day_heading").format(month=day.month, day=day.day, weekday=t(WEEKDAYS[day.weekday()]))
+
+
+def consultant_of(appointment: dict[str, Any]) -> str | None:
+    """The PractitionerRole an Appointment books (the consultant)."""
+    for p in appointment.get("participant") or []:
+        ref = str((p.get("actor") or {}).get("reference", ""))
+        if ref.startswith("PractitionerRole/"):
+            return ref
+    return None
+
+
+def practitioner_line(practitioner: dict[str, Any]) -> str:
+    """`陈志明 主任医师`: a practitioner's name and professional title (职称)."""
+    names = [n.get("text", "") for n in practitioner.get("name") or [] if n.get("text")]
+    titles = [
+        c.get("display", "")
+        for q in practitioner.get("qualification") or []
+        for c in (q.get("code") or {}).get("coding") or []
+        if c.get("system") == PROFESSIONAL_TITLE
+    ]
+    return " ".join(x for x in (names[:1] + titles[:1]) if x)
+
+
+#: Day words a calendar line may use, to FHIR's days-of-week codes (FHIR R4 days-of-week).
+DAY_WORDS = {
+    **{code: code for code in WEEKDAYS},
+    **{
+        f"{prefix}{c}": code
+        for prefix in ("周", "星期")
+        for c, code in zip("一二三四五六日", WEEKDAYS, strict=True)
+    },
+    "周天": "sun",
+    "星期天": "sun",
+}
+_RANGE = re.compile(r"^(\S+?)\s*(?:至|到|~|～|–|—|-)\s*(\S+)$")
+_HOURS = re.compile(r"^(\d{1,2}):(\d{2})\s*(?:-|–|—|~|～|至|到)\s*(\d{1,2}):(\d{2})$")
+
+
+def parse_hours_line(line: str) -> dict[str, Any]:
+    """One line of weekly hours as people write it, to a FHIR R4 HealthcareService
+    availableTime: `周一至周五 08:00-12:00`, `周二、周四 14:00-17:00`, `mon tue 08:00-12:00`.
+    Raises ValueError naming what was not understood."""
+    text = " ".join(line.replace("，", " ").replace("、", " ").replace(",", " ").split())
+    found = re.search(r"(\d{1,2}:\d{2}\s*(?:-|–|—|~|～|至|到)\s*\d{1,2}:\d{2})$", text)
+    if found is None:
+        raise ValueError("no hours such as 08:00-12:00 at the end")
+    hours = _HOURS.match(found.group(1))
+    assert hours is not None
+    h1, m1, h2, m2 = (int(x) for x in hours.groups())
+    if not (0 <= h1 < 24 and 0 <= h2 <= 24 and m1 < 60 and m2 < 60):
+        raise ValueError(f"{found.group(1)} is not a time of day")
+    days: list[str] = []
+    named = re.sub(r"\s*(至|到|~|～|–|—|-)\s*", r"\1", text[: found.start()])
+    for word in named.split():
+        spanned = _RANGE.match(word)
+        if spanned and spanned.group(1) in DAY_WORDS and spanned.group(2) in DAY_WORDS:
+            first = WEEKDAYS.index(DAY_WORDS[spanned.group(1)])
+            last = WEEKDAYS.index(DAY_WORDS[spanned.group(2)])
+            if last < first:
+                raise ValueError(f"{word}: the days run backwards")
+            days += WEEKDAYS[first : last + 1]
+        elif word.lower() in DAY_WORDS:
+            days.append(DAY_WORDS[word.lower()])
+        else:
+            raise ValueError(f"{word} is not a day of the week")
+    if not days:
+        raise ValueError("name the days, such as 周一至周五")
+    return {
+        "daysOfWeek": sorted(set(days), key=WEEKDAYS.index),
+        "availableStartTime": f"{h1:02d}:{m1:02d}:00",
+        "availableEndTime": f"{h2:02d}:{m2:02d}:00",
+    }
+
+
+def hours_line(span: dict[str, Any], t: Callable[[str], str]) -> str:
+    """A HealthcareService availableTime as people write it: `周一至周五 08:00-12:00`
+    (a run of three days or more as a range, others listed with 、)."""
+    days = sorted(
+        (WEEKDAYS.index(d) for d in span.get("daysOfWeek") or [] if d in WEEKDAYS),
+    )
+    runs: list[list[int]] = []
+    for day in days:
+        if runs and day == runs[-1][-1] + 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    words = [
+        f"{t(WEEKDAYS[run[0]])}{t('through')}{t(WEEKDAYS[run[-1]])}"
+        if len(run) >= 3
+        else t("list_and").join(t(WEEKDAYS[d]) for d in run)
+        for run in runs
+    ]
+    start = str(span.get("availableStartTime", ""))[:5]
+    end = str(span.get("availableEndTime", ""))[:5]
+    return f"{t('list_and').join(words)} {start}-{end}"

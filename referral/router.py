@@ -47,11 +47,13 @@ def referral_router(guard: Guard) -> APIRouter:
         },
     )
     async def figures(request: Request) -> JSONResponse:
-        """Referrals up and down per hospital pair and month (Beijing time), accepted /
+        """Referrals up and down and teleconsult requests (`direction` up, down,
+        teleconsult) per hospital pair and month (Beijing time), accepted /
         rejected / completed / cancelled, decline reasons, median and 90th-percentile
         (nearest rank) hours from request to acceptance and to completion, and how many are
         overdue now. `from` and `to` are days (YYYY-MM-DD, inclusive; default: the last 12
-        months); `granularity=month`."""
+        months); `granularity=month`; `hospital` (an id) counts only what that hospital sent or
+        was asked."""
         today = clock.now().date()
         first = _parse_day(request.query_params.get("from"), today - timedelta(days=365), "from")
         last = _parse_day(request.query_params.get("to"), today, "to")
@@ -67,7 +69,10 @@ def referral_router(guard: Guard) -> APIRouter:
             request,
             Interaction("search", query=request.url.query, type="query"),
             lambda session, ctx: referral_figures(
-                session, period, reader_hospital=reason_reader(ctx.principal)
+                session,
+                period,
+                reader_hospital=reason_reader(ctx.principal),
+                hospital=request.query_params.get("hospital") or None,
             ),
             lambda _r: [Touched(None, None)],
             check=_figures_readers,

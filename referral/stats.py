@@ -1,5 +1,6 @@
 """The alliance's referral figures (DOMAIN.md "Figures the alliance reports"): referrals up
-and down per hospital pair and month, decisions, decline reasons, turnaround, overdue."""
+and down and teleconsult requests per hospital pair and month, decisions, decline reasons,
+turnaround, overdue."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from referral.workflow import AWAITING_DECISION
 
 #: Months are Beijing-time months: a referral sent at 00:30 on the 1st (Beijing) counts there.
 REPORT_TZ = ZoneInfo("Asia/Shanghai")
-DIRECTIONS = {"up-referral": "up", "down-referral": "down"}
+DIRECTIONS = {"up-referral": "up", "down-referral": "down", "teleconsult": "teleconsult"}
 
 
 @dataclass(frozen=True)
@@ -67,19 +68,25 @@ def referral_figures(
     period: Period,
     *,
     reader_hospital: str | None = None,
+    hospital: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The figures of referrals sent (requested) within `period`, by month of sending.
 
     Decline reasons are counted by code (DECLINE_REASON_CODES; a decline without one of them
     counts as `other`); their free text, which may name the patient or the diagnosis, is
-    listed only for the referrals `reader_hospital` sent or was asked."""
+    listed only for the referrals `reader_hospital` sent or was asked. With `hospital`, only
+    the requests that hospital sent or was asked count."""
     now = now or clock.now()
+    involving = (
+        [(Referral.placer_org == hospital) | (Referral.owner_org == hospital)] if hospital else []
+    )
     rows = session.scalars(
         select(Referral).where(
             Referral.category.in_(DIRECTIONS),
             Referral.requested_at >= period.start,
             Referral.requested_at < period.end,
+            *involving,
         )
     ).all()
     pairs: dict[tuple[str, str, str, str], Counter[str]] = {}
@@ -112,12 +119,14 @@ def referral_figures(
             Referral.category.in_(DIRECTIONS),
             Referral.status.in_(AWAITING_DECISION),
             Referral.deadline < now,
+            *involving,
         )
     )
     return {
         "from": period.start.isoformat(),
         "to": period.end.isoformat(),
         "granularity": "month",
+        "hospital": hospital,
         "timezone": "Asia/Shanghai",
         "pairs": [
             {

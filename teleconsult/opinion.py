@@ -25,32 +25,33 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import io
 import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from alliance import clock
 from alliance.attachments.models import Attachment
 from alliance.attachments.service import ATTACHMENT_PARAM, fhir_attachment
-from alliance.codes import ALLIANCE_BASE, RECORD_KEEPER, RECORD_PATIENT
+from alliance.codes import ALLIANCE_BASE, RECORD_KEEPER, RECORD_PATIENT, RESIDENT_ID
 from alliance.config import Settings
 from alliance.errors import Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
-from alliance.records import reference_id, stamp_keeper
+from alliance.fhir.values import instant
+from alliance.records import keeper_of, reference_id, stamp_keeper
 from alliance.security import signing
 from alliance.storage import BlobStore, open_blob_store
 from referral.models import Referral
 from referral.service import category_of, check_codes
 from teleconsult.common import acting, ext, read_visible, refuse
+from teleconsult.letter import LetterFacts, opinion_letter
 from teleconsult.models import Booking
-from teleconsult.time import format_for_site
+from teleconsult.time import BEIJING, format_for_site
 
 LOINC = "http://loinc.org"
 CONSULT_NOTE = "11488-4"
@@ -214,6 +215,26 @@ class OpinionRules:
             )
         return own
 
+    def _check_started(self, ctx: WriteContext, row: Referral, signer: str) -> None:
+        """An opinion is signed once the consult has started (its Encounter started, or its
+        booked time reached), never before it took place."""
+        bookings = ctx.session.execute(
+            select(Booking.status, Booking.starts).where(
+                Booking.task_id == row.task_id,
+                Booking.practitioner_id == signer,
+                Booking.status.in_(("booked", "arrived", "fulfilled")),
+            )
+        ).all()
+        now = clock.now()
+        if any(status in ("arrived", "fulfilled") or starts <= now for status, starts in bookings):
+            return
+        first = min(starts for _status, starts in bookings)
+        refuse(
+            Conflict,
+            "consult-not-started",
+            f"the consult starts at {instant(first)}; its opinion is signed once it has started",
+        )
+
     def _sign(self, ctx: WriteContext, report: Resource, request: Resource, row: Referral) -> None:
         signer = self._signer(ctx, row)
         if row.status not in ("accepted", "in-progress", "completed"):
@@ -222,6 +243,7 @@ class OpinionRules:
                 "consult-not-accepted",
                 f"the consult request is {row.status}; an opinion is signed once it is accepted",
             )
+        self._check_started(ctx, row, signer)
         if not (report.get("conclusion") or "").strip():
             refuse(
                 Invalid,
@@ -234,7 +256,7 @@ class OpinionRules:
         report["issued"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         report["resultsInterpreter"] = [{"reference": f"Practitioner/{signer}"}]
         report.setdefault("performer", [{"reference": f"Organization/{acting(ctx).hospital_id}"}])
-        attachment = self._render(ctx, report, request, signer, now)
+        attachment = self._render(ctx, report, request, row, signer, now)
         report["presentedForm"] = [attachment]
 
     def _render(
@@ -242,14 +264,28 @@ class OpinionRules:
         ctx: WriteContext,
         report: Resource,
         request: Resource,
+        row: Referral,
         signer: str,
         now: datetime,
     ) -> Resource:
-        """The opinion as a self-contained HTML page, every value escaped, kept in the blob
-        store (content-addressed) with an attachment row of the signing hospital."""
+        """The opinion as the signed letter (teleconsult.letter: a print-ready Chinese page,
+        every value escaped), kept in the blob store (content-addressed) with an attachment
+        row of the signing hospital."""
         session = ctx.session
-        practitioner = ctx.store.read("Practitioner", signer, session=session).resource()
-        name = next((n.get("text") for n in practitioner.get("name") or []), signer)
+        store = ctx.store
+
+        def read(rtype: str, rid: str | None) -> Resource:
+            if not rid:
+                return {}
+            try:
+                return store.read(rtype, rid, session=session).resource()
+            except NotFound:
+                return {}
+
+        def first_name(resource: Resource, fallback: str) -> str:
+            return str(next((n.get("text") for n in resource.get("name") or []), fallback))
+
+        practitioner = read("Practitioner", signer)
         title = next(
             (
                 c.get("display")
@@ -258,53 +294,68 @@ class OpinionRules:
             ),
             "",
         )
-        hospital = ctx.store.read("Organization", acting(ctx).hospital_id, session=session)
-        patient_id = reference_id(report.get("subject"), "Patient") or ""
-        patient = ctx.store.read("Patient", patient_id, session=session).resource()
-        patient_name = next((n.get("text") for n in patient.get("name") or []), patient_id)
-        e = html.escape
-        codes = "".join(
-            f"<li>{e(str(c.get('display') or ''))} ({e(str(c.get('code')))}, "
-            f"{e(str(c.get('system')))} {e(str(c.get('version') or ''))})</li>"
-            for concept in report.get("conclusionCode") or []
-            for c in concept.get("coding") or []
-        )
-        amended = ""
-        if report.get("status") == "amended":
-            reason = (ext(report, AMENDMENT_REASON) or {}).get("valueString", "")
-            replaced = (ext(report, REPLACES) or {}).get("valueReference", {}).get("reference")
-            amended = (
-                f"<p><strong>更正 Amendment</strong>: {e(reason)} (replaces {e(str(replaced))})</p>"
+        patient = read("Patient", reference_id(report.get("subject"), "Patient"))
+        requester = request.get("requester") or {}
+        asking = read("Practitioner", reference_id(requester, "Practitioner"))
+        starts = session.scalar(
+            select(func.min(Booking.starts)).where(
+                Booking.task_id == row.task_id,
+                Booking.status.in_(("booked", "arrived", "fulfilled")),
             )
-        body = (
-            '<!DOCTYPE html><html lang="zh-CN"><head><meta charset="utf-8">'
-            "<title>远程会诊意见</title></head><body>"
-            "<h1>远程会诊意见 Teleconsult opinion</h1>"
-            f"<p>患者 Patient: {e(str(patient_name))} (Patient/{e(patient_id)})</p>"
-            f"<p>会诊申请 Request: ServiceRequest/{e(str(request.get('id')))}</p>"
-            f"<p>会诊医院 Consulting hospital: {e(str(hospital.resource().get('name')))}</p>"
-            f"<h2>会诊结论 Conclusion</h2><p>{e(str(report.get('conclusion')))}</p>"
-            f"<h2>诊断 Coded conclusions</h2><ul>{codes}</ul>"
-            f"{amended}"
-            f"<p>签名 Signed: {e(str(name))} {e(str(title))}, "
-            f"{e(format_for_site(now, xinjiang=False))}</p>"
-            "</body></html>"
-        ).encode()
+        )
+        amendment = None
+        if report.get("status") == "amended":
+            amendment = str((ext(report, AMENDMENT_REASON) or {}).get("valueString", ""))
+        body = opinion_letter(
+            LetterFacts(
+                hospital=str(read("Organization", acting(ctx).hospital_id).get("name", "")),
+                patient_name=first_name(patient, "—"),
+                sex=patient.get("gender"),
+                birth_date=patient.get("birthDate"),
+                identity_number=next(
+                    (
+                        str(i.get("value"))
+                        for i in patient.get("identifier") or []
+                        if i.get("system") == RESIDENT_ID
+                    ),
+                    None,
+                ),
+                requesting_hospital=str(read("Organization", keeper_of(request)).get("name", "")),
+                requesting_doctor=first_name(asking, str(requester.get("display", ""))),
+                consult_time=format_for_site(starts, xinjiang=False) if starts else "",
+                conclusion=str(report.get("conclusion") or ""),
+                diagnoses=[
+                    (c.get("code"), str(c.get("display") or c.get("code") or ""))
+                    for concept in report.get("conclusionCode") or []
+                    for c in concept.get("coding") or []
+                ]
+                + [
+                    (None, str(concept["text"]))
+                    for concept in report.get("conclusionCode") or []
+                    if not concept.get("coding") and concept.get("text")
+                ],
+                signer=first_name(practitioner, signer),
+                signer_title=str(title),
+                signed_at=format_for_site(now, xinjiang=False),
+                signed_on=now.astimezone(BEIJING).date(),
+                amendment=amendment,
+            )
+        )
         stored = self.blobs.put(io.BytesIO(body), content_type="text/html")
-        row = Attachment(
+        letter = Attachment(
             id=str(uuid.uuid4()),
             blob_key=stored.key,
             sha256=stored.sha256,
             size=stored.size,
             content_type="text/html",
-            title="远程会诊意见",
+            title="远程会诊意见书",
             hospital_id=acting(ctx).hospital_id,
             uploaded_by=acting(ctx).username,
             created=now,
         )
-        session.add(row)
+        session.add(letter)
         session.flush()
-        return fhir_attachment(self.settings.base_url, row)
+        return fhir_attachment(self.settings.base_url, letter)
 
     def after(self, ctx: WriteContext, version: Version, previous: Resource | None) -> None:
         """After a signature: the Provenance with the signature, the DocumentReference, the

@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from alliance.codes import LANGUAGE_EXTENSION, RESIDENT_ID
-from alliance.directory.identity import check_character
+from alliance.directory.identity import IdentityNumberError, check_character, parse_identity_number
 
 _serial = itertools.count(1)
 
@@ -24,6 +24,15 @@ def hospital(rid: str = "xy-people", name: str = "新源县人民医院") -> dic
     return {"resourceType": "Organization", "id": rid, "name": name, "active": True}
 
 
+def _stated(number: str) -> tuple[str, str] | None:
+    """(sex, birth date) a valid identity number states, or None for an invalid one."""
+    try:
+        parsed = parse_identity_number(number)
+    except IdentityNumberError:
+        return None
+    return parsed.sex, parsed.birth_date.isoformat()
+
+
 def patient(
     text: str = "王建国",
     *,
@@ -37,12 +46,20 @@ def patient(
         {"extension": [{"url": LANGUAGE_EXTENSION, "valueCode": lg}], "text": t, "use": "usual"}
         for t, lg in other_names
     ]
+    # The birth date and sex are the ones the identity number states (GB 11643), as on a
+    # real record: taken from a number given, or a number made to state those given.
+    stated = _stated(number) if number else None
+    gender = extra.pop("gender", stated[0] if stated else "male")
+    born = str(extra.pop("birthDate", stated[1] if stated else "1990-01-01"))
+    if number is None and gender in ("male", "female") and born[:4].isdigit() and len(born) == 10:
+        serial = next(_serial) % 500 * 2 + (1 if gender == "male" else 0)
+        number = identity_number(birth=born.replace("-", ""), seq=serial)
     body: dict[str, Any] = {
         "resourceType": "Patient",
         "identifier": [{"system": RESIDENT_ID, "value": number or identity_number()}],
         "name": names,
-        "gender": "male",
-        "birthDate": "1990-01-01",
+        "gender": gender,
+        "birthDate": born,
         "managingOrganization": {"reference": f"Organization/{hospital_id}"},
     }
     body.update(extra)

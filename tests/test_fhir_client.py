@@ -40,12 +40,12 @@ def test_create_read_update_history(fhir: SyncFHIRClient) -> None:
     read = fhir.reference("Patient", p.id).to_resource()
     assert read["name"][0]["text"] == "阿依古丽·努尔兰"
 
-    read["gender"] = "female"
+    read["telecom"] = [{"system": "phone", "value": "13899990000"}]
     read.save()
     assert read["meta"]["versionId"] == "2"
 
     v1 = fhir.execute(f"Patient/{p.id}/_history/1", method="get")
-    assert v1["gender"] == "male"
+    assert "telecom" not in v1
 
     # A versioned update with a stale If-Match is refused; with the current one it passes.
     body = read.serialize()

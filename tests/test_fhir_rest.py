@@ -57,16 +57,17 @@ def test_create_read_update_vread_history(fhir: TestClient) -> None:
     assert read.status_code == 200 and read.json() == created
     assert fhir.get(f"/fhir/Patient/{pid}", headers={"If-None-Match": 'W/"1"'}).status_code == 304
 
-    changed = {**created, "gender": "female"}
+    phone = [{"system": "phone", "value": "13899990000"}]
+    changed = {**created, "telecom": phone}
     r2 = fhir.put(f"/fhir/Patient/{pid}", json=changed, headers={"If-Match": 'W/"1"'})
     assert r2.status_code == 200, r2.text
-    assert r2.headers["etag"] == 'W/"2"' and r2.json()["gender"] == "female"
+    assert r2.headers["etag"] == 'W/"2"' and r2.json()["telecom"] == phone
 
     stale = fhir.put(f"/fhir/Patient/{pid}", json=changed, headers={"If-Match": 'W/"1"'})
     assert_outcome(stale, 412, text='W/"2"')
 
     v1 = fhir.get(f"/fhir/Patient/{pid}/_history/1")
-    assert v1.status_code == 200 and v1.json()["gender"] == "male"
+    assert v1.status_code == 200 and "telecom" not in v1.json()
     assert_outcome(fhir.get(f"/fhir/Patient/{pid}/_history/9"), 404)
 
     history = fhir.get(f"/fhir/Patient/{pid}/_history").json()
@@ -401,3 +402,30 @@ def test_xml_is_refused(fhir: TestClient) -> None:
 def test_unknown_route_and_method(fhir: TestClient) -> None:
     assert_outcome(fhir.get("/fhir/Patient/x/y/z/w"), 404)
     assert_outcome(fhir.patch("/fhir/Patient/x", json={}), 405)
+
+
+def test_birth_date_and_sex_are_the_identity_numbers(fhir: TestClient) -> None:
+    """The birth date and sex recorded are those the identity number states (GB 11643):
+    filled from it when not given, a contradiction refused naming its rule, nothing stored."""
+    number = identity_number(birth="19780921", seq=998)  # even sequence: female
+    bare = patient("阿依古丽", number=number)
+    del bare["gender"], bare["birthDate"]
+    made = create(fhir, bare)
+    assert made.status_code == 201, made.text
+    assert (made.json()["gender"], made.json()["birthDate"]) == ("female", "1978-09-21")
+
+    other = identity_number(birth="19800315", seq=11)  # odd: male
+    before = fhir.get("/fhir/Patient", params={"_summary": "count"}).json()["total"]
+    wrong_date = patient("王建国", number=other, birthDate="1980-05-13")
+    assert_outcome(create(fhir, wrong_date), 422, text="[identity-birth-date]")
+    wrong_sex = patient("王建国", number=other, gender="female")
+    body = assert_outcome(create(fhir, wrong_sex), 422, text="[identity-sex]")
+    assert body["issue"][0]["expression"] == ["Patient.gender"]
+    assert fhir.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == before
+    # An update cannot bring the contradiction in either.
+    kept = made.json()
+    assert_outcome(
+        fhir.put(f"/fhir/Patient/{kept['id']}", json={**kept, "gender": "male"}),
+        422,
+        text="[identity-sex]",
+    )

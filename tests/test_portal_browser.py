@@ -76,7 +76,7 @@ def canvas_sum(page: Any) -> int:
 def test_refer_review_and_audit_in_the_browser(
     browser: Any, live_server: LiveServer, tmp_path: Path
 ) -> None:
-    number = identity_number(birth="19800315")
+    number = identity_number(birth="19800315", seq=771)  # odd sequence: male
 
     # (a) The county doctor registers a patient (the identity number is checked as typed)...
     county = sign_in(browser, live_server, "dr.xinyuan.people")
@@ -88,7 +88,11 @@ def test_refer_review_and_audit_in_the_browser(
     assert county.inner_text("#identity-error")  # a wrong check character, said at once
     county.fill("#identity", number)
     assert county.inner_text("#identity-error") == ""
-    county.fill("#birth_date", "1980-03-15")
+    # The number states the birth date and sex: the form fills them in.
+    assert (county.input_value("#birth_date"), county.input_value("#gender")) == (
+        "1980-03-15",
+        "male",
+    )
     shot(county, "a1-register")
     county.click("main button[type=submit]")
     county.wait_for_url("**/patients/*")
@@ -117,6 +121,10 @@ def test_refer_review_and_audit_in_the_browser(
     county.wait_for_selector("#upload-summary[data-done=true]", timeout=30000)
     results = county.eval_on_selector_all("#uploads li", "els => els.map(e => e.dataset.result)")
     assert sorted(results) == ["failed", "ok", "ok", "ok"]
+    said = county.inner_text("#uploads")
+    assert "notes.txt ✗ 无法识别：不是有效的DICOM文件，或文件已损坏" in said  # words, not 0xC000
+    assert "0x" not in said and "409" not in said
+    assert county.inner_text("#upload-summary") == "已处理 4 / 4，成功 3，失败 1"
     shot(county, "a2-upload")
 
     # ...records consent with the photographed form and sends the referral with the study.
@@ -174,6 +182,31 @@ def test_refer_review_and_audit_in_the_browser(
     specialist.mouse.up()
     length = float(specialist.get_attribute("#image", "data-length") or 0)
     assert length > 0  # millimetres, from Pixel Spacing
+    # Who is on the screen is always in view: the banner and the four-corner overlay.
+    banner = specialist.inner_text("#banner")
+    assert "哈力木拉提·艾买提" in banner and number in banner
+    assert specialist.inner_text("#corner-tl").splitlines() == [
+        next(line for line in banner.splitlines() if "哈力木拉提" in line).strip(),
+        number,
+    ]
+    status = specialist.inner_text("#status")
+    assert status.startswith("第 2 / ") and "窗宽" in status and "长度" in status
+    status_box = specialist.locator("#status").bounding_box()
+    assert status_box["y"] + status_box["height"] <= 720  # on a 1280x720 screen, unscrolled
+    specialist.click("button[data-preset=lung]")
+    pressed = specialist.eval_on_selector_all(
+        "[data-preset]",
+        "bs => bs.filter(b => b.getAttribute('aria-pressed') === 'true')"
+        ".map(b => b.dataset.preset)",
+    )
+    assert pressed == ["lung"]
+    specialist.wait_for_function(
+        "[...document.querySelectorAll('#header tr')].some(r => r.cells[1].textContent)"
+    )
+    names = specialist.eval_on_selector_all(
+        "#header tr", "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])"
+    )
+    assert ["0008,0060", "Modality"] in names
     shot(specialist, "b2-viewer")
 
     # ...starts, and completes with the signed opinion.
@@ -215,9 +248,16 @@ def test_refer_review_and_audit_in_the_browser(
 
     # (d) The auditor finds all this, exports it, verifies the chain, sees the dashboard.
     auditor = sign_in(browser, live_server, "auditor")
-    auditor.goto(f"{live_server.url}/audit?patient={patient_id}")
+    # The patient is found by name, not by id; people, hospitals and codes read as words.
+    auditor.goto(f"{live_server.url}/audit")
+    auditor.fill("input[name=patient_q]", "哈力木拉提·艾买提")
+    auditor.click("main form.grid button[type=submit]")
+    auditor.wait_for_selector("table tbody tr")
     rows = auditor.inner_text("table tbody")
-    assert "dr.xinyuan.people" in rows and "sp.subei" in rows
+    assert "努尔兰·别克 (dr.xinyuan.people)" in rows and "陈志明 (sp.subei)" in rows
+    assert "新源县人民医院" in rows and "苏北人民医院" in rows
+    assert "查阅" in rows and "成功" in rows and "哈力木拉提·艾买提 · 男" in rows
+    assert patient_id not in rows  # the patient column names the patient
     with auditor.expect_download() as download:
         auditor.click("text=导出 CSV")
     csv_text = Path(download.value.path()).read_text(encoding="utf-8-sig")
@@ -227,7 +267,16 @@ def test_refer_review_and_audit_in_the_browser(
     assert "审计链完整" in auditor.inner_text("#verify-result")
     shot(auditor, "d1-audit")
     auditor.goto(f"{live_server.url}/dashboard")
+    # Two charts (per month, per pair; no decline to chart here); text stays text-sized.
     assert auditor.locator("svg.chart").count() == 2
+    heights = auditor.eval_on_selector_all(
+        "svg.chart text", "ts => ts.map(t => t.getBoundingClientRect().height)"
+    )
+    assert heights and max(heights) <= 18
+    pairs = auditor.inner_text("main")
+    assert "新源县人民医院 → 苏北人民医院 · 上转" in pairs
+    assert "苏北人民医院 → 新源县人民医院 · 下转" in pairs
+    assert "分钟" in auditor.inner_text("main .grid2")  # minutes, not 0.059 小时
     shot(auditor, "d2-dashboard")
     auditor.goto(f"{live_server.url}/lang/en")
     auditor.goto(f"{live_server.url}/dashboard")

@@ -3,9 +3,11 @@ idle timeout, who sees which page, administrators' pages."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -123,14 +125,34 @@ def test_a_teleconsult_booked_and_signed_through_the_portal(
     times = re.findall(r'name="proposal" value="([^"]+)"', r.text)
     assert times, r.text
     assert "北京时间 (新疆时间" in r.text  # a Xinyuan user sees Xinjiang time beside it
+    # By day, with the weekday and the specialist's name and title; weeks page forward.
+    first_day = re.search(r"<h2>(\d+)月(\d+)日 (周[一二三四五六日])</h2>", r.text)
+    assert first_day is not None, r.text
+    assert "陈志明 主任医师" in r.text
+    later = re.search(r'href="\?from=([\d-]+)">下一周', r.text)
+    assert later is not None
+    next_week = client.get(f"/teleconsults/{task_id}/times", params={"from": later.group(1)})
+    assert next_week.status_code == 200 and first_day.group(0) not in next_week.text
     import html
 
+    proposal = html.unescape(times[0])
+    asked = client.post(
+        f"/teleconsults/{task_id}/book",
+        data={"csrf": csrf, "proposal": proposal, "who": "陈志明 主任医师"},
+    )
+    # Nothing is booked before the doctor confirms what they chose.
+    assert asked.status_code == 200 and "确认预约" in asked.text, asked.text
+    assert "陈志明 主任医师" in asked.text
+    assert "进入视频会诊" not in client.get(f"/referrals/{task_id}").text
     booked = client.post(
         f"/teleconsults/{task_id}/book",
-        data={"csrf": csrf, "proposal": html.unescape(times[0])},
+        data={"csrf": csrf, "proposal": proposal, "confirm": "yes"},
         follow_redirects=True,
     )
     assert booked.status_code == 200 and "进入视频会诊" in booked.text, booked.text
+    assert re.findall(r"<li>[^<]*· ([^<·]+?) · <a", booked.text) == ["已预约"]
+    # The county doctor is not offered the specialist's answer.
+    assert "/accept" not in client.get("/consults").text
 
     specialist = TestClient(app)  # type: ignore[arg-type]
     csrf2 = sign_in(specialist, "sp.subei")
@@ -145,14 +167,24 @@ def test_a_teleconsult_booked_and_signed_through_the_portal(
         ).status_code
         == 200
     )
-    signed = specialist.post(
-        f"/referrals/{task_id}/opinion",
-        data={"csrf": csrf2, "conclusion": "建议尽快冠脉造影", "diagnosis": "I21.900 急性心肌梗死"},
-        follow_redirects=True,
-    )
+    written = {"csrf": csrf2, "conclusion": "建议尽快冠脉造影", "diagnosis": "I21.900 急性心肌梗死"}
+    preview = specialist.post(f"/referrals/{task_id}/opinion", data=written)
+    assert preview.status_code == 200 and "确认签署" in preview.text
+    assert "建议尽快冠脉造影" in preview.text and "I21.900 急性心肌梗死" in preview.text
+    assert "已完成" not in client.get(f"/referrals/{task_id}").text  # nothing signed yet
+    confirmed = {**written, "confirm": "yes"}
+    early = specialist.post(f"/referrals/{task_id}/opinion", data=confirmed)
+    # Not before the consult took place.
+    assert early.status_code == 409 and "consult-not-started" in early.text
+    clock.set_to(datetime.fromisoformat(json.loads(proposal)["start"].replace("Z", "+00:00")))
+    signed = specialist.post(f"/referrals/{task_id}/opinion", data=confirmed, follow_redirects=True)
     assert signed.status_code == 200 and "已完成" in signed.text, signed.text
     page = client.get(f"/referrals/{task_id}")
     assert "已完成" in page.text and "/api/attachments/" in page.text
+    letter_url = re.search(r'href="(?:https?://[^/"]+)?(/api/attachments/[^"]+)"', page.text)
+    assert letter_url is not None
+    letter = client.get(letter_url.group(1)).text
+    assert "<th>申请医生</th><td>努尔兰·别克</td>" in letter and "陈志明 主任医师" in letter
 
 
 def test_administrator_adds_and_removes_a_closure(client: TestClient) -> None:
@@ -263,3 +295,52 @@ def test_the_site_has_an_icon(client: TestClient) -> None:
     r = client.get("/favicon.ico")
     assert (r.status_code, r.headers["content-type"]) == (200, "image/vnd.microsoft.icon")
     assert r.content[:4] == b"\x00\x00\x01\x00"  # an ICO file (icon resource directory)
+
+
+def test_administrators_read_roles_subjects_and_hours_in_words(client: TestClient) -> None:
+    """Roles in words, the departments' register with its specialties, and weekly hours
+    written and shown as people write them (周一至周五 08:00-12:00)."""
+    csrf = sign_in(client, "admin.subei")
+    staff = client.get("/admin/staff").text
+    assert "专科医生" in staff and "<td>specialist</td>" not in staff
+    departments = client.get("/admin/departments").text
+    assert "<th>科室名称</th><th>诊疗科目</th>" in departments
+    assert 'value="03.05|血液内科专业"' in departments and 'value="51.01|维吾尔医学"' in departments
+    saved = client.post(
+        "/admin/calendar/hours",
+        data={"csrf": csrf, "hours": "周一至周五 08:00-12:00\n周二、周四 14:00-17:30"},
+        follow_redirects=True,
+    )
+    assert saved.status_code == 200, saved.text
+    shown = re.findall(r"<tr><td>(周[^<]+)</td></tr>", saved.text)
+    assert shown == ["周一至周五 08:00-12:00", "周二、周四 14:00-17:30"]
+    wrong = client.post("/admin/calendar/hours", data={"csrf": csrf, "hours": "每天 08:00-12:00"})
+    assert wrong.status_code == 422 and "每天 is not a day of the week" in wrong.text
+
+
+@pytest.mark.parametrize(
+    ("line", "days", "start", "end"),
+    [
+        ("周一至周五 08:00-12:00", ["mon", "tue", "wed", "thu", "fri"], "08:00:00", "12:00:00"),
+        ("周二、周四 14:00-17:30", ["tue", "thu"], "14:00:00", "17:30:00"),
+        ("星期六 到 星期日 9:00~11:00", ["sat", "sun"], "09:00:00", "11:00:00"),
+        ("mon tue wed 08:00-12:00", ["mon", "tue", "wed"], "08:00:00", "12:00:00"),
+        ("周五-周一 08:00-12:00", None, "", ""),
+        ("周一至周五", None, "", ""),
+        ("周一 25:00-26:00", None, "", ""),
+    ],
+)
+def test_weekly_hours_as_people_write_them(
+    line: str, days: list[str] | None, start: str, end: str
+) -> None:
+    from portal.i18n import translator
+    from portal.views import hours_line, parse_hours_line
+
+    if days is None:
+        with pytest.raises(ValueError):
+            parse_hours_line(line)
+        return
+    span = parse_hours_line(line)
+    assert span == {"daysOfWeek": days, "availableStartTime": start, "availableEndTime": end}
+    again = parse_hours_line(hours_line(span, translator("zh")))
+    assert again == span  # what the page shows can be saved back unchanged

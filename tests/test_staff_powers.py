@@ -113,8 +113,8 @@ def test_what_an_administrator_may_do_with_their_own_staff(
     assert page.status_code == 200
     # Only the roles they may give are offered.
     offered = page.text.split('id="new-role"', 1)[1].split("</select>", 1)[0]
-    assert "<option >county-doctor</option>" in offered and "auditor" not in offered
-    assert "hospital-admin" not in offered
+    assert '<option value="county-doctor" >基层医生</option>' in offered
+    assert "auditor" not in offered and "hospital-admin" not in offered and "管理员" not in offered
     assert post(admin, csrf, "/admin/staff", username="dr.subei.new", role="county-doctor") == 200
     assert post(admin, csrf, "/admin/staff/dr.subei.new/role", role="specialist") == 303
     assert post(admin, csrf, "/admin/staff/dr.subei.new/lock") == 303

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from alliance import clock
 from alliance.config import Settings
 from alliance.db import Database
 from alliance.security.service import OPERATOR, create_user
@@ -121,6 +122,24 @@ def test_the_consult_and_its_signed_opinion(
     signed = r.json()
     assert signed["resultsInterpreter"] == [{"reference": "Practitioner/sp-subei"}]
     assert signed["presentedForm"][0]["contentType"] == "text/html"
+    # The signed letter opens in the browser, printable, and says things in words.
+    letter = doctor.get(signed["presentedForm"][0]["url"])
+    assert letter.status_code == 200 and letter.headers["content-type"].startswith("text/html")
+    assert letter.headers["content-disposition"].startswith("inline; filename*=UTF-8''")
+    assert "sandbox" in letter.headers["content-security-policy"]
+    page = letter.text
+    for said in (
+        "苏北人民医院",
+        "远程会诊意见书",
+        "阿依古丽·努尔兰",
+        "<td>女</td>",
+        "654025197809210242",
+        "新源县人民医院",
+        "陈志明 主任医师",
+        "@page",
+    ):
+        assert said in page, said
+    assert "Patient/" not in page and "ServiceRequest/" not in page and "http" not in page
 
     # The Provenance's signature binds 陈志明 to exactly this version.
     target = f"DiagnosticReport/{draft['id']}/_history/{signed['meta']['versionId']}"
@@ -214,3 +233,31 @@ def test_the_consult_and_its_signed_opinion(
         == 2
     )
     assert doctor.get(f"/fhir/Task/{task['id']}").json()["status"] == "completed"
+
+
+def test_an_opinion_is_signed_once_the_consult_has_started(as_user: Users) -> None:
+    """Not before it took place: before the booked time, with no Encounter started, signing
+    is refused (409, consult-not-started); at the booked time it is signed."""
+    doctor, specialist = as_user("dr.xinyuan.people"), as_user("sp.subei")
+    sr, _task = open_consult(doctor)
+    start = beijing(weekday_ahead(2), "10:00")
+    appt = book(
+        doctor, proposal_at(sr, "sp-subei-role", start, [slot_id("sp-subei-consult", start)])
+    ).json()
+    assert (
+        respond(specialist, appt["id"], "accepted", "PractitionerRole/sp-subei-role").status_code
+        == 201
+    )
+    draft = specialist.post("/fhir/DiagnosticReport", json=opinion(sr)).json()
+    sign = {**draft, "status": "final"}
+    refused(
+        specialist.put(f"/fhir/DiagnosticReport/{draft['id']}", json=sign),
+        409,
+        "consult-not-started",
+    )
+    assert specialist.get(f"/fhir/DiagnosticReport/{draft['id']}").json()["status"] == (
+        "preliminary"
+    )
+    clock.set_to(start)
+    r = specialist.put(f"/fhir/DiagnosticReport/{draft['id']}", json=sign)
+    assert (r.status_code, r.json()["status"]) == (200, "final")

@@ -3,6 +3,8 @@ sharing rule of alliance.attachments.service."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
@@ -38,6 +40,25 @@ class _RequestStream:
 
 
 _DOWNLOAD = "/api/attachments/{attachment_id}"
+
+
+#: What a download may be: an upload's type, or the server's own HTML (the signed opinion).
+SERVED_TYPES = (*ACCEPTED_TYPES, "text/html")
+#: What a browser shows in place (opened, printable) rather than saving: uploads of these
+#: kinds are sniffed on upload, and HTML is only ever the server's own rendering.
+SHOWN_IN_PLACE = {"application/pdf", "image/jpeg", "image/png", "text/plain", "text/html"}
+
+
+def disposition(content_type: str, title: str | None) -> str:
+    """RFC 6266: inline for what a browser shows safely, attachment for the rest, with the
+    title as the file name (RFC 5987 UTF-8 encoding, so a Chinese title survives)."""
+    kind = "inline" if content_type in SHOWN_IN_PLACE else "attachment"
+    if not title:
+        return kind
+    extension = {"application/pdf": ".pdf", "text/html": ".html", "image/png": ".png"}.get(
+        content_type, ""
+    )
+    return f"{kind}; filename*=UTF-8''{quote(title + extension, safe='')}"
 
 
 def attachment_router(guard: Guard, blobs: BlobStore, settings: Settings) -> APIRouter:
@@ -96,7 +117,8 @@ def attachment_router(guard: Guard, blobs: BlobStore, settings: Settings) -> API
         _DOWNLOAD.removeprefix("/api"),
         response_class=Response,
         responses=responses(
-            {200: {t: {"type": "string", "format": "binary"} for t in ACCEPTED_TYPES}},
+            # What was uploaded, or the server's own rendering (the signed opinion, text/html).
+            {200: {t: {"type": "string", "format": "binary"} for t in SERVED_TYPES}},
             [400, 401, 403, 404, 503],
         ),
         openapi_extra={"security": BEARER, "parameters": path_parameters(_DOWNLOAD)},
@@ -125,8 +147,15 @@ def attachment_router(guard: Guard, blobs: BlobStore, settings: Settings) -> API
             "ETag": f'"{row.sha256}"',
             "Cache-Control": "private, no-store",
             "X-Content-Type-Options": "nosniff",
-            "Content-Disposition": "attachment",
+            "Content-Disposition": disposition(row.content_type, row.title),
         }
+        if row.content_type.startswith("text/"):
+            # Nothing in a served page may run or load anything (the server's own HTML, the
+            # signed opinion, carries only its inline style). Not for PDF: browsers refuse to
+            # show a sandboxed PDF.
+            headers["Content-Security-Policy"] = (
+                "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"
+            )
         return StreamingResponse(
             iterate_in_threadpool(chunks), media_type=row.content_type, headers=headers
         )

@@ -8,7 +8,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alliance.codes import RESIDENT_ID
-from alliance.directory.identity import IdentityNumberError, parse_identity_number
+from alliance.directory.identity import (
+    IdentityNumber,
+    IdentityNumberError,
+    parse_identity_number,
+)
 from alliance.directory.models import PatientIdentity
 from alliance.errors import Conflict, Invalid, Issue
 from alliance.fhir.models import ResourceRow
@@ -35,6 +39,7 @@ def prepare_patient(ctx: WriteContext, patient: Resource, previous: Resource | N
     alliance's rule) is kept by the hospital that kept it so far, or for a new record by the
     hospital of whoever writes it. One that names a hospital keeps it, and the access rules
     then decide whether the writer may keep a record there."""
+    _fill_from_identity_number(patient)
     if "managingOrganization" in patient:
         return
     hospital = managing_hospital(previous) if previous is not None else None
@@ -42,6 +47,21 @@ def prepare_patient(ctx: WriteContext, patient: Resource, previous: Resource | N
         hospital = ctx.actor.hospital_id
     if hospital:
         patient["managingOrganization"] = {"reference": f"Organization/{hospital}"}
+
+
+def _fill_from_identity_number(patient: Resource) -> None:
+    """The birth date and sex a resident identity number states (GB 11643: digits 7-14 and
+    the parity of the sequence), filled where the record gives none."""
+    for ident in patient.get("identifier") or []:
+        if ident.get("system") != RESIDENT_ID:
+            continue
+        try:
+            parsed = parse_identity_number(str(ident.get("value") or ""))
+        except IdentityNumberError:
+            return  # check_patient says why
+        patient.setdefault("birthDate", parsed.birth_date.isoformat())
+        patient.setdefault("gender", parsed.sex)
+        return
 
 
 def check_patient(ctx: WriteContext, patient: Resource, previous: Resource | None) -> list[Issue]:
@@ -80,6 +100,7 @@ def check_patient(ctx: WriteContext, patient: Resource, previous: Resource | Non
                 f"identity number rule '{exc.rule}' failed: {exc}", expression=[where]
             ) from None
         warnings.extend(Issue(w, "business-rule", "warning", [where]) for w in parsed.warnings)
+        _check_agrees(patient, parsed)
         numbers.append(parsed.value)
     if len(set(numbers)) > 1:
         raise Invalid(
@@ -87,6 +108,24 @@ def check_patient(ctx: WriteContext, patient: Resource, previous: Resource | Non
         )
     _keep_identity(session, patient["id"], hospital, numbers[0] if numbers else None)
     return warnings
+
+
+def _check_agrees(patient: Resource, number: IdentityNumber) -> None:
+    """The birth date and sex recorded are the ones the identity number states (GB 11643):
+    a contradiction is a typing error in one of them, refused naming the rule."""
+    born = number.birth_date.isoformat()
+    if patient.get("birthDate") not in (None, born):
+        raise Invalid(
+            f"[identity-birth-date] the birth date {patient['birthDate']} is not the one in the "
+            f"identity number ({born})",
+            expression=["Patient.birthDate"],
+        )
+    if patient.get("gender") in ("male", "female") and patient["gender"] != number.sex:
+        raise Invalid(
+            f"[identity-sex] the sex {patient['gender']} is not the one the identity number "
+            f"states ({number.sex}: its 17th digit is {'odd' if number.sex == 'male' else 'even'})",
+            expression=["Patient.gender"],
+        )
 
 
 def _keep_identity(session: Session, patient_id: str, hospital: str, number: str | None) -> None:

@@ -223,6 +223,24 @@ def person_name(session: Session, subject: str) -> str:
     return found or ""
 
 
+@dataclass(frozen=True)
+class Account:
+    username: str
+    display_name: str
+    hospital_id: str
+    role: str
+
+
+def accounts(session: Session, hospital_id: str | None = None) -> list[Account]:
+    """The people with accounts (of one hospital, or the alliance), by hospital and name:
+    what an administrator lists and an auditor picks a user from."""
+    query = select(User.username, User.display_name, User.hospital_id, User.role_name)
+    if hospital_id is not None:
+        query = query.where(User.hospital_id == hospital_id)
+    rows = session.execute(query.order_by(User.hospital_id, User.display_name))
+    return [Account(*row) for row in rows]
+
+
 def create_user(
     *,
     session: Session,

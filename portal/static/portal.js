@@ -28,6 +28,12 @@
       if (out) out.textContent = problem;
       input.parentElement.classList.toggle("invalid", !!problem);
       input.setAttribute("aria-invalid", problem ? "true" : "false");
+      // A valid number states the birth date and sex (the server refuses a contradiction).
+      var v = input.value.trim().toUpperCase();
+      if (problem || v.length !== 18) return;
+      var born = document.getElementById("birth_date"), sex = document.getElementById("gender");
+      if (born) born.value = v.slice(6, 10) + "-" + v.slice(10, 12) + "-" + v.slice(12, 14);
+      if (sex) sex.value = (+v[16]) % 2 ? "male" : "female";
     });
   });
 

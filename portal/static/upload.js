@@ -6,11 +6,33 @@
   if (!list) return;
   var done = 0, ok = 0, failed = 0, total = 0;
 
-  // The failure reason of the first failed instance (FailedSOPSequence, FailureReason).
-  function reasonOf(body) {
+  var zh = document.documentElement.lang.indexOf("zh") === 0;
+  // What each DICOM failure reason (PS3.4 B.2.3, PS3.18 10.5.3) and HTTP status means to the
+  // person uploading, and what to do about it.
+  var REASONS = {
+    0xA700: ["影像库暂时无法保存（空间不足或存储故障），请稍后重试", "the image store cannot take it now (full or down); try again later"],
+    0xA900: ["与所选检查不符", "it does not belong to the study chosen"],
+    0xC000: ["无法识别：不是有效的DICOM文件，或文件已损坏", "not a valid DICOM file, or damaged"],
+    0xC122: ["不支持该文件的传输语法（压缩格式）", "its transfer syntax (compression) is not supported"],
+    0x0111: ["同一影像已以不同内容上传过，未覆盖", "the same image was uploaded before with other content; not overwritten"],
+    0x0124: ["无权为此医院上传影像", "not allowed to store imaging for this hospital"],
+    0x0110: ["服务器处理失败，请联系管理员", "the server failed to process it; tell the administrator"]
+  };
+  var STATUSES = {
+    400: ["上传内容不完整或格式错误", "the upload was incomplete or malformed"],
+    401: ["登录已过期，请重新登录", "your session ended; log in again"],
+    403: ["无权上传影像", "not allowed to upload imaging"],
+    413: ["文件过大", "the file is too large"],
+    415: ["不是DICOM文件", "not a DICOM file"],
+    503: ["影像库暂时不可用，请稍后重试", "the image store is unavailable; try again later"]
+  };
+  function words(pair) { return pair[zh ? 0 : 1]; }
+  function reasonOf(body, status) {
     var seq = body && body["00081198"] && body["00081198"].Value;
     var code = seq && seq[0] && seq[0]["00081197"] && seq[0]["00081197"].Value;
-    return code ? "0x" + Number(code[0]).toString(16).toUpperCase() : "";
+    if (code && REASONS[code[0]]) return words(REASONS[code[0]]);
+    if (STATUSES[status]) return words(STATUSES[status]);
+    return (zh ? "上传失败（" : "failed (") + status + (code ? " 0x" + Number(code[0]).toString(16).toUpperCase() : "") + (zh ? "）" : ")");
   }
 
   function upload(file) {
@@ -34,18 +56,22 @@
         var answer = null;
         try { answer = JSON.parse(xhr.responseText || "null"); } catch (e) { answer = null; }
         if (xhr.status === 200) {
-          ok++; li.dataset.result = "ok"; label.textContent = name + " ✓ 已保存 stored ";
+          ok++; li.dataset.result = "ok";
+          var held = xhr.getResponseHeader("Warning");
+          label.textContent = name + " ✓ " + (zh ? "已保存" : "stored") +
+            (held ? (zh ? "，但未匹配到患者，已暂存待关联 " : ", but matched no patient: held to be linked ") : " ");
+          if (held) li.dataset.result = "held";
         } else {
           failed++; li.dataset.result = "failed";
-          label.textContent = name + " ✗ " + xhr.status + " " + reasonOf(answer) + " " + ((answer && answer.message) || "") + " ";
+          label.textContent = name + " ✗ " + reasonOf(answer, xhr.status) + " ";
         }
         resolve();
       };
-      xhr.onerror = function () { failed++; li.dataset.result = "failed"; label.textContent = name + " ✗ network "; resolve(); };
+      xhr.onerror = function () { failed++; li.dataset.result = "failed"; label.textContent = name + " ✗ " + (zh ? "网络中断，请重试" : "network error; try again") + " "; resolve(); };
       xhr.send(body);
     }).then(function () {
       done++;
-      summary.textContent = done + " / " + total + "  ✓ " + ok + "  ✗ " + failed;
+      summary.textContent = (zh ? "已处理 " : "done ") + done + " / " + total + (zh ? "，成功 " : ", stored ") + ok + (zh ? "，失败 " : ", failed ") + failed;
       summary.dataset.done = String(done === total);
     });
   }

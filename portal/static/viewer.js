@@ -89,7 +89,7 @@
         state.wc = Number(one(first, "00281050", 40));
         state.ww = Number(one(first, "00281051", 400));
         if (!tag(first, "00281050")) { state.wc = null; state.ww = null; }
-        state.zoom = 1; state.panX = 0; state.panY = 0; state.line = null;
+        state.zoom = 1; state.panX = 0; state.panY = 0; state.line = null; markPreset(null);
         document.getElementById("cine").hidden = !(Number(one(first, "00280008", 1)) > 1);
         show();
       }).catch(function (e) { setStatus(e.message); });
@@ -191,18 +191,60 @@
     ctx.fillText(m.mm !== undefined ? m.mm.toFixed(1) + " mm" : m.px.toFixed(0) + " px", l[2] + 4, l[3] - 4);
   }
 
+  // The four corners, as radiologists expect them: who (top left), which study (top right),
+  // where in the series (bottom left), how it is shown (bottom right).
+  function corners(item, where, wl) {
+    var d = root.dataset;
+    document.getElementById("corner-tl").textContent = d.patient + (d.identity ? "\n" + d.identity : "");
+    document.getElementById("corner-tr").textContent = (d.studyDate || "") + "\n" + (d.description || "").trim();
+    var series = one(item, "00200011", ""), instance = one(item, "00200013", "");
+    document.getElementById("corner-bl").textContent =
+      (series !== "" ? "序列 " + series + "  " : "") + (instance !== "" ? "图像 " + instance + "\n" : "") + where;
+    document.getElementById("corner-br").textContent =
+      (wl ? wl + "\n" : "") + "缩放 " + Math.round(state.zoom * 100) + "%";
+  }
+
+  // The header as a table: tag, its standard name (PS3.6, asked of the server once per tag),
+  // VR and value; sequences and binary values are summarised, not dumped.
+  var tagNames = {};
+  function showHeader(item) {
+    var tags = Object.keys(item).sort();
+    var missing = tags.filter(function (t) { return !(t in tagNames); });
+    var fill = function () {
+      headerEl.textContent = "";
+      tags.forEach(function (t) {
+        var e = item[t], row = document.createElement("tr"), value;
+        if (e.vr === "SQ") value = (e.Value || []).length + " 项";
+        else if (e.BulkDataURI || e.InlineBinary) value = "（二进制数据）";
+        else if (e.vr === "PN") value = (e.Value || []).map(function (p) { return p.Alphabetic || ""; }).join("\\");
+        else value = (e.Value || []).join("\\");
+        [t.slice(0, 4) + "," + t.slice(4), tagNames[t] || "", e.vr || "", value].forEach(function (text) {
+          var cell = document.createElement("td"); cell.textContent = String(text); row.appendChild(cell);
+        });
+        headerEl.appendChild(row);
+      });
+    };
+    if (!missing.length) { fill(); return; }
+    fetch("/viewer/tag-names?tags=" + missing.join(","), { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : {}; })
+      .then(function (names) { missing.forEach(function (t) { tagNames[t] = names[t] || ""; }); fill(); })
+      .catch(fill);
+  }
+
   function show() {
     var item = state.images[state.index];
     if (!item) return;
-    headerEl.textContent = JSON.stringify(item, null, 1);
+    showHeader(item);
     loadFrame(state.index, state.frame).then(function (frame) {
       if (state.images[state.index] !== item) return;
       paint(frame);
       var m = measure();
-      setStatus((state.index + 1) + " / " + state.images.length +
-        (state.frame ? "  frame " + (state.frame + 1) : "") +
-        (state.wc !== null ? "   W " + Math.round(state.ww) + " L " + Math.round(state.wc) : "") +
-        (m ? "   length " + (m.mm !== undefined ? m.mm.toFixed(1) + " mm" : m.px.toFixed(0) + " px") : ""));
+      var where = "第 " + (state.index + 1) + " / " + state.images.length + " 幅" +
+        (state.frame ? "  第 " + (state.frame + 1) + " 帧" : "");
+      var wl = state.wc !== null ? "窗宽 " + Math.round(state.ww) + "  窗位 " + Math.round(state.wc) : "";
+      setStatus(where + (wl ? "   " + wl : "") +
+        (m ? "   长度 " + (m.mm !== undefined ? m.mm.toFixed(1) + " mm" : m.px.toFixed(0) + " px") : ""));
+      corners(item, where, wl);
       canvas.dataset.index = String(state.index);
       canvas.dataset.length = m && m.mm !== undefined ? m.mm.toFixed(2) : "";
       [1, -1, 2].forEach(function (d) {  // prefetch neighbours
@@ -223,13 +265,13 @@
 
   function stopCine() {
     if (state.cine) { clearInterval(state.cine); state.cine = null; }
-    var b = document.getElementById("cine"); if (b) b.textContent = "▶ 播放 Cine";
+    var b = document.getElementById("cine"); if (b) b.textContent = "▶ 播放";
   }
 
   document.getElementById("cine").addEventListener("click", function () {
     if (state.cine) { stopCine(); return; }
     var item = state.images[state.index], ms = Number(one(item, "00181063", 0)) || 100;
-    this.textContent = "❚❚ 暂停 Pause";
+    this.textContent = "❚❚ 暂停";
     state.cine = setInterval(function () { state.frame = (state.frame + 1) % frames(); show(); }, ms);
   });
 
@@ -263,13 +305,20 @@
     var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
     if (state.measuring) { var p = point(e); state.line[2] = p[0]; state.line[3] = p[1]; }
     else if (drag.shift) { var r = canvas.getBoundingClientRect(); state.panX = drag.panX + dx * canvas.width / r.width; state.panY = drag.panY + dy * canvas.height / r.height; }
-    else if (drag.wc !== null) { state.ww = Math.max(1, drag.ww + dx * 4); state.wc = drag.wc + dy * 2; }
+    else if (drag.wc !== null) { state.ww = Math.max(1, drag.ww + dx * 4); state.wc = drag.wc + dy * 2; markPreset(null); }
     show();
   });
   canvas.addEventListener("pointerup", function () { drag = null; });
 
+  function markPreset(name) {
+    root.querySelectorAll("[data-preset]").forEach(function (b) {
+      b.setAttribute("aria-pressed", String(b.dataset.preset === name));
+    });
+  }
   root.querySelectorAll("[data-preset]").forEach(function (b) {
-    b.addEventListener("click", function () { var p = PRESETS[b.dataset.preset]; state.wc = p[0]; state.ww = p[1]; show(); });
+    b.addEventListener("click", function () {
+      var p = PRESETS[b.dataset.preset]; state.wc = p[0]; state.ww = p[1]; markPreset(b.dataset.preset); show();
+    });
   });
   document.getElementById("tool-measure").addEventListener("click", function () {
     state.measuring = !state.measuring;
@@ -281,7 +330,7 @@
   document.getElementById("zoom-out").addEventListener("click", function () { state.zoom = Math.max(0.25, state.zoom / 1.25); show(); });
   document.getElementById("reset").addEventListener("click", function () {
     var item = state.images[state.index];
-    state.zoom = 1; state.panX = 0; state.panY = 0; state.line = null;
+    state.zoom = 1; state.panX = 0; state.panY = 0; state.line = null; markPreset(null);
     state.wc = tag(item, "00281050") ? Number(one(item, "00281050")) : null;
     state.ww = tag(item, "00281051") ? Number(one(item, "00281051")) : null;
     show();
