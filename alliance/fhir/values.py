@@ -36,10 +36,15 @@ def normalize(text: str) -> str:
     and every run of separators between words or name parts (white space, '.', '•', the
     middle dot '·' and its look-alikes) written as one '·', so 阿依古丽 努尔兰, 阿依古丽.努尔兰
     and 阿依古丽·努尔兰 are one name to search."""
+    return _NAME_PARTS.sub(NAME_SEPARATOR, fold(text))
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form: NFKD, marks dropped, casefold (separators kept as
+    written; DICOM person names, QIDO-RS, compare this way)."""
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    folded = unicodedata.normalize("NFC", stripped).casefold()[:STRING_INDEX_LEN]
-    return _NAME_PARTS.sub(NAME_SEPARATOR, folded)
+    return unicodedata.normalize("NFC", stripped).casefold()[:STRING_INDEX_LEN]
 
 
 def pinyin_forms(text: str) -> list[str]:
