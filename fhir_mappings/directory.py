@@ -140,10 +140,18 @@ def definitions() -> list[ResourceDefinition]:
             [
                 SearchParam("identifier", "token", "identifier", "Identity number, MRN, ..."),
                 SearchParam(
+                    "identity",
+                    "string",
+                    "identifier",
+                    "Identity number or MRN by its start; identity:contains=0242 by any part",
+                ),
+                SearchParam(
                     "name",
                     "string",
                     "name",
-                    "Any name, any script; also each part of a name joined by '·'",
+                    "Any name, any script, by its start or any part's; parts may be separated by "
+                    "'·', '.', '•' or a space; names in Chinese characters also by pinyin "
+                    "(wangjianguo, wjg)",
                 ),
                 SearchParam("family", "string", "name.family", "Family name"),
                 SearchParam("given", "string", "name.given", "Given name"),

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 from sqlalchemy.orm import QueryableAttribute, Session, aliased
 
 from alliance.errors import BadRequest
-from alliance.fhir.values import normalize
+from alliance.fhir.values import fold
 from alliance.numbers import MAX_INTEGER, whole_number
 from imaging.models import Instance, Series, Study
 
@@ -277,12 +277,12 @@ def _name(value: str, fuzzy: bool) -> ColumnElement[bool]:
     columns = (Study.name_alphabetic, Study.name_ideographic, Study.name_phonetic)
     if len(groups) > 1:
         conds = [
-            _name_group(col, normalize(g), fuzzy)
+            _name_group(col, fold(g), fuzzy)
             for col, g in zip(columns, groups, strict=False)
             if g.strip()
         ]
         return and_(*conds)
-    folded = normalize(value)
+    folded = fold(value)
     return or_(*(_name_group(col, folded, fuzzy) for col in columns))
 
 

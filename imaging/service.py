@@ -55,7 +55,7 @@ from alliance.directory.models import PatientIdentity
 from alliance.errors import AllianceError, Invalid, NotFound, Unavailable
 from alliance.fhir.models import ResourceRow, TokenIndex
 from alliance.fhir.store import FhirStore
-from alliance.fhir.values import normalize
+from alliance.fhir.values import fold
 from alliance.storage import BlobStore, StoredBlob
 from alliance.sweep import keys_in_use
 from imaging import dicom
@@ -560,4 +560,4 @@ def _clip(value: str | None, size: int) -> str | None:
 
 
 def _fold(value: str | None) -> str | None:
-    return normalize(value)[:200] if value else None
+    return fold(value)[:200] if value else None

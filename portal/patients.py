@@ -45,9 +45,13 @@ class PatientPages(Shell):
         q = request.query_params.get("q", "").strip()
         params: list[tuple[str, str]] = [("_count", "20")]
         if q:
+            # A whole identity number, a part of one (4 digits or more, anywhere), or a name
+            # (any script, parts separated anyhow, or its pinyin).
             compact = q.replace(" ", "").upper()
-            if compact[:17].isdigit() and len(compact) >= 6:
+            if len(compact) == 18 and compact[:17].isdigit():
                 params.append(("identifier", f"{RESIDENT_ID}|{compact}"))
+            elif len(compact) >= 4 and compact.rstrip("X").isdigit():
+                params.append(("identity:contains", compact))
             else:
                 params.append(("name", q))
         after = request.query_params.get("_page_after")

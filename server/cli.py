@@ -102,8 +102,8 @@ def _dicom_scp(args: argparse.Namespace) -> int:
 def _db_upgrade(_args: argparse.Namespace) -> int:
     from server.migrate import upgrade
 
-    url = get_settings().database_url
-    upgrade(url)
+    settings = get_settings()
+    upgrade(settings.database_url, settings=settings)
     print("database is at the latest revision")
     return 0
 

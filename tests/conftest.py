@@ -65,8 +65,9 @@ BACKENDS = ["sqlite", "postgresql"]
 
 def _migrate_and_seed(url: str) -> None:
     """The template every test database is copied from: migrated, with the demo alliance."""
-    upgrade(url)
-    seed_demo(Settings(database_url=url, base_url="http://testserver", demo=True))
+    settings = Settings(database_url=url, base_url="http://testserver", demo=True)
+    upgrade(url, settings=settings)
+    seed_demo(settings)
 
 
 class _Templates:

@@ -204,6 +204,18 @@ def test_search_parameters(fhir: TestClient, as_user: Callable[[str], TestClient
     assert search(name="努尔兰") == [kazakh["id"]]  # a part after the middle dot
     assert search(name="айгүл") == [kazakh["id"]]  # Cyrillic, case-insensitive
     assert search(**{"name:contains": "古丽"}) == [kazakh["id"]]
+    # Name parts however they are separated, and pinyin: whole, by initials, by syllables.
+    for written in ("阿依古丽 努尔兰", "阿依古丽.努尔兰", "阿依古丽•努尔兰", "阿依古丽・努尔兰"):
+        assert search(name=written) == [kazakh["id"]], written
+    for typed in ("ayiguli", "AYGL", "ayiguli nuerlan", "aygl·nel", "nuerlan", "a yi gu li"):
+        assert search(name=typed) == [kazakh["id"]], typed
+    assert search(name="wangjianguo") == [han["id"]]
+    assert search(name="wjg") == [han["id"]]
+    assert search(name="mxl") == [hui["id"]]  # 马秀兰 at xy-tcm is not this hospital's
+    assert search(**{"name:exact": "ayiguli"}) == []  # derived forms are never exact
+    # An identity number by its start, or any part of it.
+    assert search(identity=number[:10]) == [kazakh["id"]]
+    assert search(**{"identity:contains": number[-6:]}) == [kazakh["id"]]
     assert search(**{"name:exact": "阿依古丽"}) == []
     assert search(**{"name:exact": "阿依古丽·努尔兰"}) == [kazakh["id"]]
     assert search(family="王") == [han["id"]]

@@ -344,3 +344,14 @@ def test_weekly_hours_as_people_write_them(
     assert span == {"daysOfWeek": days, "availableStartTime": start, "availableEndTime": end}
     again = parse_hours_line(hours_line(span, translator("zh")))
     assert again == span  # what the page shows can be saved back unchanged
+
+
+@pytest.mark.parametrize(
+    "typed", ["阿依古丽 努尔兰", "阿依古丽.努尔兰", "ayiguli", "aygl", "210242"]
+)
+def test_a_doctor_finds_a_patient_as_they_type(client: TestClient, typed: str) -> None:
+    """Name parts separated anyhow, pinyin, or a part of the identity number."""
+    sign_in(client, "dr.xinyuan.people")
+    page = client.get("/patients", params={"q": typed})
+    assert page.status_code == 200
+    assert re.findall(r'href="/patients/(demo-[^"]+)"', page.text) == ["demo-aygul"]

@@ -110,3 +110,13 @@ class DateIndex(_IndexRow, Base):
         Index("ix_fhir_idx_date_lookup", "resource_type", "param", "low"),
         Index("ix_fhir_idx_date_owner", "resource_type", "resource_id"),
     )
+
+
+class IndexState(Base):
+    """Which version of the indexing rules (alliance.fhir.reindex.INDEX_VERSION) built the
+    search index: one row. When the rules change, the index is rebuilt once, on upgrade."""
+
+    __tablename__ = "fhir_index_state"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)

@@ -11,6 +11,8 @@ import unicodedata
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
+from pypinyin import lazy_pinyin
+
 #: Dates and times written without a zone are read as Beijing time, the alliance's civil time.
 CIVIL_TZ = ZoneInfo("Asia/Shanghai")
 
@@ -24,13 +26,42 @@ _DATE_RE = re.compile(
 _NAME_PARTS = re.compile(r"[\s\u00b7\u30fb\u2022\u2027\uff0e.]+")
 
 STRING_INDEX_LEN = 255
+#: How normalised strings write the separator between words and name parts.
+NAME_SEPARATOR = "\u00b7"
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def normalize(text: str) -> str:
-    """Case- and accent-insensitive form (FHIR string search): NFKD, marks dropped, casefold."""
+    """Case- and accent-insensitive form (FHIR string search): NFKD, marks dropped, casefold;
+    and every run of separators between words or name parts (white space, '.', '•', the
+    middle dot '·' and its look-alikes) written as one '·', so 阿依古丽 努尔兰, 阿依古丽.努尔兰
+    and 阿依古丽·努尔兰 are one name to search."""
+    return _NAME_PARTS.sub(NAME_SEPARATOR, fold(text))
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form: NFKD, marks dropped, casefold (separators kept as
+    written; DICOM person names, QIDO-RS, compare this way)."""
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return unicodedata.normalize("NFC", stripped).casefold()[:STRING_INDEX_LEN]
+
+
+def pinyin_forms(text: str) -> list[str]:
+    """How people type a name written in Chinese characters with a Latin keyboard (拼音,
+    GB/T 28039): the syllables run together (wangjianguo), their initials (wjg), and the
+    syllables apart (wang·jian·guo), each name part kept apart by '·'. None for a name
+    without Chinese characters."""
+    if not _HAN.search(text):
+        return []
+    parts = [p for p in _NAME_PARTS.split(text) if p]
+    syllables = [[s for s in lazy_pinyin(part, errors="default") if s.strip()] for part in parts]
+    forms = {
+        NAME_SEPARATOR.join("".join(part) for part in syllables),
+        NAME_SEPARATOR.join("".join(s[0] for s in part) for part in syllables),
+        NAME_SEPARATOR.join(s for part in syllables for s in part),
+    }
+    return sorted(f for f in forms if f and f != text)
 
 
 def date_range(value: str) -> tuple[datetime, datetime]:
@@ -122,6 +153,10 @@ def strings_of(element: object) -> list[tuple[str, bool]]:
         parts = [p for p in _NAME_PARTS.split(text) if p]
         if len(parts) > 1:
             values.extend((p, False) for p in parts)
+        # And as typed in pinyin, whole and by part (derived: never :exact).
+        values.extend((form, False) for form in pinyin_forms(text))
+        for part in parts if len(parts) > 1 else []:
+            values.extend((form, False) for form in pinyin_forms(part))
     return values
 
 
