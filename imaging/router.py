@@ -351,7 +351,18 @@ class DicomwebApi:
 
     def _stow_response(self, outcomes: list[Outcome], study: str | None, status: int) -> Response:
         body = stow_json(outcomes, study, self.base)
-        return Response(json.dumps(body, ensure_ascii=False), status, media_type=DICOM_JSON)
+        headers = {}
+        held = sorted({o.study_uid for o in outcomes if o.ok and o.study_uid and not o.patient_id})
+        if held:
+            # PS3.18 10.5.3 lets the response carry a Warning; a study that matched no patient
+            # of the hospital is stored but held for reconciliation until it is linked to one.
+            headers["Warning"] = (
+                f'299 - "stored, but matched no patient of this hospital: held for '
+                f'reconciliation: {", ".join(held)}"'
+            )
+        return Response(
+            json.dumps(body, ensure_ascii=False), status, headers=headers, media_type=DICOM_JSON
+        )
 
     # ---- QIDO-RS (PS3.18 10.6) -------------------------------------------------------
 

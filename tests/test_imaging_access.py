@@ -147,7 +147,15 @@ def test_a_held_study_is_seen_by_its_hospital_only_until_linked(
         )
         for n in (1, 2)
     ]
-    held = store(doctor, parts)
+    # The uploader is told the study is stored but held, matching no patient (a Warning).
+    answer = doctor.post("/dicomweb/studies", content=multipart(parts), headers=stow_headers())
+    assert answer.status_code == 200
+    assert answer.headers["warning"] == (
+        '299 - "stored, but matched no patient of this hospital: held for reconciliation: '
+        f'{study_uid}"'
+    )
+    ds = pydicom.dcmread(io.BytesIO(parts[0]))
+    held = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     seen = reach(doctor, held)
     assert seen == {**everything(study_uid), "fhir-read": 404, "fhir-search": []}
     for user in ("dr.xinyuan.tcm", "sp.subei"):
@@ -159,6 +167,17 @@ def test_a_held_study_is_seen_by_its_hospital_only_until_linked(
     linked = doctor.get(f"/fhir/ImagingStudy/{study_uid}").json()
     assert linked["subject"]["reference"] == "Patient/demo-memet"
     assert linked["numberOfInstances"] == 2
+
+
+def test_a_study_of_a_known_patient_carries_no_warning(
+    as_user: Callable[[str], TestClient],
+) -> None:
+    r = as_user("dr.xinyuan.people").post(
+        "/dicomweb/studies",
+        content=multipart(ct_series(1, patient_id=AYGUL)),
+        headers=stow_headers(),
+    )
+    assert r.status_code == 200 and "warning" not in r.headers
 
 
 def test_users_without_the_clinical_capability_see_no_imaging(
