@@ -28,6 +28,7 @@ from alliance.security.guard import Guard
 from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
 from fhir_mappings import build_registry
+from imaging.held import held_router
 from imaging.router import DicomwebApi
 from imaging.service import Imaging
 from portal.router import Portal
@@ -235,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", portal.static(), name="static")
     imaging = build_imaging(settings, services.db, services.blobs, services.fhir)
     app.state.imaging = imaging
+    app.include_router(held_router(services.guard, imaging))
     dicomweb = DicomwebApi(imaging, services.guard, settings).app()
     _install_error_handlers(dicomweb)
     app.mount("/dicomweb", dicomweb)

@@ -161,9 +161,27 @@ def test_a_held_study_is_seen_by_its_hospital_only_until_linked(
     for user in ("dr.xinyuan.tcm", "sp.subei"):
         assert reach(as_user(user), held) == nothing(study_uid)
 
-    imaging = app.state.imaging
-    with app.state.services.db.transaction(write=True) as session:
-        imaging.link_study(session, study_uid, "demo-memet", hospital_id="xy-people")
+    # Its hospital lists it, and links it to the right patient (no other hospital can).
+    listed = doctor.get("/api/imaging/held").json()
+    assert [(h["study_uid"], h["dicom_patient_id"], h["instances"]) for h in listed] == [
+        (study_uid, "UNKNOWN-42", 2)
+    ]
+    assert as_user("dr.xinyuan.tcm").get("/api/imaging/held").json() == []
+    link = f"/api/imaging/held/{study_uid}/link"
+    assert (
+        as_user("dr.xinyuan.tcm").post(link, json={"patient": "Patient/demo-memet"}).status_code
+        == 404
+    )
+    assert doctor.post(link, json={"patient": "Patient/no-such"}).status_code == 404
+    assert doctor.post(link, content=b"not json").status_code == 400
+    assert (
+        as_user("admin.xinyuan.people").post(link, json={"patient": "demo-memet"}).status_code
+        == 403
+    )
+    r = doctor.post(link, json={"patient": "Patient/demo-memet"})
+    assert (r.status_code, r.json()) == (200, {"study": study_uid, "patient": "Patient/demo-memet"})
+    assert doctor.get("/api/imaging/held").json() == []
+    assert doctor.post(link, json={"patient": "Patient/demo-aygul"}).status_code == 422
     linked = doctor.get(f"/fhir/ImagingStudy/{study_uid}").json()
     assert linked["subject"]["reference"] == "Patient/demo-memet"
     assert linked["numberOfInstances"] == 2
