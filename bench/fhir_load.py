@@ -55,6 +55,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from urllib.parse import quote
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,22 +94,45 @@ def lua_list(values: list[str]) -> str:
     return "{" + ",".join(json.dumps(v) for v in values) + "}"
 
 
+#: Appended to every script: the first answer that is not 2xx in each wrk thread is printed
+#: (`FAILED: ...`), so a failing run says why.
+CHECK_ANSWERS = """
+threads = {}
+failure = nil
+setup = function(thread)
+  thread:set("thread_no", #threads)
+  table.insert(threads, thread)
+end
+response = function(status, headers, body)
+  if (status < 200 or status >= 300) and failure == nil then failure = status .. " " .. body end
+end
+done = function(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    local seen = thread:get("failure")
+    if seen then print("FAILED: " .. seen) end
+  end
+end
+"""
+
+
 def read_script(ids: list[str]) -> str:
     return (
         f"local ids = {lua_list(ids)}\n"
         "request = function()\n"
         '  return wrk.format("GET", "/fhir/Patient/" .. ids[math.random(#ids)])\n'
-        "end\n"
+        "end\n" + CHECK_ANSWERS
     )
 
 
 def search_script(families: list[str]) -> str:
+    """Searches by family name, percent-encoded (RFC 3986) as a client sends it."""
+    encoded = [quote(f, safe="") for f in families]
     return (
-        f"local names = {lua_list(families)}\n"
+        f"local names = {lua_list(encoded)}\n"
         "request = function()\n"
         '  return wrk.format("GET", "/fhir/Patient?_count=20&name=" .. '
         "names[math.random(#names)])\n"
-        "end\n"
+        "end\n" + CHECK_ANSWERS
     )
 
 
@@ -123,25 +147,8 @@ local weights = {{7,9,10,5,8,4,2,1,6,3,7,9,10,5,8,4,2}}
 local checks = "10X98765432"
 local counter = 0
 local base = {first}
--- Globals, not locals: thread:set and thread:get reach a thread's globals only.
+-- thread_no is a global: thread:set and thread:get reach a thread's globals only.
 thread_no = 0
-failure = nil
-local made = 0
-local threads = {{}}
-setup = function(thread)
-  thread:set("thread_no", made)
-  made = made + 1
-  table.insert(threads, thread)
-end
-response = function(status, headers, body)
-  if status >= 300 and failure == nil then failure = status .. " " .. body end
-end
-done = function(summary, latency, requests)
-  for _, thread in ipairs(threads) do
-    local seen = thread:get("failure")
-    if seen then print("FAILED: " .. seen) end
-  end
-end
 init = function(args)
   counter = base + thread_no * 100000
 end
@@ -170,7 +177,7 @@ request = function()
   wrk.headers["Content-Type"] = "application/fhir+json"
   return wrk.format("POST", "/fhir/Patient", nil, body)
 end
-"""
+""" + CHECK_ANSWERS
 
 
 @dataclass
