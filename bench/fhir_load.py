@@ -308,7 +308,7 @@ def serve(url: str, storage_url: str, workers: int, server_path: Path, log: Path
             stderr=errors,
         )
         try:
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 240
             while True:
                 try:
                     if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -316,7 +316,8 @@ def serve(url: str, storage_url: str, workers: int, server_path: Path, log: Path
                 except httpx.TransportError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start; see {log}")
+                    tail = log.read_text(errors="replace").splitlines()[-20:]
+                    raise SystemExit("the server did not start:\n" + "\n".join(tail))
                 time.sleep(0.1)
             yield base
         finally:

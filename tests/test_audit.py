@@ -10,24 +10,29 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from alliance.audit.models import AuditRecord
 from alliance.audit.service import VerifyResult, verify
 from alliance.config import Settings
-from alliance.db import Database
+from alliance.db import Database, WriteAttempted
+from alliance.security.models import User
 from server.cli import main
 from tests.conftest import mint_token, serving
 from tests.factories import patient
+from tests.referrals import send_referral
 
 
 def events(auditor: TestClient, **params: str) -> list[dict]:
@@ -189,6 +194,80 @@ def test_csv_export_for_auditors_only(as_user: Callable[[str], TestClient]) -> N
     assert doctor.get("/api/audit/verify").status_code == 403
 
 
+# ---- reads in a read transaction, their audit in a batch of its own ---------------------------
+
+
+@pytest.fixture
+def units(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
+    """The units of work the app opens, in order: ("read-only" or "write" or "read", the
+    exception that ended it or None)."""
+    db = app.state.services.db
+    opened: list[tuple[str, str | None]] = []
+    real = db.transaction
+
+    @contextmanager
+    def spied(*, write: bool = False, read_only: bool = False) -> Iterator[Session]:
+        kind = "write" if write else "read-only" if read_only else "read"
+        try:
+            with real(write=write, read_only=read_only) as session:
+                yield session
+        except BaseException as exc:
+            opened.append((kind, type(exc).__name__))
+            raise
+        opened.append((kind, None))
+
+    monkeypatch.setattr(db, "transaction", spied)
+    return opened
+
+
+def test_a_read_holds_no_lock_and_its_audit_is_one_short_write(
+    as_user: Callable[[str], TestClient], units: list[tuple[str, str | None]]
+) -> None:
+    """The read's work runs read-only (no writer lock, no chain lock); the only write is the
+    audit batch. A search of several patients is one read and one batch too."""
+    doctor = as_user("dr.xinyuan.people")
+    units.clear()  # the start-up sweep
+    assert doctor.get("/fhir/Patient/demo-aygul").status_code == 200
+    assert units == [("read-only", None), ("write", None)]
+    units.clear()
+    found = doctor.get("/fhir/Patient")
+    assert found.status_code == 200 and len(found.json()["entry"]) == 3
+    assert units == [("read-only", None), ("write", None)]
+
+
+def test_a_read_that_writes_runs_again_as_a_write_with_its_audit_inside(
+    as_user: Callable[[str], TestClient], units: list[tuple[str, str | None]]
+) -> None:
+    """The owner opening a requested referral marks it received: the read-only attempt stops
+    at its first write and the whole read runs again as one write unit of work, the AuditEvent
+    committed with the change."""
+    _, task = send_referral(as_user("dr.xinyuan.people"))
+    specialist, auditor = as_user("sp.subei"), as_user("auditor")
+    units.clear()
+    opened = specialist.get(f"/fhir/Task/{task['id']}")
+    assert opened.status_code == 200 and opened.json()["status"] == "received"
+    assert units == [("read-only", "WriteAttempted"), ("write", None)]
+    reads = events(auditor, entity=f"Task/{task['id']}", subtype="read")
+    assert [(e["outcome"], e["agent"][0]["who"]["display"]) for e in reads] == [
+        ("0", "sp.subei")
+    ]
+
+
+def test_a_read_only_unit_of_work_refuses_to_write(settings: Settings) -> None:
+    db = Database(settings.database_url)
+    try:
+        with pytest.raises(WriteAttempted), db.transaction(read_only=True) as s:
+            s.execute(text("UPDATE security_user SET token_epoch = token_epoch + 1"))
+        with pytest.raises(WriteAttempted), db.transaction(read_only=True) as s:
+            user = s.scalars(select(User).where(User.username == "auditor")).one()
+            user.token_epoch += 1
+            s.flush()
+        with db.transaction(read_only=True) as s:
+            assert s.scalars(select(User.token_epoch).where(User.username == "auditor")).one() == 0
+    finally:
+        db.dispose()
+
+
 # ---- concurrency: several API workers, several client processes -------------------------------
 
 CLIENT_PROCESSES = 4
@@ -275,11 +354,12 @@ def test_a_killed_server_loses_no_record_of_an_answered_read(
     AuditEvent (a response never leaves before its record is committed)."""
     token = mint_token(settings, "dr.xinyuan.people")
     with serving(settings, tmp_path / "serve.log", "--workers", "2") as (url, proc):
-        with get_context("spawn").Pool(1) as pool:
-            burst = pool.apply_async(_burst, (url, token, "crash"))
+        with ThreadPoolExecutor(1) as clients:
+            burst = clients.submit(_burst, url, token, "crash")
             db = Database(settings.database_url)
             try:
-                while True:  # until the burst is well under way
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:  # until the burst is well under way
                     with db.transaction() as s:
                         if (s.scalar(select(func.count()).select_from(AuditRecord)) or 0) > 200:
                             break
@@ -288,7 +368,7 @@ def test_a_killed_server_loses_no_record_of_an_answered_read(
                 db.dispose()
             for pid in reversed(_processes_of(proc.pid)):
                 os.kill(pid, signal.SIGKILL)
-            answers = burst.get(timeout=120)
+            answers = burst.result(timeout=120)
     answered = {request_id for request_id, status in answers if status == 200}
     assert {status for _, status in answers} == {200, None}  # killed in the middle
     audited, _ = _audited_reads(settings.database_url)
