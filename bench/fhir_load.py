@@ -32,6 +32,7 @@ Run: `.venv/bin/python bench/fhir_load.py [--seconds 5] [--repeat 3] [--pg-admin
 with the reason printed; without a reachable PostgreSQL, the PostgreSQL part.
 """
 
+# ruff: noqa: E402 (the repository root goes on sys.path before the imports that need it)
 from __future__ import annotations
 
 import sys
@@ -55,11 +56,11 @@ import subprocess
 import tempfile
 import time
 import uuid
-from urllib.parse import quote
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -142,7 +143,8 @@ def create_script(first: int) -> str:
     counts in its own block of 100,000 from `first`) and across runs (each run gets its own
     `first`, 200,000 apart). The address code 654026 (昭苏县) is one the populated Patients
     never have, so none of theirs is met again."""
-    return f"""
+    return (
+        f"""
 local weights = {{7,9,10,5,8,4,2,1,6,3,7,9,10,5,8,4,2}}
 local checks = "10X98765432"
 local counter = 0
@@ -177,7 +179,9 @@ request = function()
   wrk.headers["Content-Type"] = "application/fhir+json"
   return wrk.format("POST", "/fhir/Patient", nil, body)
 end
-""" + CHECK_ANSWERS
+"""
+        + CHECK_ANSWERS
+    )
 
 
 @dataclass

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -248,9 +248,7 @@ def test_a_read_that_writes_runs_again_as_a_write_with_its_audit_inside(
     assert opened.status_code == 200 and opened.json()["status"] == "received"
     assert units == [("read-only", "WriteAttempted"), ("write", None)]
     reads = events(auditor, entity=f"Task/{task['id']}", subtype="read")
-    assert [(e["outcome"], e["agent"][0]["who"]["display"]) for e in reads] == [
-        ("0", "sp.subei")
-    ]
+    assert [(e["outcome"], e["agent"][0]["who"]["display"]) for e in reads] == [("0", "sp.subei")]
 
 
 def test_a_read_only_unit_of_work_refuses_to_write(settings: Settings) -> None:
@@ -353,22 +351,24 @@ def test_a_killed_server_loses_no_record_of_an_answered_read(
     reads: `alliance audit verify` passes, and every read that was answered 200 has its
     AuditEvent (a response never leaves before its record is committed)."""
     token = mint_token(settings, "dr.xinyuan.people")
-    with serving(settings, tmp_path / "serve.log", "--workers", "2") as (url, proc):
-        with ThreadPoolExecutor(1) as clients:
-            burst = clients.submit(_burst, url, token, "crash")
-            db = Database(settings.database_url)
-            try:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:  # until the burst is well under way
-                    with db.transaction() as s:
-                        if (s.scalar(select(func.count()).select_from(AuditRecord)) or 0) > 200:
-                            break
-                    time.sleep(0.05)
-            finally:
-                db.dispose()
-            for pid in reversed(_processes_of(proc.pid)):
-                os.kill(pid, signal.SIGKILL)
-            answers = burst.result(timeout=120)
+    with (
+        serving(settings, tmp_path / "serve.log", "--workers", "2") as (url, proc),
+        ThreadPoolExecutor(1) as clients,
+    ):
+        burst = clients.submit(_burst, url, token, "crash")
+        db = Database(settings.database_url)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # until the burst is well under way
+                with db.transaction() as s:
+                    if (s.scalar(select(func.count()).select_from(AuditRecord)) or 0) > 200:
+                        break
+                time.sleep(0.05)
+        finally:
+            db.dispose()
+        for pid in reversed(_processes_of(proc.pid)):
+            os.kill(pid, signal.SIGKILL)
+        answers = burst.result(timeout=120)
     answered = {request_id for request_id, status in answers if status == 200}
     assert {status for _, status in answers} == {200, None}  # killed in the middle
     audited, _ = _audited_reads(settings.database_url)

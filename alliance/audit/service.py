@@ -352,8 +352,7 @@ def stamped(events: list[AuditInput]) -> list[AuditInput]:
     if serving is None:
         return events
     return [
-        e if e.request_id else dataclasses.replace(e, request_id=serving.request_id)
-        for e in events
+        e if e.request_id else dataclasses.replace(e, request_id=serving.request_id) for e in events
     ]
 
 
