@@ -54,6 +54,7 @@ typecheck: install-dev
 
 bench: install-dev
 	$(PY) bench/fhir_read.py
+	$(PY) bench/fhir_load.py
 	$(PY) bench/dicomweb_ingest.py
 	$(PY) bench/teleconsult_find.py
 

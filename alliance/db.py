@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
 
 from alliance.errors import Conflict, Unavailable
 
@@ -70,6 +70,26 @@ class Base(DeclarativeBase):
 
 
 _WRITE_OPTION = "alliance_write"
+#: `Session.info` key of a unit of work opened read-only (`Database.transaction(read_only=...)`).
+_READ_ONLY = "alliance_read_only"
+
+
+class WriteAttempted(Exception):
+    """A unit of work opened read-only tried to write (an INSERT, UPDATE or DELETE, a flush
+    of changed objects, or a statement that is not a SELECT, such as a lock). Nothing was
+    written: the unit rolls back, and its caller runs it again as a write unit of work."""
+
+
+def _refuse_write_statements(state: ORMExecuteState) -> None:
+    if state.session.info.get(_READ_ONLY) and not state.is_select:
+        raise WriteAttempted(f"{type(state.statement).__name__} in a read-only unit of work")
+
+
+def _refuse_flushed_writes(session: Session, _context: Any, _instances: Any) -> None:
+    if session.info.get(_READ_ONLY) and (
+        session.new or session.deleted or any(session.is_modified(o) for o in session.dirty)
+    ):
+        raise WriteAttempted("a flush of changed records in a read-only unit of work")
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -120,6 +140,8 @@ class Database:
         self._sessions = sessionmaker(
             self.engine, expire_on_commit=False, autoflush=True, info=self.info
         )
+        event.listen(self._sessions, "do_orm_execute", _refuse_write_statements)
+        event.listen(self._sessions, "before_flush", _refuse_flushed_writes)
         # SQLite has one writer. Threads of this process queue here for it, in order, instead
         # of polling for the database lock with back-off (which gives long tail latencies);
         # other processes still wait through busy_timeout.
@@ -130,17 +152,25 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def transaction(self, *, write: bool = False) -> Iterator[Session]:
+    def transaction(self, *, write: bool = False, read_only: bool = False) -> Iterator[Session]:
         """One unit of work: commits when the block ends, rolls back if it raises.
 
         `write=True` on SQLite takes the writer lock at the start (see the module docstring);
         read units of work may still write (an audit row), they just take the lock later.
+        `read_only=True` takes no lock at all, and refuses the first write with
+        `WriteAttempted` (so that a read which turns out to write, such as the owner opening a
+        requested referral, is run again by its caller as a write unit of work, instead of
+        upgrading its read to a write halfway, which SQLite refuses under contention).
         """
+        if write and read_only:
+            raise ValueError("a unit of work is either a write or read-only")
         queued = write and self._writer is not None
         if queued:
             assert self._writer is not None
             self._writer.acquire()
         session = self._sessions()
+        if read_only:
+            session.info[_READ_ONLY] = True
         committed: list[Callable[[], None]] = []
         try:
             if write:

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.auditevent import AuditEvent
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
-from alliance.audit.service import verify
+from alliance.audit.models import AuditRecord
+from alliance.audit.service import VerifyResult, verify
 from alliance.config import Settings
-from alliance.db import Database
+from alliance.db import Database, WriteAttempted
+from alliance.security.models import User
 from server.cli import main
 from tests.conftest import mint_token, serving
 from tests.factories import patient
+from tests.referrals import send_referral
 
 
 def events(auditor: TestClient, **params: str) -> list[dict]:
@@ -182,7 +194,82 @@ def test_csv_export_for_auditors_only(as_user: Callable[[str], TestClient]) -> N
     assert doctor.get("/api/audit/verify").status_code == 403
 
 
+# ---- reads in a read transaction, their audit in a batch of its own ---------------------------
+
+
+@pytest.fixture
+def units(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
+    """The units of work the app opens, in order: ("read-only" or "write" or "read", the
+    exception that ended it or None)."""
+    db = app.state.services.db
+    opened: list[tuple[str, str | None]] = []
+    real = db.transaction
+
+    @contextmanager
+    def spied(*, write: bool = False, read_only: bool = False) -> Iterator[Session]:
+        kind = "write" if write else "read-only" if read_only else "read"
+        try:
+            with real(write=write, read_only=read_only) as session:
+                yield session
+        except BaseException as exc:
+            opened.append((kind, type(exc).__name__))
+            raise
+        opened.append((kind, None))
+
+    monkeypatch.setattr(db, "transaction", spied)
+    return opened
+
+
+def test_a_read_holds_no_lock_and_its_audit_is_one_short_write(
+    as_user: Callable[[str], TestClient], units: list[tuple[str, str | None]]
+) -> None:
+    """The read's work runs read-only (no writer lock, no chain lock); the only write is the
+    audit batch. A search of several patients is one read and one batch too."""
+    doctor = as_user("dr.xinyuan.people")
+    units.clear()  # the start-up sweep
+    assert doctor.get("/fhir/Patient/demo-aygul").status_code == 200
+    assert units == [("read-only", None), ("write", None)]
+    units.clear()
+    found = doctor.get("/fhir/Patient")
+    assert found.status_code == 200 and len(found.json()["entry"]) == 3
+    assert units == [("read-only", None), ("write", None)]
+
+
+def test_a_read_that_writes_runs_again_as_a_write_with_its_audit_inside(
+    as_user: Callable[[str], TestClient], units: list[tuple[str, str | None]]
+) -> None:
+    """The owner opening a requested referral marks it received: the read-only attempt stops
+    at its first write and the whole read runs again as one write unit of work, the AuditEvent
+    committed with the change."""
+    _, task = send_referral(as_user("dr.xinyuan.people"))
+    specialist, auditor = as_user("sp.subei"), as_user("auditor")
+    units.clear()
+    opened = specialist.get(f"/fhir/Task/{task['id']}")
+    assert opened.status_code == 200 and opened.json()["status"] == "received"
+    assert units == [("read-only", "WriteAttempted"), ("write", None)]
+    reads = events(auditor, entity=f"Task/{task['id']}", subtype="read")
+    assert [(e["outcome"], e["agent"][0]["who"]["display"]) for e in reads] == [("0", "sp.subei")]
+
+
+def test_a_read_only_unit_of_work_refuses_to_write(settings: Settings) -> None:
+    db = Database(settings.database_url)
+    try:
+        with pytest.raises(WriteAttempted), db.transaction(read_only=True) as s:
+            s.execute(text("UPDATE security_user SET token_epoch = token_epoch + 1"))
+        with pytest.raises(WriteAttempted), db.transaction(read_only=True) as s:
+            user = s.scalars(select(User).where(User.username == "auditor")).one()
+            user.token_epoch += 1
+            s.flush()
+        with db.transaction(read_only=True) as s:
+            assert s.scalars(select(User.token_epoch).where(User.username == "auditor")).one() == 0
+    finally:
+        db.dispose()
+
+
 # ---- concurrency: several API workers, several client processes -------------------------------
+
+CLIENT_PROCESSES = 4
+READS_EACH = 200
 
 
 @pytest.fixture
@@ -192,24 +279,110 @@ def served(settings: Settings, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def _reads(url: str, token: str, count: int) -> list[int]:
+def _reads(url: str, token: str, count: int, tag: str) -> list[tuple[str, int | None]]:
+    """`count` reads of one patient from 8 threads, each with a request id of its own; returns
+    (request id, status), status None when no answer came (the server was killed)."""
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(headers=headers, timeout=60) as client, ThreadPoolExecutor(count) as pool:
-        return list(
-            pool.map(
-                lambda _: client.get(f"{url}/fhir/Patient/demo-aygul").status_code, range(count)
-            )
+
+    def read(i: int) -> tuple[str, int | None]:
+        request_id = f"{tag}-{i}"
+        try:
+            r = client.get(f"{url}/fhir/Patient/demo-aygul", headers={"X-Request-ID": request_id})
+        except httpx.TransportError:
+            return request_id, None
+        assert r.headers["X-Request-ID"] == request_id
+        return request_id, r.status_code
+
+    with httpx.Client(headers=headers, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        return list(pool.map(read, range(count)))
+
+
+def _audited_reads(database_url: str) -> tuple[list[str], VerifyResult]:
+    """The request id of every successful read in the trail, and the trail verified."""
+    db = Database(database_url)
+    try:
+        with db.transaction() as s:
+            contents = s.scalars(
+                select(AuditRecord.content).where(
+                    AuditRecord.subtype == "read", AuditRecord.outcome == "0"
+                )
+            ).all()
+            result = verify(s)
+    finally:
+        db.dispose()
+    ids = []
+    for content in contents:
+        for entity in json.loads(content).get("entity", []):
+            if entity.get("type", {}).get("code") == "XrequestId":
+                ids.append(entity["what"]["identifier"]["value"])
+    return ids, result
+
+
+def _burst(url: str, token: str, tag: str) -> list[tuple[str, int | None]]:
+    with get_context("spawn").Pool(CLIENT_PROCESSES) as pool:
+        batches = pool.starmap(
+            _reads,
+            [(url, token, READS_EACH, f"{tag}{p}") for p in range(CLIENT_PROCESSES)],
         )
+    return [answer for batch in batches for answer in batch]
 
 
 def test_concurrent_audited_reads_keep_the_chain(settings: Settings, served: str) -> None:
+    """4 client processes x 200 reads against 2 workers: every read answered 200, each has
+    exactly one AuditEvent carrying its request id, and the chain verifies."""
     token = mint_token(settings, "dr.xinyuan.people")
-    with get_context("spawn").Pool(4) as pool:
-        statuses = [s for batch in pool.starmap(_reads, [(served, token, 8)] * 4) for s in batch]
-    assert statuses == [200] * 32
-    db = Database(settings.database_url)
-    with db.transaction() as s:
-        result = verify(s)
-    db.dispose()
+    answers = _burst(served, token, "load")
+    assert [status for _, status in answers] == [200] * (CLIENT_PROCESSES * READS_EACH)
+    audited, result = _audited_reads(settings.database_url)
+    assert sorted(audited) == sorted(request_id for request_id, _ in answers)
     assert result.ok, result
-    assert result.checked >= 32
+
+
+def _processes_of(pid: int) -> list[int]:
+    """`pid` and its descendants (uvicorn's supervisor and its worker processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(p for child in children for p in _processes_of(int(child)))]
+
+
+def test_a_killed_server_loses_no_record_of_an_answered_read(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """kill -9 of every process of `alliance serve --workers 2` in the middle of a burst of
+    reads: `alliance audit verify` passes, and every read that was answered 200 has its
+    AuditEvent (a response never leaves before its record is committed)."""
+    token = mint_token(settings, "dr.xinyuan.people")
+    with (
+        serving(settings, tmp_path / "serve.log", "--workers", "2") as (url, proc),
+        ThreadPoolExecutor(1) as clients,
+    ):
+        burst = clients.submit(_burst, url, token, "crash")
+        db = Database(settings.database_url)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # until the burst is well under way
+                with db.transaction() as s:
+                    if (s.scalar(select(func.count()).select_from(AuditRecord)) or 0) > 200:
+                        break
+                time.sleep(0.05)
+        finally:
+            db.dispose()
+        for pid in reversed(_processes_of(proc.pid)):
+            os.kill(pid, signal.SIGKILL)
+        answers = burst.result(timeout=120)
+    answered = {request_id for request_id, status in answers if status == 200}
+    assert {status for _, status in answers} == {200, None}  # killed in the middle
+    audited, _ = _audited_reads(settings.database_url)
+    assert answered <= set(audited)
+    verified = subprocess.run(
+        [sys.executable, "-m", "server.cli", "audit", "verify"],
+        env={
+            **os.environ,
+            "ALLIANCE_DATABASE_URL": settings.database_url,
+            "ALLIANCE_STORAGE_URL": settings.storage_url,
+            "ALLIANCE_DEMO": "true",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -13,7 +13,9 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,10 +28,13 @@ from sqlalchemy.orm import Session
 
 from alliance import clock, metrics, trace
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
-from alliance.db import after_commit, named_lock
+from alliance.db import Database, after_commit, named_lock
+from alliance.errors import Unavailable
 from alliance.fhir.search import string_pattern
 from alliance.fhir.types import Filter, Speaker
 from alliance.fhir.values import instant
+
+log = logging.getLogger("alliance.audit")
 
 AUDIT_LOCK = "audit-chain"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -339,6 +344,18 @@ class Anchoring(Protocol):
     def reached(self, seq: int, digest: str) -> None: ...
 
 
+def stamped(events: list[AuditInput]) -> list[AuditInput]:
+    """The events, those without a request id given the id of the request being served (in
+    the thread that serves it: a batch is written by whichever request's thread has the
+    turn, see `GroupCommit`)."""
+    serving = trace.current()
+    if serving is None:
+        return events
+    return [
+        e if e.request_id else dataclasses.replace(e, request_id=serving.request_id) for e in events
+    ]
+
+
 def append(session: Session, events: list[AuditInput], *, server: str = SERVER_NAME) -> int:
     """Append events to the chain in the caller's transaction (they commit with it); returns
     the position of the last one. The lock is held until that transaction ends. When the
@@ -346,16 +363,17 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
     transaction has committed (alliance.audit.anchor explains why then)."""
     if not events:
         return 0
-    serving = trace.current()
-    if serving is not None:
-        events = [
-            e if e.request_id else dataclasses.replace(e, request_id=serving.request_id)
-            for e in events
-        ]
+    return _chain(session, stamped(events), server)
+
+
+#: The end of the chain, and the insert of its new links: built once, not per append.
+_LAST_LINK = select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+_INSERT_LINKS = insert(AuditRecord)
+
+
+def _chain(session: Session, events: list[AuditInput], server: str) -> int:
     named_lock(session, AUDIT_LOCK)
-    last = session.execute(
-        select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-    ).first()
+    last = session.execute(_LAST_LINK).first()
     seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
     recorded = clock.now()
     rows: list[dict[str, Any]] = []
@@ -376,7 +394,7 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
             }
         )
         prev = digest
-    session.execute(insert(AuditRecord), rows)
+    session.execute(_INSERT_LINKS, rows)
     after_commit(session, partial(metrics.AUDIT_APPENDS.inc, len(rows)))
     anchor: Anchoring | None = session.info.get(ANCHOR_INFO)
     if anchor is not None and anchor.every > 0:
@@ -387,6 +405,82 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
         if mark >= first:
             after_commit(session, partial(anchor.reached, mark, rows[mark - first]["hash"]))
     return seq
+
+
+@dataclass(eq=False)
+class _Queued:
+    """One caller's events waiting for the trail, and what became of them."""
+
+    events: list[AuditInput]
+    settled: bool = False
+    failure: BaseException | None = None
+
+
+class GroupCommit:
+    """The AuditEvents of concurrent units of work, appended to the chain as one batch (group
+    commit, as databases commit their logs): one lock on the chain, one read of its end, one
+    hash pass, one multi-row INSERT and one commit for every caller queued at that moment.
+
+    A caller queues its events and waits for its turn at the trail. Whoever gets the turn
+    takes everything queued by then (its own events, and those of the callers that arrived
+    while the previous batch was being written) and appends it in a transaction of its own;
+    the callers whose events it wrote find them settled when their turn comes and return at
+    once. `append` returns only after the batch holding the caller's events has committed, so
+    a response is never sent before its AuditEvent is durable, and a crash loses no record of
+    an answered request. Batches of several processes (workers) are serialised by the
+    chain's lock (`append`), so the trail stays one verifiable sequence. A batch that cannot
+    be written fails every caller in it with 503 (GB/T 22239-2019 8.1.4.3: no interaction
+    goes unaudited)."""
+
+    def __init__(self, db: Database, *, server: str = SERVER_NAME) -> None:
+        self.db = db
+        self.server = server
+        self._queued: list[_Queued] = []
+        #: Guards the queue and `_writing`; waited on by the callers whose turn has not come.
+        self._changed = threading.Condition()
+        self._writing = False
+
+    def append(self, events: list[AuditInput]) -> None:
+        """Append `events` and return once they are committed; `Unavailable` if they cannot
+        be."""
+        if not events:
+            return
+        mine = _Queued(stamped(events))
+        with self._changed:
+            self._queued.append(mine)
+            while self._writing and not mine.settled:
+                self._changed.wait()
+            batch: list[_Queued] = []
+            if not mine.settled:
+                self._writing = True
+                batch, self._queued = self._queued, []
+        if batch:
+            self._write(batch)
+        if mine.failure is not None:
+            raise Unavailable(AUDIT_UNAVAILABLE) from mine.failure
+
+    def _write(self, batch: list[_Queued]) -> None:
+        failure: BaseException | None = None
+        try:
+            with self.db.transaction(write=True) as session:
+                _chain(session, [e for queued in batch for e in queued.events], self.server)
+        except Exception as exc:
+            log.exception("the audit trail cannot be written")
+            failure = exc
+        except BaseException as exc:  # the thread is being stopped: none of them was written
+            failure = exc
+            raise
+        finally:
+            with self._changed:
+                for queued in batch:
+                    queued.failure = failure
+                    queued.settled = True
+                self._writing = False
+                self._changed.notify_all()
+
+
+#: What a caller hears when its AuditEvent cannot be written (nothing it asked is answered).
+AUDIT_UNAVAILABLE = "the audit trail cannot be written; nothing was done"
 
 
 def _columns(resource: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,20 @@
 """One guarded unit of work per interaction, for every face (FHIR, DICOMweb, portal).
 
 It authenticates the bearer token, loads the principal, runs the work with the principal's
-access rules, and appends the AuditEvents in the same transaction, so a write and its audit
-commit together and a read's audit is committed before the response leaves (one transaction
-instead of two: cheaper, and nothing is read that is not recorded). A denied or failed
-interaction is audited too, in a transaction of its own. If the trail cannot be written, the
+access rules, and appends the AuditEvents:
+
+- A write appends them in its own transaction, so the write and its audit commit together.
+- A read (read, vread, history, search: `READS`) runs in a read-only transaction that takes
+  no lock, then hands its AuditEvents to the trail's group commit
+  (alliance.audit.service.GroupCommit), which appends the events of all concurrent reads as
+  one batch under the chain's lock, for as short as one INSERT and one commit. The response
+  leaves only once its batch has committed, so nothing is read that is not recorded, and a
+  crash loses no record of an answered request. Readers no longer queue behind each other for
+  the chain's lock from their first statement to their commit (the service was serialised).
+  A read that turns out to write (the owner opening a requested referral marks it received)
+  is run again as a write.
+
+A denied or failed interaction is audited too. If the trail cannot be written, the
 interaction fails with 503.
 """
 
@@ -23,15 +33,17 @@ from starlette.requests import HTTPConnection
 
 from alliance import trace
 from alliance.audit.service import (
+    AUDIT_UNAVAILABLE,
     AuditActor,
     AuditInput,
+    GroupCommit,
     actor_of,
     append,
     outcome_for_status,
     recordable,
 )
 from alliance.config import Settings
-from alliance.db import Database
+from alliance.db import Database, WriteAttempted
 from alliance.errors import AllianceError, BadRequest, Forbidden, Unavailable
 from alliance.fhir.registry import Registry, WriteCheck
 from alliance.fhir.types import Visibility
@@ -56,6 +68,9 @@ ACTIONS = {
     "store": "C",
     "export": "R",
 }
+#: Interactions that only read (FHIR R4 http.html: read, vread, history, search): their work
+#: runs read-only and their audit goes through the group commit.
+READS = frozenset({"read", "vread", "history", "search"})
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,7 @@ class Guard:
         self.db = db
         self.settings = settings
         self.registry = registry
+        self.trail = GroupCommit(db)
 
     def claims(self, request: HTTPConnection) -> TokenClaims:
         """The caller's token: a bearer token, or the portal's session cookie (same-origin
@@ -148,6 +164,25 @@ class Guard:
                 user_agent=agent,
             )
 
+        def guarded(session: Session, actor: AuditActor | None, who: TokenClaims) -> T:
+            """The work for the principal, with its AuditEvents queued in `done`."""
+            principal = principal_for(session, who)
+            if check is not None:
+                check(principal)
+            ctx = Context(
+                principal,
+                visibility(principal, self.registry.get),
+                partial(check_write, principal),
+            )
+            value = work(session, ctx)
+            done[:] = [
+                event(actor, "0", t, None)
+                for t in touched(value) or [Touched(interaction.entity, None)]
+            ]
+            return value
+
+        done: list[AuditInput] = []
+
         def unit() -> T:
             actor: AuditActor | None = None
             try:
@@ -155,24 +190,21 @@ class Guard:
                 actor = actor_of(who)
                 trace.note_actor(who.username, who.hospital_id)
                 _refuse_nul(request)
+                if interaction.subtype in READS:
+                    try:
+                        with self.db.transaction(read_only=True) as session:
+                            value = guarded(session, actor, who)
+                    except WriteAttempted:
+                        pass  # it writes after all: below, as a write
+                    else:
+                        self.trail.append(done)
+                        return value
                 with self.db.transaction(write=True) as session:
-                    principal = principal_for(session, who)
-                    if check is not None:
-                        check(principal)
-                    ctx = Context(
-                        principal,
-                        visibility(principal, self.registry.get),
-                        partial(check_write, principal),
-                    )
-                    value = work(session, ctx)
-                    events = [
-                        event(actor, "0", t, None)
-                        for t in touched(value) or [Touched(interaction.entity, None)]
-                    ]
-                    self._append(session, events)
+                    value = guarded(session, actor, who)
+                    self._append(session, done)
                 return value
             except AllianceError as exc:
-                if not isinstance(exc, Unavailable) or "audit" not in exc.message:
+                if not isinstance(exc, Unavailable) or exc.message != AUDIT_UNAVAILABLE:
                     self._record_failure(
                         event(
                             actor,
@@ -197,12 +229,11 @@ class Guard:
             raise
         except Exception as exc:
             log.exception("the audit trail cannot be written")
-            raise Unavailable("the audit trail cannot be written; nothing was done") from exc
+            raise Unavailable(AUDIT_UNAVAILABLE) from exc
 
     def _record_failure(self, failed: AuditInput) -> None:
         try:
-            with self.db.transaction(write=True) as session:
-                self._append(session, [failed])
+            self.trail.append([failed])
         except Exception:
             # The interaction already failed; its own error is what the client hears. What the
             # caller sent is logged as the trail would have kept it: escaped and short.
