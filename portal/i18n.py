@@ -96,6 +96,19 @@ WORDS: dict[str, tuple[str, str]] = {
     ),
     "specialist": ("会诊专家", "Specialist"),
     "back": ("返回", "Back"),
+    "held_studies": ("待关联患者的影像", "Studies waiting for their patient"),
+    "held_text": (
+        "以下检查上传时未能按患者ID匹配到本院患者，已暂存；仅本院可见。请输入患者身份证号关联。",
+        "These studies matched none of this hospital's patients when uploaded and are held, "
+        "seen by this hospital only. Link each by the patient's identity number.",
+    ),
+    "held_link_one": (
+        "找到 {n} 位患者，请输入能唯一确定患者的身份证号",
+        "{n} patients found: give the identity number of exactly one",
+    ),
+    "link": ("关联", "Link"),
+    "dicom_patient_id": ("DICOM 患者ID", "DICOM PatientID"),
+    "instances": ("图像数", "Images"),
     "n_minutes": ("{n} 分钟", "{n} min"),
     "n_hours": ("{n} 小时", "{n} h"),
     "n_days": ("{n} 天", "{n} days"),

@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydicom.datadict import dictionary_description
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
-from alliance.errors import Forbidden, NotFound
+from alliance.codes import RESIDENT_ID
+from alliance.errors import Forbidden, Invalid, NotFound
 from alliance.fhir.registry import Resource
 from alliance.fhir.types import Version
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
+from imaging.held import held_studies, may_reconcile
 from portal.i18n import translator
 from portal.shell import Page, Shell
 from portal.views import patient_view, person_line
@@ -69,6 +72,63 @@ class ImagingPages(Shell):
                 },
             },
         )
+
+    async def held(
+        self, request: Request, session: sessions.WebSession, error: str | None = None
+    ) -> Page:
+        """The hospital's studies that matched no patient, each to link to the right one."""
+        found = await self.run(
+            request,
+            session,
+            Interaction("search", query="held studies", type="query"),
+            lambda s, ctx: held_studies(s, ctx.principal.hospital_id),
+            lambda studies: [Touched(f"ImagingStudy/{h.study_uid}", None) for h in studies],
+            check=may_reconcile,
+        )
+        return Page("held.html", {"studies": found, "error": error}, 422 if error else 200)
+
+    async def held_link(
+        self, request: Request, session: sessions.WebSession, form: FormData, study_uid: str
+    ) -> Page | Response:
+        """Link a held study to the patient named by identity number (or a name that finds
+        exactly one of the hospital's patients)."""
+        t = translator(session.lang)
+        asked = str(form.get("patient", "")).strip()
+        compact = asked.replace(" ", "").upper()
+        params = (
+            [("identifier", f"{RESIDENT_ID}|{compact}")]
+            if len(compact) == 18 and compact[:17].isdigit()
+            else [("name", asked)]
+        )
+
+        def work(s: Session, ctx: Context) -> str:
+            found = self._search(
+                s,
+                ctx,
+                "Patient",
+                [*params, ("organization", f"Organization/{ctx.principal.hospital_id}")],
+                5,
+            )
+            if len(found.matches) != 1:
+                raise Invalid(t("held_link_one").format(n=len(found.matches)))
+            patient_id = found.matches[0].id
+            self.imaging.link_study(s, study_uid, patient_id, hospital_id=ctx.principal.hospital_id)
+            return patient_id
+
+        if not asked:
+            return await self.held(request, session, error=t("required"))
+        try:
+            await self.run(
+                request,
+                session,
+                Interaction("update", f"ImagingStudy/{study_uid}"),
+                work,
+                lambda pid: [Touched(f"ImagingStudy/{study_uid}", pid)],
+                check=may_reconcile,
+            )
+        except Invalid as exc:
+            return await self.held(request, session, error=exc.message)
+        return RedirectResponse("/imaging/held", 303)
 
     async def tag_names(self, request: Request) -> JSONResponse:
         """The standard names of DICOM tags (PS3.6 data dictionary), for the viewer's header

@@ -65,6 +65,10 @@ class Portal(
         )
         r.add_api_route("/worklist", page(self.worklist), methods=["GET"])
         r.add_api_route("/imaging/upload", page(self.upload), methods=["GET"])
+        r.add_api_route("/imaging/held", page(self.held), methods=["GET"])
+        r.add_api_route(
+            "/imaging/held/{study_uid}/link", page(self.held_link, post=True), methods=["POST"]
+        )
         r.add_api_route("/viewer/tag-names", self.tag_names, methods=["GET"])
         r.add_api_route("/viewer/{study_uid}", page(self.viewer), methods=["GET"])
         r.add_api_route("/audit", page(self.audit), methods=["GET"])

@@ -35,6 +35,7 @@ from alliance.security.service import (
 )
 from alliance.security.tokens import TokenClaims, issue_token, verify_token
 from alliance.storage import BlobStore
+from imaging.service import Imaging
 from portal.i18n import role_label, translator
 from portal.views import (
     UserView,
@@ -78,13 +79,20 @@ class Shell:
     Guard with the session's token, so access rules and the audit are exactly the API's."""
 
     def __init__(
-        self, settings: Settings, db: Database, guard: Guard, store: FhirStore, blobs: BlobStore
+        self,
+        settings: Settings,
+        db: Database,
+        guard: Guard,
+        store: FhirStore,
+        blobs: BlobStore,
+        imaging: Imaging,
     ) -> None:
         self.settings = settings
         self.db = db
         self.guard = guard
         self.store = store
         self.blobs = blobs
+        self.imaging = imaging
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     # ---- sessions, rendering, guarded work ---------------------------------------------------

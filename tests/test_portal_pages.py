@@ -355,3 +355,35 @@ def test_a_doctor_finds_a_patient_as_they_type(client: TestClient, typed: str) -
     page = client.get("/patients", params={"q": typed})
     assert page.status_code == 200
     assert re.findall(r'href="/patients/(demo-[^"]+)"', page.text) == ["demo-aygul"]
+
+
+def test_a_held_study_is_linked_from_the_portal(
+    client: TestClient, as_user: Callable[[str], TestClient]
+) -> None:
+    """A study that matched no patient is listed for its hospital and linked by identity
+    number; a name that finds no single patient is refused with what to do."""
+    from pydicom.uid import generate_uid
+
+    from tests.imaging_data import ct_slice, encode, multipart, stow_headers
+
+    doctor = as_user("dr.xinyuan.people")
+    study_uid = generate_uid()
+    part = encode(
+        ct_slice(study_uid=study_uid, series_uid=generate_uid(), number=1, patient_id="X-9")
+    )
+    stored = doctor.post("/dicomweb/studies", content=multipart([part]), headers=stow_headers())
+    assert stored.status_code == 200 and "held for reconciliation" in stored.headers["warning"]
+    memet = doctor.get("/fhir/Patient/demo-memet").json()
+    number = memet["identifier"][0]["value"]
+
+    csrf = sign_in(client, "dr.xinyuan.people")
+    page = client.get("/imaging/held")
+    assert page.status_code == 200 and "X-9" in page.text
+    link = f"/imaging/held/{study_uid}/link"
+    refused = client.post(link, data={"csrf": csrf, "patient": "没有这个人"})
+    assert refused.status_code == 422 and "找到 0 位患者" in refused.text
+    done = client.post(link, data={"csrf": csrf, "patient": number}, follow_redirects=False)
+    assert done.status_code == 303
+    assert "X-9" not in client.get("/imaging/held").text
+    linked = doctor.get(f"/fhir/ImagingStudy/{study_uid}").json()
+    assert linked["subject"] == {"reference": "Patient/demo-memet"}

@@ -60,7 +60,12 @@
           var held = xhr.getResponseHeader("Warning");
           label.textContent = name + " ✓ " + (zh ? "已保存" : "stored") +
             (held ? (zh ? "，但未匹配到患者，已暂存待关联 " : ", but matched no patient: held to be linked ") : " ");
-          if (held) li.dataset.result = "held";
+          if (held) {
+            li.dataset.result = "held";
+            var go = document.createElement("a");
+            go.href = "/imaging/held"; go.textContent = zh ? "去关联患者" : "link it to its patient";
+            li.appendChild(go);
+          }
         } else {
           failed++; li.dataset.result = "failed";
           label.textContent = name + " ✗ " + reasonOf(answer, xhr.status) + " ";
