@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     grant_days_after_completion: int = 90
     #: Largest uploaded attachment (scanned consent, report), in bytes.
     max_attachment_bytes: int = 20 * 1024 * 1024
+    #: The ICD-10 国家临床版2.0 table doctors pick diagnoses from (licensed data: a UTF-8 CSV
+    #: with a `code,name` header); None: the sample shipped in referral/data.
+    icd10_file: str | None = None
 
     #: Seconds a teleconsult hold ($hold) keeps its time before it frees by itself.
     teleconsult_hold_seconds: int = 600
@@ -135,6 +138,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"ALLIANCE_{name.upper()} is an http(s) URL, not {url.geturl()!r}")
         if not self.database_url.startswith(("sqlite:", "postgresql")):
             raise ValueError("ALLIANCE_DATABASE_URL is sqlite:///… or postgresql+psycopg://…")
+        if self.icd10_file is not None and not Path(self.icd10_file).is_file():
+            raise ValueError(f"ALLIANCE_ICD10_FILE {self.icd10_file!r} is not a readable file")
         if urlsplit(self.storage_url).scheme not in ("file", "s3"):
             raise ValueError("ALLIANCE_STORAGE_URL is file:///absolute/path or s3://…")
         self._signing_keys = _jwt_keys(self.jwt_keys, self.demo)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
 from alliance.errors import AllianceError, Forbidden, NotFound, Unauthorized
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
-from portal.codes import COMMON_DIAGNOSES, DIAGNOSES
 from portal.i18n import translator
 from portal.shell import Page, Shell
 from portal.views import (
@@ -89,7 +88,7 @@ class RequestPages(Shell):
         )
         return Page(
             "referral_new.html",
-            {**data, "form": FormValues(values), "errors": errors, "diagnoses": COMMON_DIAGNOSES},
+            {**data, "form": FormValues(values), "errors": errors},
             status,
         )
 
@@ -129,7 +128,7 @@ class RequestPages(Shell):
                     department_id=str(form["target"]),
                     category=category,
                     priority=asked,
-                    diagnosis=Diagnosis.from_entry(str(form["diagnosis"]), DIAGNOSES),
+                    diagnosis=Diagnosis.from_entry(str(form["diagnosis"]), self.diagnoses),
                     summary=str(form["summary"]),
                     consent_form=self.attach(s, ctx, consent_file, "知情同意书"),
                     consenter=Consenter(consenter, str(form.get("consenter_name", ""))),
@@ -157,3 +156,9 @@ class RequestPages(Shell):
         if category == "teleconsult":
             return RedirectResponse(f"/teleconsults/{task_id}/times", 303)
         return RedirectResponse(f"/referrals/{task_id}", 303)
+
+    async def diagnosis_search(self, request: Request, session: sessions.WebSession) -> Response:
+        """The diagnoses matching what is typed (code, any part of the name, or pinyin
+        initials), for the request form's suggestions."""
+        found = self.diagnoses.search(request.query_params.get("q", ""))
+        return JSONResponse([{"code": c, "name": n} for c, n in found])

@@ -65,6 +65,7 @@ class Portal(
         )
         r.add_api_route("/worklist", page(self.worklist), methods=["GET"])
         r.add_api_route("/imaging/upload", page(self.upload), methods=["GET"])
+        r.add_api_route("/codes/diagnoses", page(self.diagnosis_search), methods=["GET"])
         r.add_api_route("/imaging/held", page(self.held), methods=["GET"])
         r.add_api_route(
             "/imaging/held/{study_uid}/link", page(self.held_link, post=True), methods=["POST"]

@@ -40,6 +40,7 @@ from portal.i18n import role_label, translator
 from portal.views import (
     UserView,
 )
+from referral.diagnoses import DiagnosisList
 from teleconsult.presentation import reader_in_xinjiang
 from teleconsult.time import format_for_site
 
@@ -93,6 +94,10 @@ class Shell:
         self.store = store
         self.blobs = blobs
         self.imaging = imaging
+        #: The diagnoses doctors pick from (referral.diagnoses), read once.
+        self.diagnoses = DiagnosisList.load(
+            Path(settings.icd10_file) if settings.icd10_file else None
+        )
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     # ---- sessions, rendering, guarded work ---------------------------------------------------

@@ -20,7 +20,6 @@ from alliance.fhir.registry import Operation, OperationResult
 from alliance.fhir.types import SearchResult, Version
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
-from portal.codes import DIAGNOSES
 from portal.i18n import translator
 from portal.referrals import ReferralPages
 from portal.shell import Page, instant_of
@@ -270,7 +269,7 @@ class ConsultPages(ReferralPages):
             return await self.referral(
                 request, session, task_id, error=translator(session.lang)("required")
             )
-        given = Diagnosis.from_entry(diagnosis, DIAGNOSES) if diagnosis else None
+        given = Diagnosis.from_entry(diagnosis, self.diagnoses) if diagnosis else None
         if form.get("confirm") != "yes":
             # What will be signed, read back before the signature that cannot be undone.
             return Page(

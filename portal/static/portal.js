@@ -37,6 +37,31 @@
     });
   });
 
+  // Diagnosis suggestions from the alliance's ICD-10 list as the doctor types: a code's
+  // start, any part of the name, or pinyin initials (jxxjgs for 急性心肌梗死).
+  document.querySelectorAll("datalist[data-search]").forEach(function (list) {
+    var input = document.querySelector('input[list="' + list.id + '"]');
+    if (!input) return;
+    var asked = "";
+    input.addEventListener("input", function () {
+      var q = input.value.trim();
+      if (!q || q === asked || / /.test(q)) return;
+      asked = q;
+      fetch(list.dataset.search + "?q=" + encodeURIComponent(q), { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : []; })
+        .then(function (found) {
+          if (q !== asked) return;
+          list.textContent = "";
+          found.forEach(function (d) {
+            var option = document.createElement("option");
+            option.value = d.code + " " + d.name;
+            list.appendChild(option);
+          });
+        })
+        .catch(function () {});
+    });
+  });
+
   // Same-origin fetches that change something carry the session's CSRF token.
   var meta = document.querySelector('meta[name="csrf-token"]');
   window.allianceCsrf = meta ? meta.content : "";
