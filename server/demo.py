@@ -26,6 +26,7 @@ from alliance.codes import (
 )
 from alliance.config import Settings
 from alliance.db import Database
+from alliance.directory.commands import department
 from alliance.directory.identity import check_character
 from alliance.errors import NotFound
 from alliance.fhir.store import FhirStore
@@ -277,32 +278,6 @@ def _hospital(hid: str, zh: str, en: str, kind: str, city: str) -> Resource:
     }
 
 
-def _department(hid: str, slug: str, code: str, display: str, name: str) -> Resource:
-    return {
-        "resourceType": "Organization",
-        "active": True,
-        "type": [
-            {
-                "coding": [
-                    {"system": HL7_ORG_TYPE, "code": "dept", "display": "Hospital Department"}
-                ]
-            },
-            {
-                "coding": [
-                    {
-                        "system": DEPARTMENT,
-                        "version": DEPARTMENT_VERSION,
-                        "code": code,
-                        "display": display,
-                    }
-                ]
-            },
-        ],
-        "name": name,
-        "partOf": _ref("Organization", hid),
-    }
-
-
 def demo_resources() -> list[tuple[str, str, Resource]]:
     """Every demo record as (type, id, resource), in an order that keeps references valid."""
     out: list[tuple[str, str, Resource]] = []
@@ -311,7 +286,11 @@ def demo_resources() -> list[tuple[str, str, Resource]]:
         out.append(("Organization", hid, _hospital(hid, zh, en, kind, city)))
         for slug, code, display, name in DEPARTMENTS[kind]:
             out.append(
-                ("Organization", f"{hid}-{slug}", _department(hid, slug, code, display, name))
+                (
+                    "Organization",
+                    f"{hid}-{slug}",
+                    department(hid, name=name, code=code, display=display),
+                )
             )
             dept_codes[(hid, slug)] = (code, display)
     for hid, _zh, _en, _kind, _city, partner in HOSPITALS:

@@ -62,33 +62,39 @@ def register_patient(acting: OperationContext, new: NewPatient) -> Version:
     return acting.create(patient)
 
 
+def department(hospital_id: str, *, name: str, code: str, display: str) -> Resource:
+    """A department of a hospital as the directory keeps it: an Organization partOf the
+    hospital, typed as a department and with its national department code (DOMAIN.md
+    "Departments", 医疗机构诊疗科目名录)."""
+    return {
+        "resourceType": "Organization",
+        "active": True,
+        "name": name.strip(),
+        "type": [
+            {
+                "coding": [
+                    {"system": HL7_ORG_TYPE, "code": "dept", "display": "Hospital Department"}
+                ]
+            },
+            {
+                "coding": [
+                    {
+                        "system": DEPARTMENT,
+                        "version": DEPARTMENT_VERSION,
+                        "code": code,
+                        "display": display,
+                    }
+                ]
+            },
+        ],
+        "partOf": {"reference": f"Organization/{hospital_id}"},
+    }
+
+
 def open_department(acting: OperationContext, *, name: str, code: str, display: str) -> Version:
-    """A department of the caller's hospital (an Organization partOf it, typed with the
-    national department code, DOMAIN.md "Departments")."""
+    """A department of the caller's hospital."""
     return acting.create(
-        {
-            "resourceType": "Organization",
-            "active": True,
-            "name": name.strip(),
-            "type": [
-                {
-                    "coding": [
-                        {"system": HL7_ORG_TYPE, "code": "dept", "display": "Hospital Department"}
-                    ]
-                },
-                {
-                    "coding": [
-                        {
-                            "system": DEPARTMENT,
-                            "version": DEPARTMENT_VERSION,
-                            "code": code,
-                            "display": display,
-                        }
-                    ]
-                },
-            ],
-            "partOf": {"reference": f"Organization/{acting.actor.hospital_id}"},
-        }
+        department(acting.actor.hospital_id, name=name, code=code, display=display)
     )
 
 
