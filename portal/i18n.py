@@ -219,6 +219,8 @@ WORDS: dict[str, tuple[str, str]] = {
     "departments": ("科室", "Departments"),
     "consult_hours": ("会诊工作时间与停诊", "Consult hours and closures"),
     "time_zone": ("所用时区", "Time zone kept"),
+    "zone_Asia/Urumqi": ("新疆时间", "Xinjiang time"),
+    "zone_Asia/Shanghai": ("北京时间", "Beijing time"),
     "weekdays": ("星期", "Days"),
     "hours": ("时间", "Hours"),
     "closures": ("停诊（节假日等）", "Closures (holidays, ...)"),

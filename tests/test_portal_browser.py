@@ -281,3 +281,32 @@ def test_refer_review_and_audit_in_the_browser(
     auditor.goto(f"{live_server.url}/lang/en")
     auditor.goto(f"{live_server.url}/dashboard")
     assert "Alliance dashboard" in auditor.inner_text("h1")  # English, switched
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_administrator_in_the_browser(browser: Any, live_server: LiveServer) -> None:
+    """Roles in words, a department from the national register, weekly hours written as
+    people write them."""
+    admin = sign_in(browser, live_server, "admin.xinyuan.people")
+    admin.goto(f"{live_server.url}/admin/staff")
+    staff = admin.inner_text("main table")
+    assert "基层医生" in staff and "county-doctor" not in staff
+    shot(admin, "e1-staff")
+
+    admin.goto(f"{live_server.url}/admin/departments")
+    admin.fill("#dept-name", "维吾尔医科")
+    admin.select_option("#dept-code", "51.01|维吾尔医学")
+    admin.click("main form.card button[type=submit]")
+    admin.wait_for_load_state("networkidle")
+    assert "51.01 维吾尔医学" in admin.inner_text("main table")
+    shot(admin, "e2-departments")
+
+    admin.goto(f"{live_server.url}/admin/calendar")
+    admin.fill("#hours", "周一至周五 09:30-13:30\n周六 10:00-12:00")
+    admin.click("form[action='/admin/calendar/hours'] button[type=submit]")
+    admin.wait_for_load_state("networkidle")
+    rows = admin.eval_on_selector_all(
+        "main table:first-of-type tbody td", "cells => cells.map(c => c.textContent)"
+    )
+    assert rows == ["周一至周五 09:30-13:30", "周六 10:00-12:00"]
+    shot(admin, "e3-calendar")
