@@ -107,9 +107,10 @@ def _face_error(request: Request, error: AllianceError) -> Response:
             '<p><a href="/">返回首页 · Back to the start page</a></p></main></html>'
         )
         return HTMLResponse(body, error.status)
-    return JSONResponse(
-        {"error": error.code, "message": error.message}, error.status, headers=error.headers
-    )
+    said = {"error": error.code, "message": error.message}
+    if error.rule:
+        said["rule"] = error.rule  # the rule broken, as the FHIR face's issue.details
+    return JSONResponse(said, error.status, headers=error.headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

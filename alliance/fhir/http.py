@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from alliance import trace
+from alliance.codes import RULE
 from alliance.config import Settings
 from alliance.errors import (
     AllianceError,
@@ -49,6 +50,7 @@ def outcome(issues: list[Issue]) -> dict[str, Any]:
             {
                 "severity": i.severity,
                 "code": i.code,
+                **({"details": {"coding": [{"system": RULE, "code": i.rule}]}} if i.rule else {}),
                 "diagnostics": i.diagnostics,
                 **({"expression": i.expression} if i.expression else {}),
             }
