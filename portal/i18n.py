@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+
+from alliance.errors import AllianceError
 
 LANGS = ("zh", "en")
 
@@ -53,6 +57,10 @@ WORDS: dict[str, tuple[str, str]] = {
     "the_patient": ("患者本人", "the patient"),
     "relationship": ("与患者关系", "Relationship to the patient"),
     "documents": ("资料", "Documents"),
+    "choose_file_again": (
+        "已选的文件「{name}」未能保留，请重新选择该文件后再提交。",
+        "The file you chose ({name}) is not kept; choose it again before sending.",
+    ),
     "attach_document": (
         "附加病历资料（PDF/图片，选填）",
         "Attach a document (PDF/image, optional)",
@@ -294,3 +302,19 @@ def role_label(t: Callable[[str], str], role: str) -> str:
     key = f"role_{role}"
     said = t(key)
     return role if said == key else said
+
+
+#: What each rule code says to a person, in both languages: `{code: {"zh": ..., "en": ...}}`.
+#: Kept as data beside the code; tests/test_rule_words.py checks that every rule the code
+#: names has both texts here, and nothing else is here.
+RULES_FILE = Path(__file__).parent / "locale" / "rules.json"
+RULE_WORDS: dict[str, dict[str, str]] = json.loads(RULES_FILE.read_text(encoding="utf-8"))
+
+
+def rule_words(error: AllianceError, lang: str) -> str:
+    """What the portal shows for an error: the catalogue's words for its rule in the user's
+    language (Chinese unless English is asked), else the error's own message."""
+    words = RULE_WORDS.get(error.rule or "")
+    if words is None:
+        return error.message
+    return words["en" if lang == "en" else "zh"]

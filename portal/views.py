@@ -134,7 +134,7 @@ def field_of(exc: AllianceError, default: str = "form") -> str:
     ):
         if marker in paths:
             return name
-    if "attach" in exc.message or exc.status in (413, 415):
+    if (exc.rule or "").startswith("file-") or "attach" in exc.message or exc.status in (413, 415):
         return "document"
     return default
 
