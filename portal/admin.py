@@ -31,7 +31,7 @@ from alliance.security.service import (
 )
 from portal.i18n import rule_words, translator
 from portal.shell import Page, Shell
-from portal.views import hours_line, parse_hours_line
+from portal.views import HoursLineError, hours_line, parse_hours_line
 
 
 class AdminPages(Shell):
@@ -272,10 +272,11 @@ class AdminPages(Shell):
                 continue
             try:
                 spans.append(parse_hours_line(line))
-            except ValueError as exc:
-                hint = translator(session.lang)("hours_hint")
+            except HoursLineError as exc:
+                t = translator(session.lang)
+                said = t(exc.key).format(**exc.values)
                 return await self.calendar(
-                    request, session, error=f"{line}: {exc}. {hint}", values=typed
+                    request, session, error=f"{line}: {said} {t('hours_hint')}", values=typed
                 )
 
         def replace(service: dict[str, Any]) -> None:

@@ -220,6 +220,20 @@ WORDS: dict[str, tuple[str, str]] = {
     "add_closure": ("添加停诊", "Add a closure"),
     "remove": ("删除", "Remove"),
     "edit_hours": ("每周工作时间（每行一段）", "Weekly hours (one span per line)"),
+    "hours_no_time": (
+        "行末缺少时间段（如 08:00-12:00）。",
+        "No hours such as 08:00-12:00 at the end.",
+    ),
+    "hours_bad_time": ("“{text}”不是有效的时间。", "{text} is not a time of day."),
+    "hours_backwards": (
+        "“{text}”的星期顺序颠倒了，请从前往后写（如 周一至周五）。",
+        "{text}: the days run backwards; write them first to last (such as Mon-Fri).",
+    ),
+    "hours_not_a_day": (
+        "“{text}”不是星期几，请写 周一 至 周日。",
+        "{text} is not a day of the week; write Mon to Sun.",
+    ),
+    "hours_no_days": ("请写明星期几，例如 周一至周五。", "Name the days, such as 周一至周五."),
     "hours_hint": (
         "每行一段：星期 开始-结束，例如 周一至周五 08:00-12:00 或 周二、周四 14:00-17:00；"
         "时间按上面的时区",

@@ -316,7 +316,9 @@ def test_administrators_read_roles_subjects_and_hours_in_words(client: TestClien
     shown = re.findall(r"<tr><td>(周[^<]+)</td></tr>", saved.text)
     assert shown == ["周一至周五 08:00-12:00", "周二、周四 14:00-17:30"]
     wrong = client.post("/admin/calendar/hours", data={"csrf": csrf, "hours": "每天 08:00-12:00"})
-    assert wrong.status_code == 422 and "每天 is not a day of the week" in wrong.text
+    assert wrong.status_code == 422 and "“每天”不是星期几，请写 周一 至 周日。" in wrong.text
+    assert "is not a day of the week" not in wrong.text
+    assert "每天 08:00-12:00</textarea>" in wrong.text  # what was typed, kept to correct
 
 
 @pytest.mark.parametrize(
