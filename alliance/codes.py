@@ -56,6 +56,9 @@ DECLINE_REASON_CODES = {
 }
 #: Moves of the referral workflow, as Provenance.activity.
 WORKFLOW_MOVE = f"{ALLIANCE_BASE}/CodeSystem/workflow-move"
+#: The rule a refusal names (OperationOutcome.issue.details): short kebab-case codes, each with
+#: its words in both languages in portal/locale/rules.json.
+RULE = f"{ALLIANCE_BASE}/CodeSystem/rule"
 HL7_ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 
 #: 医疗机构诊疗科目名录 (the register of clinical departments, 卫医发〔1994〕第27号, with its

@@ -181,7 +181,9 @@ class Database:
         except IntegrityError as exc:
             # A constraint the code checks first was broken by a concurrent unit of work.
             session.rollback()
-            raise Conflict("the change conflicts with a concurrent one; try again") from exc
+            raise Conflict(
+                "the change conflicts with a concurrent one; try again", rule="concurrent-change"
+            ) from exc
         except OperationalError as exc:
             session.rollback()
             raise Unavailable(f"the database is not available: {exc.orig}") from exc

@@ -19,10 +19,18 @@ class Issue:
     code: str = "processing"
     severity: str = "error"
     expression: list[str] = field(default_factory=list)
+    #: The rule broken (short kebab-case, e.g. `identity-sex`), for an error a user can correct;
+    #: the faces show it: FHIR as `issue.details.coding`, the portal as the words it has for it
+    #: (portal/locale/rules.json, in the user's language).
+    rule: str | None = None
 
 
 class AllianceError(Exception):
-    """Base of every expected failure. `status` is the HTTP status the REST faces answer with."""
+    """Base of every expected failure. `status` is the HTTP status the REST faces answer with.
+
+    `rule` names the business rule or input check broken, for a failure the user can correct
+    (protocol errors carry none); the diagnostics then read "[rule] message", the form that
+    clients already rely on."""
 
     status: int = 400
     code: str = "processing"
@@ -31,14 +39,21 @@ class AllianceError(Exception):
         self,
         message: str,
         *,
+        rule: str | None = None,
         expression: list[str] | None = None,
         issues: list[Issue] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.rule = rule
         self.headers = headers or {}
-        self.issues = issues or [Issue(message, self.code, "error", list(expression or []))]
+        self.issues = issues or [Issue(self.said, self.code, "error", list(expression or []), rule)]
+
+    @property
+    def said(self) -> str:
+        """The message with its rule first ("[rule] message"), as diagnostics and logs read."""
+        return f"[{self.rule}] {self.message}" if self.rule else self.message
 
 
 class BadRequest(AllianceError):

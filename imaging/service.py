@@ -435,7 +435,10 @@ class Imaging:
         if patient is None or patient.deleted or patient.organization_id != hospital_id:
             raise NotFound(f"Patient/{patient_id} is not known")
         if study.patient_id not in (None, patient_id):
-            raise Invalid(f"study {study_uid} is linked to Patient/{study.patient_id} already")
+            raise Invalid(
+                f"study {study_uid} is linked to Patient/{study.patient_id} already",
+                rule="study-linked",
+            )
         study.patient_id = patient_id
         study.fhir_stale = True
         self.finish(session, [study_uid])

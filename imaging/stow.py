@@ -34,7 +34,9 @@ class StowFailed(Conflict):
 def may_store(principal: Principal) -> None:
     principal.check_scope("ImagingStudy", "create")
     if "clinical" not in principal.capabilities:
-        raise Forbidden(f"the role {principal.role} does not store imaging")
+        raise Forbidden(
+            f"the role {principal.role} does not store imaging", rule="imaging-clinical-staff"
+        )
 
 
 def staged_key(staged: Staged) -> tuple[str | None, str | None]:

@@ -30,16 +30,20 @@ from alliance.security.service import (
     set_locked,
     set_role,
 )
-from portal.i18n import translator
+from portal.i18n import rule_words, translator
 from portal.shell import Page, Shell
-from portal.views import hours_line, parse_hours_line
+from portal.views import HoursLineError, hours_line, parse_hours_line
 
 
 class AdminPages(Shell):
     # ---- administrators ------------------------------------------------------------------------
 
     async def departments(
-        self, request: Request, session: sessions.WebSession, error: str | None = None
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        error: str | None = None,
+        values: dict[str, str] | None = None,
     ) -> Page:
         hospital = self.claims(session).hospital_id
 
@@ -97,6 +101,7 @@ class AdminPages(Shell):
                 "departments": rows,
                 "codes": codes,
                 "error": error,
+                "form": values or {},
                 "hospital_name": self._hospital_name(hospital),
             },
             422 if error else 200,
@@ -107,9 +112,10 @@ class AdminPages(Shell):
     ) -> Page | Response:
         name = str(form.get("name", "")).strip()
         code, _, display = str(form.get("code", "")).partition("|")
+        typed = {"name": name, "code": str(form.get("code", ""))}
         if not name or not code:
             return await self.departments(
-                request, session, error=translator(session.lang)("required")
+                request, session, error=translator(session.lang)("required"), values=typed
             )
         try:
             await self.run(
@@ -124,7 +130,9 @@ class AdminPages(Shell):
         except AllianceError as exc:
             if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
                 raise
-            return await self.departments(request, session, error=exc.message)
+            return await self.departments(
+                request, session, error=rule_words(exc, session.lang), values=typed
+            )
         return RedirectResponse("/admin/departments", 303)
 
     async def department_action(
@@ -157,7 +165,11 @@ class AdminPages(Shell):
         return found.matches[0] if found.matches else None
 
     async def calendar(
-        self, request: Request, session: sessions.WebSession, error: str | None = None
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        error: str | None = None,
+        values: dict[str, str] | None = None,
     ) -> Page:
         """The hospital's consult calendar: its weekly hours (in the zone it keeps) and its
         closures, which the teleconsult booking respects."""
@@ -192,6 +204,7 @@ class AdminPages(Shell):
                 ],
                 "zone": zone,
                 "error": error,
+                "form": values or {},
                 "hospital_name": self._hospital_name(hospital),
             },
             422 if error else 200,
@@ -202,6 +215,7 @@ class AdminPages(Shell):
         request: Request,
         session: sessions.WebSession,
         change: Callable[[dict[str, Any]], None],
+        typed: dict[str, str] | None = None,
     ) -> Page | Response:
         hospital = self.claims(session).hospital_id
 
@@ -224,7 +238,9 @@ class AdminPages(Shell):
         except AllianceError as exc:
             if isinstance(exc, (Forbidden, Unauthorized)):
                 raise
-            return await self.calendar(request, session, error=exc.message)
+            return await self.calendar(
+                request, session, error=rule_words(exc, session.lang), values=typed
+            )
         return RedirectResponse("/admin/calendar", 303)
 
     async def closure_add(
@@ -232,14 +248,17 @@ class AdminPages(Shell):
     ) -> Page | Response:
         start, end = str(form.get("start", "")), str(form.get("end", ""))
         description = str(form.get("description", "")).strip()
+        typed = {"start": start, "end": end, "description": description}
         if not start or not end or not description:
-            return await self.calendar(request, session, error=translator(session.lang)("required"))
+            return await self.calendar(
+                request, session, error=translator(session.lang)("required"), values=typed
+            )
 
         def add(service: dict[str, Any]) -> None:
             closures = service.setdefault("notAvailable", [])
             closures.append({"description": description, "during": {"start": start, "end": end}})
 
-        return await self._change_calendar(request, session, add)
+        return await self._change_calendar(request, session, add, typed)
 
     async def hours_save(
         self, request: Request, session: sessions.WebSession, form: FormData
@@ -248,19 +267,23 @@ class AdminPages(Shell):
         portal.views.parse_hours_line). The calendar's own checks (teleconsult rules) refuse
         what does not make sense."""
         spans = []
-        for line in str(form.get("hours", "")).splitlines():
+        typed = {"hours": str(form.get("hours", ""))}
+        for line in typed["hours"].splitlines():
             if not line.strip():
                 continue
             try:
                 spans.append(parse_hours_line(line))
-            except ValueError as exc:
-                hint = translator(session.lang)("hours_hint")
-                return await self.calendar(request, session, error=f"{line}: {exc}. {hint}")
+            except HoursLineError as exc:
+                t = translator(session.lang)
+                said = t(exc.key).format(**exc.values)
+                return await self.calendar(
+                    request, session, error=f"{line}: {said} {t('hours_hint')}", values=typed
+                )
 
         def replace(service: dict[str, Any]) -> None:
             service["availableTime"] = spans
 
-        return await self._change_calendar(request, session, replace)
+        return await self._change_calendar(request, session, replace, typed)
 
     async def closure_remove(
         self, request: Request, session: sessions.WebSession, form: FormData, index: str
@@ -287,6 +310,7 @@ class AdminPages(Shell):
         new_password: str | None = None,
         error: str | None = None,
         values: dict[str, str] | None = None,
+        error_status: int = 422,
     ) -> Page:
         hospital = self.claims(session).hospital_id
 
@@ -320,7 +344,7 @@ class AdminPages(Shell):
                 "form": values or {},
                 "hospital_name": self._hospital_name(hospital),
             },
-            422 if error else 200,
+            error_status if error else 200,
         )
 
     async def staff_create(
@@ -351,9 +375,17 @@ class AdminPages(Shell):
                 check=self._admins_only,
             )
         except AllianceError as exc:
-            if isinstance(exc, (Forbidden, Unauthorized)):
+            # A refusal naming its rule (a role this administrator does not give) is said on
+            # the form, with what was typed; any other 403 is the plain refusal page.
+            if isinstance(exc, Unauthorized) or (isinstance(exc, Forbidden) and not exc.rule):
                 raise
-            return await self.staff(request, session, error=exc.message, values=values)
+            return await self.staff(
+                request,
+                session,
+                error=rule_words(exc, session.lang),
+                values=values,
+                error_status=exc.status,
+            )
         return await self.staff(request, session, new_password=password)
 
     async def staff_action(

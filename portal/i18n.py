@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+
+from alliance.errors import AllianceError
 
 LANGS = ("zh", "en")
 
@@ -53,6 +57,10 @@ WORDS: dict[str, tuple[str, str]] = {
     "the_patient": ("患者本人", "the patient"),
     "relationship": ("与患者关系", "Relationship to the patient"),
     "documents": ("资料", "Documents"),
+    "choose_file_again": (
+        "已选的文件「{name}」未能保留，请重新选择该文件后再提交。",
+        "The file you chose ({name}) is not kept; choose it again before sending.",
+    ),
     "attach_document": (
         "附加病历资料（PDF/图片，选填）",
         "Attach a document (PDF/image, optional)",
@@ -227,6 +235,20 @@ WORDS: dict[str, tuple[str, str]] = {
     "add_closure": ("添加停诊", "Add a closure"),
     "remove": ("删除", "Remove"),
     "edit_hours": ("每周工作时间（每行一段）", "Weekly hours (one span per line)"),
+    "hours_no_time": (
+        "行末缺少时间段（如 08:00-12:00）。",
+        "No hours such as 08:00-12:00 at the end.",
+    ),
+    "hours_bad_time": ("“{text}”不是有效的时间。", "{text} is not a time of day."),
+    "hours_backwards": (
+        "“{text}”的星期顺序颠倒了，请从前往后写（如 周一至周五）。",
+        "{text}: the days run backwards; write them first to last (such as Mon-Fri).",
+    ),
+    "hours_not_a_day": (
+        "“{text}”不是星期几，请写 周一 至 周日。",
+        "{text} is not a day of the week; write Mon to Sun.",
+    ),
+    "hours_no_days": ("请写明星期几，例如 周一至周五。", "Name the days, such as 周一至周五."),
     "hours_hint": (
         "每行一段：星期 开始-结束，例如 周一至周五 08:00-12:00 或 周二、周四 14:00-17:00；"
         "时间按上面的时区",
@@ -309,3 +331,19 @@ def role_label(t: Callable[[str], str], role: str) -> str:
     key = f"role_{role}"
     said = t(key)
     return role if said == key else said
+
+
+#: What each rule code says to a person, in both languages: `{code: {"zh": ..., "en": ...}}`.
+#: Kept as data beside the code; tests/test_rule_words.py checks that every rule the code
+#: names has both texts here, and nothing else is here.
+RULES_FILE = Path(__file__).parent / "locale" / "rules.json"
+RULE_WORDS: dict[str, dict[str, str]] = json.loads(RULES_FILE.read_text(encoding="utf-8"))
+
+
+def rule_words(error: AllianceError, lang: str) -> str:
+    """What the portal shows for an error: the catalogue's words for its rule in the user's
+    language (Chinese unless English is asked), else the error's own message."""
+    words = RULE_WORDS.get(error.rule or "")
+    if words is None:
+        return error.message
+    return words["en" if lang == "en" else "zh"]

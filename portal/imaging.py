@@ -28,7 +28,7 @@ class ImagingPages(Shell):
     async def upload(self, request: Request, session: sessions.WebSession) -> Page:
         """Upload DICOM files or a folder; the page posts each file to STOW-RS itself."""
         if "clinical" not in self._capabilities(self.claims(session).role):
-            raise Forbidden("clinical staff upload imaging")
+            raise Forbidden("clinical staff upload imaging", rule="imaging-clinical-staff")
         return Page("upload.html")
 
     async def viewer(self, request: Request, session: sessions.WebSession, study_uid: str) -> Page:

@@ -18,7 +18,7 @@ from alliance.errors import AllianceError, Forbidden, Invalid, NotFound, Unautho
 from alliance.fhir.types import SearchResult, Version
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
-from portal.i18n import translator
+from portal.i18n import rule_words, translator
 from portal.shell import Page, Shell, when
 from portal.views import (
     field_of,
@@ -124,7 +124,7 @@ class PatientPages(Shell):
         except (Invalid, AllianceError) as exc:
             if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
                 raise
-            errors[field_of(exc)] = exc.message
+            errors[field_of(exc)] = rule_words(exc, session.lang)
             return Page(
                 "patient_new.html",
                 {"form": values, "errors": errors, "scripts": SCRIPTS},

@@ -18,7 +18,7 @@ from alliance.records import keeper_of, reference_id
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
 from alliance.security.service import person_name
-from portal.i18n import translator
+from portal.i18n import rule_words, translator
 from portal.shell import Page, Shell, when
 from portal.views import (
     destination,
@@ -340,7 +340,7 @@ class ReferralPages(Shell):
                     acting, task_id, target, reason=reason, seen_version=seen
                 )
             if not isinstance(opinion, UploadFile) or not opinion.filename:
-                raise Invalid("attach the opinion (PDF) to complete")
+                raise Invalid("attach the opinion (PDF) to complete", rule="opinion-attachment")
             attachment = self.attach(s, ctx, opinion, "会诊意见")
             return commands.complete_with_opinion(acting, task_id, attachment, seen_version=seen)
 
@@ -356,7 +356,11 @@ class ReferralPages(Shell):
             if isinstance(exc, (NotFound, Unauthorized)):
                 raise
             return await self.referral(
-                request, session, task_id, error=exc.message, error_status=exc.status
+                request,
+                session,
+                task_id,
+                error=rule_words(exc, session.lang),
+                error_status=exc.status,
             )
         return RedirectResponse(f"/referrals/{task_id}", 303)
 
@@ -396,7 +400,11 @@ class ReferralPages(Shell):
             if isinstance(exc, (NotFound, Unauthorized)):
                 raise
             return await self.referral(
-                request, session, task_id, error=exc.message, error_status=exc.status
+                request,
+                session,
+                task_id,
+                error=rule_words(exc, session.lang),
+                error_status=exc.status,
             )
         return RedirectResponse(f"/referrals/{new_task}", 303)
 

@@ -12,7 +12,7 @@ from starlette.datastructures import FormData, UploadFile
 from alliance.errors import AllianceError, Forbidden, NotFound, Unauthorized
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
-from portal.i18n import translator
+from portal.i18n import rule_words, translator
 from portal.shell import Page, Shell
 from portal.views import (
     FormValues,
@@ -100,6 +100,13 @@ class RequestPages(Shell):
         category = "teleconsult" if form.get("category") == "teleconsult" else "up-referral"
         values: dict[str, Any] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         values["study"] = [v for k, v in form.multi_items() if k == "study" and isinstance(v, str)]
+        # A browser never fills a file input again: a form drawn again after an error names
+        # the files chosen, to be chosen again.
+        values["files_dropped"] = {
+            name: chosen.filename
+            for name in ("consent_form", "document")
+            if isinstance(chosen := form.get(name), UploadFile) and chosen.filename
+        }
         errors: dict[str, str] = {}
         consent_file = form.get("consent_form")
         if not isinstance(consent_file, UploadFile) or not consent_file.filename:
@@ -116,11 +123,18 @@ class RequestPages(Shell):
         document_file = form.get("document")
         asked = str(form.get("priority", "routine"))
 
+        attaching = ""  # the file field being stored, so a file's refusal is shown beside it
+
         def work(s: Session, ctx: Context) -> str:
+            nonlocal attaching
             documents = []
             if isinstance(document_file, UploadFile) and document_file.filename:
                 title = document_file.filename or "病历摘要"
+                attaching = "document"
                 documents.append((title, self.attach(s, ctx, document_file, title)))
+            attaching = "consent_form"
+            consent = self.attach(s, ctx, consent_file, "知情同意书")
+            attaching = ""
             opened = commands.open_referral(
                 self.acting(s, ctx),
                 ReferralRequest(
@@ -130,7 +144,7 @@ class RequestPages(Shell):
                     priority=asked,
                     diagnosis=Diagnosis.from_entry(str(form["diagnosis"]), self.diagnoses),
                     summary=str(form["summary"]),
-                    consent_form=self.attach(s, ctx, consent_file, "知情同意书"),
+                    consent_form=consent,
                     consenter=Consenter(consenter, str(form.get("consenter_name", ""))),
                     documents=documents,
                     studies=values["study"],
@@ -149,7 +163,8 @@ class RequestPages(Shell):
         except AllianceError as exc:
             if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
                 raise
-            errors[field_of(exc, default="form")] = exc.message
+            where = attaching if attaching and exc.status in (413, 415, 422) else None
+            errors[where or field_of(exc, default="form")] = rule_words(exc, session.lang)
             return await self._referral_page(
                 request, session, patient_id, values, errors, exc.status
             )

@@ -36,7 +36,7 @@ from alliance.security.service import (
 from alliance.security.tokens import TokenClaims, issue_token, verify_token
 from alliance.storage import BlobStore
 from imaging.service import Imaging
-from portal.i18n import role_label, translator
+from portal.i18n import role_label, rule_words, translator
 from portal.views import (
     UserView,
 )
@@ -243,7 +243,10 @@ class Shell:
                 return RedirectResponse("/login", 303)
             except (NotFound, Forbidden) as exc:
                 status = 404 if isinstance(exc, NotFound) else 403
-                return self.render(request, Page("not_found.html", {}, status), session)
+                # A refusal that names its rule says it in the user's words; others say
+                # nothing more than "not found" (existence does not leak).
+                said = {"message": rule_words(exc, session.lang)} if exc.rule else {}
+                return self.render(request, Page("not_found.html", said, status), session)
             if isinstance(result, Response):
                 if not isinstance(result, RedirectResponse) or result.status_code != 303:
                     return result

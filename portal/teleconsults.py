@@ -20,7 +20,7 @@ from alliance.fhir.registry import Operation, OperationResult
 from alliance.fhir.types import SearchResult, Version
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
-from portal.i18n import translator
+from portal.i18n import rule_words, translator
 from portal.referrals import ReferralPages
 from portal.shell import Page, instant_of
 from portal.views import (
@@ -153,9 +153,9 @@ class ConsultPages(ReferralPages):
         try:
             proposal = json.loads(str(form.get("proposal", "")))
         except ValueError:
-            raise Invalid("choose one of the times offered") from None
+            raise Invalid("choose one of the times offered", rule="consult-time-choice") from None
         if not isinstance(proposal, dict) or "start" not in proposal:
-            raise Invalid("choose one of the times offered")
+            raise Invalid("choose one of the times offered", rule="consult-time-choice")
         if form.get("confirm") != "yes":
             return Page(
                 "consult_confirm.html",
@@ -182,7 +182,7 @@ class ConsultPages(ReferralPages):
             if isinstance(exc, (NotFound, Unauthorized)):
                 raise
             page = await self.consult_times(request, session, task_id)
-            page.context["error"] = exc.message
+            page.context["error"] = rule_words(exc, session.lang)
             page.status = exc.status
             return page
         return RedirectResponse(f"/referrals/{task_id}", 303)
@@ -298,6 +298,10 @@ class ConsultPages(ReferralPages):
             if isinstance(exc, (NotFound, Unauthorized)):
                 raise
             return await self.referral(
-                request, session, task_id, error=exc.message, error_status=exc.status
+                request,
+                session,
+                task_id,
+                error=rule_words(exc, session.lang),
+                error_status=exc.status,
             )
         return RedirectResponse(f"/referrals/{task_id}", 303)

@@ -134,7 +134,7 @@ def field_of(exc: AllianceError, default: str = "form") -> str:
     ):
         if marker in paths:
             return name
-    if "attach" in exc.message or exc.status in (413, 415):
+    if (exc.rule or "").startswith("file-") or "attach" in exc.message or exc.status in (413, 415):
         return "document"
     return default
 
@@ -224,19 +224,31 @@ _RANGE = re.compile(r"^(\S+?)\s*(?:至|到|~|～|–|—|-)\s*(\S+)$")
 _HOURS = re.compile(r"^(\d{1,2}):(\d{2})\s*(?:-|–|—|~|～|至|到)\s*(\d{1,2}):(\d{2})$")
 
 
+class HoursLineError(ValueError):
+    """A line of weekly hours not understood: `key` names its words in portal/i18n.py (both
+    languages), `values` fill them; str() is the English, for logs and tests."""
+
+    def __init__(self, key: str, english: str, **values: str) -> None:
+        super().__init__(english)
+        self.key = key
+        self.values = values
+
+
 def parse_hours_line(line: str) -> dict[str, Any]:
     """One line of weekly hours as people write it, to a FHIR R4 HealthcareService
     availableTime: `周一至周五 08:00-12:00`, `周二、周四 14:00-17:00`, `mon tue 08:00-12:00`.
-    Raises ValueError naming what was not understood."""
+    Raises HoursLineError (a ValueError) naming what was not understood."""
     text = " ".join(line.replace("，", " ").replace("、", " ").replace(",", " ").split())
     found = re.search(r"(\d{1,2}:\d{2}\s*(?:-|–|—|~|～|至|到)\s*\d{1,2}:\d{2})$", text)
     if found is None:
-        raise ValueError("no hours such as 08:00-12:00 at the end")
+        raise HoursLineError("hours_no_time", "no hours such as 08:00-12:00 at the end")
     hours = _HOURS.match(found.group(1))
     assert hours is not None
     h1, m1, h2, m2 = (int(x) for x in hours.groups())
     if not (0 <= h1 < 24 and 0 <= h2 <= 24 and m1 < 60 and m2 < 60):
-        raise ValueError(f"{found.group(1)} is not a time of day")
+        raise HoursLineError(
+            "hours_bad_time", f"{found.group(1)} is not a time of day", text=found.group(1)
+        )
     days: list[str] = []
     named = re.sub(r"\s*(至|到|~|～|–|—|-)\s*", r"\1", text[: found.start()])
     for word in named.split():
@@ -245,14 +257,16 @@ def parse_hours_line(line: str) -> dict[str, Any]:
             first = WEEKDAYS.index(DAY_WORDS[spanned.group(1)])
             last = WEEKDAYS.index(DAY_WORDS[spanned.group(2)])
             if last < first:
-                raise ValueError(f"{word}: the days run backwards")
+                raise HoursLineError(
+                    "hours_backwards", f"{word}: the days run backwards", text=word
+                )
             days += WEEKDAYS[first : last + 1]
         elif word.lower() in DAY_WORDS:
             days.append(DAY_WORDS[word.lower()])
         else:
-            raise ValueError(f"{word} is not a day of the week")
+            raise HoursLineError("hours_not_a_day", f"{word} is not a day of the week", text=word)
     if not days:
-        raise ValueError("name the days, such as 周一至周五")
+        raise HoursLineError("hours_no_days", "name the days, such as 周一至周五")
     return {
         "daysOfWeek": sorted(set(days), key=WEEKDAYS.index),
         "availableStartTime": f"{h1:02d}:{m1:02d}:00",

@@ -79,6 +79,7 @@ class Consenter:
             raise Invalid(
                 "name who signed the consent for the patient",
                 expression=["Consent.performer"],
+                rule="consent-signer-name",
             )
         return {
             "display": self.name.strip(),
@@ -217,9 +218,16 @@ def open_referral(acting: OperationContext, asked: ReferralRequest) -> Opened:
     ServiceRequest and its Task, sent (status requested) in one unit of work. The referral
     rules (consent naming the hospital, no re-sharing, the deadline) run on the writes."""
     if asked.category not in ("up-referral", "teleconsult"):
-        raise Invalid("a county doctor sends an up-referral or a teleconsult request")
+        raise Invalid(
+            "a county doctor sends an up-referral or a teleconsult request",
+            rule="referral-category",
+        )
     if not asked.summary.strip():
-        raise Invalid("say why the patient is referred", expression=["ServiceRequest.note"])
+        raise Invalid(
+            "say why the patient is referred",
+            expression=["ServiceRequest.note"],
+            rule="referral-summary",
+        )
     hospital = hospital_of_department(acting, asked.department_id)
     subject = {"reference": f"Patient/{asked.patient_id}"}
     consent = record_consent(
@@ -308,7 +316,10 @@ def move_referral(
     two specialists deciding at once do not overwrite each other."""
     current = acting.read("Task", task_id)
     if seen_version and seen_version != str(current.version):
-        raise Conflict("the referral changed while you were looking at it; see it again")
+        raise Conflict(
+            "the referral changed while you were looking at it; see it again",
+            rule="referral-changed",
+        )
     task = current.resource()
     task["status"] = target
     if reason.strip():
@@ -353,7 +364,11 @@ def send_down(
     activity per line), back to the hospital that sent the patient up (DOMAIN.md 下转)."""
     lines = [line.strip() for line in plan if line.strip()]
     if not lines:
-        raise Invalid("a down-referral carries a follow-up plan", expression=["CarePlan.activity"])
+        raise Invalid(
+            "a down-referral carries a follow-up plan",
+            expression=["CarePlan.activity"],
+            rule="down-referral-plan",
+        )
     up_task = acting.read("Task", up_task_id).resource()
     up = acting.read(
         "ServiceRequest", reference_id(up_task.get("focus"), "ServiceRequest") or ""
@@ -411,7 +426,9 @@ def post_message(acting: OperationContext, task_id: str, text: str, signature: s
     """A message between the two hospitals on a referral (FHIR R4 Communication basedOn its
     ServiceRequest), signed as the doctors sign: `姓名 · 医院`."""
     if not text.strip():
-        raise Invalid("a message says something", expression=["Communication.payload"])
+        raise Invalid(
+            "a message says something", expression=["Communication.payload"], rule="message-empty"
+        )
     task = acting.read("Task", task_id).resource()
     return acting.create(
         {

@@ -21,9 +21,12 @@ def require_uploads(attachments: list[tuple[str, Resource]], base_url: str) -> N
                 raise Invalid(
                     "upload the file to /api/attachments and reference it by url",
                     expression=[where],
+                    rule="file-upload-first",
                 )
             raise Invalid(
-                f"{where}.url must be an attachment uploaded to {prefix}", expression=[where]
+                f"{where}.url must be an attachment uploaded to {prefix}",
+                expression=[where],
+                rule="file-upload-first",
             )
 
 
@@ -47,18 +50,22 @@ def check_consent(ctx: WriteContext, consent: Resource, base_url: str) -> None:
     consent to share named records with named hospitals for a named purpose (PIPL art. 23, 29),
     with the signed form as an attachment."""
     if reference_id(consent.get("patient"), "Patient") is None:
-        raise Invalid("a consent names its patient", expression=["Consent.patient"])
+        raise Invalid(
+            "a consent names its patient", expression=["Consent.patient"], rule="consent-patient"
+        )
     provision = consent.get("provision") or {}
     if provision.get("type") != "permit":
         raise Invalid(
             "a sharing consent permits (provision.type permit)",
             expression=["Consent.provision.type"],
+            rule="consent-permit",
         )
     recipients = consent_recipients(consent)
     if not recipients:
         raise Invalid(
             "a consent names the hospital(s) that may receive the records (provision.actor)",
             expression=["Consent.provision.actor"],
+            rule="consent-recipient",
         )
     for org in recipients:
         row = ctx.session.get(ResourceRow, ("Organization", org))
@@ -66,15 +73,21 @@ def check_consent(ctx: WriteContext, consent: Resource, base_url: str) -> None:
             raise Invalid(
                 f"Organization/{org} is not a hospital of the alliance",
                 expression=["Consent.provision.actor"],
+                rule="consent-recipient",
             )
     if not provision.get("purpose"):
         raise Invalid(
             "a consent names its purpose (provision.purpose)",
             expression=["Consent.provision.purpose"],
+            rule="consent-purpose",
         )
     performers = consent.get("performer") or []
     if not performers:
-        raise Invalid("a consent names who gave it (performer)", expression=["Consent.performer"])
+        raise Invalid(
+            "a consent names who gave it (performer)",
+            expression=["Consent.performer"],
+            rule="consent-signer",
+        )
     for i, performer in enumerate(performers):
         is_patient = reference_id(performer, "Patient") == reference_id(
             consent.get("patient"), "Patient"
@@ -87,12 +100,14 @@ def check_consent(ctx: WriteContext, consent: Resource, base_url: str) -> None:
                 "a consent given by someone other than the patient records their relationship "
                 f"(extension {RELATIONSHIP_EXTENSION})",
                 expression=[f"Consent.performer[{i}]"],
+                rule="consent-relationship",
             )
     source = consent.get("sourceAttachment")
     if not isinstance(source, dict):
         raise Invalid(
             "a consent carries the signed form (sourceAttachment): scan or photograph it",
             expression=["Consent.sourceAttachment"],
+            rule="consent-form",
         )
     require_uploads([("Consent.sourceAttachment", source)], base_url)
 

@@ -98,6 +98,7 @@ class ReferralRules:
                 raise Invalid(
                     f"supportingInfo[{i}] is about another patient",
                     expression=[f"ServiceRequest.supportingInfo[{i}]"],
+                    rule="referral-other-patient",
                 )
         if category == "down-referral":
             up = self._based_on_up_referral(ctx, ctx.actor, sr, patient_id)
@@ -106,6 +107,7 @@ class ReferralRules:
                     f"a down-referral goes back to the hospital that referred the patient up: "
                     f"Organization/{keeper_of(up)}",
                     expression=["ServiceRequest.performer"],
+                    rule="down-referral-back-to-sender",
                 )
         for i, replaced in enumerate(sr.get("replaces") or []):
             old = reference_id(replaced, "ServiceRequest")
@@ -118,6 +120,7 @@ class ReferralRules:
                 raise Invalid(
                     "only a declined referral can be sent on to another hospital",
                     expression=[f"ServiceRequest.replaces[{i}]"],
+                    rule="referral-forward-declined-only",
                 )
         if previous is not None:
             sent = session.scalar(
@@ -128,7 +131,8 @@ class ReferralRules:
             if sent is not None:
                 raise Conflict(
                     "this referral has been sent and cannot be changed; send a new one that "
-                    "replaces it"
+                    "replaces it",
+                    rule="referral-sent-unchanged",
                 )
         return []
 
@@ -156,6 +160,7 @@ class ReferralRules:
                 f"{found.resource_type}/{found.id} is a record another hospital shared with "
                 "yours; only the hospital that keeps it (or keeps the patient) can share it",
                 expression=[where],
+                rule="record-not-yours-to-share",
             )
         return found
 
@@ -176,6 +181,7 @@ class ReferralRules:
             raise Invalid(
                 "a down-referral is basedOn the up-referral it answers",
                 expression=["ServiceRequest.basedOn"],
+                rule="down-referral-answers-up",
             )
         up = self._visible_record(
             ctx, actor, {"reference": f"ServiceRequest/{ups[0]}"}, "ServiceRequest.basedOn"
@@ -186,6 +192,7 @@ class ReferralRules:
             raise Invalid(
                 "a down-referral answers an up-referral of the same patient",
                 expression=["ServiceRequest.basedOn"],
+                rule="down-referral-answers-up",
             )
         return up
 
@@ -242,7 +249,10 @@ class ReferralRules:
                 )
             )
             if open_task is not None:
-                raise Conflict(f"ServiceRequest/{sr_id} already has an open Task/{open_task}")
+                raise Conflict(
+                    f"ServiceRequest/{sr_id} already has an open Task/{open_task}",
+                    rule="referral-open-task",
+                )
             row = Referral(
                 task_id=task["id"],
                 service_request_id=sr_id,
@@ -269,6 +279,7 @@ class ReferralRules:
                     f"Task.{key} does not change; a referral to another hospital is a new "
                     "ServiceRequest that replaces this one",
                     expression=[f"Task.{key}"],
+                    rule="referral-target-fixed",
                 )
         if target == row.status:
             # A move is a compare-and-set on the current state: a second `accepted` sent
@@ -278,7 +289,8 @@ class ReferralRules:
             if _workflow_view(task) != _workflow_view(previous) or resent:
                 raise Conflict(
                     f"the referral is already {row.status}; only output and notes change "
-                    "without a move"
+                    "without a move",
+                    rule="referral-already-moved",
                 )
             return []
         self._move(ctx, row, task, sr, str(target))
@@ -309,6 +321,7 @@ class ReferralRules:
                 raise Invalid(
                     f"moving a referral to {target} needs a reason (Task.statusReason)",
                     expression=["Task.statusReason"],
+                    rule="referral-move-reason",
                 )
             row.status_reason = text[:255]
             row.status_reason_code = next(
@@ -361,6 +374,7 @@ class ReferralRules:
                     "a down-referral carries a discharge summary (DocumentReference of type "
                     f"LOINC {DISCHARGE_SUMMARY}) and a follow-up plan (CarePlan) in supportingInfo",
                     expression=["ServiceRequest.supportingInfo"],
+                    rule="down-referral-documents",
                 )
         if home == row.owner_org:
             return
@@ -369,6 +383,7 @@ class ReferralRules:
                 f"no active consent of the patient names Organization/{row.owner_org} as a "
                 "recipient; record the patient's signed consent first",
                 expression=["Consent"],
+                rule="referral-needs-consent",
             )
 
     def _check_output(self, ctx: WriteContext, task: Resource, row: Referral) -> None:
@@ -382,11 +397,14 @@ class ReferralRules:
                 "completing a referral needs its outcome document in Task.output "
                 "(valueReference to a DocumentReference)",
                 expression=["Task.output"],
+                rule="referral-complete-outcome",
             )
         for doc_id in outputs:
             found = ctx.store.read("DocumentReference", doc_id, session=ctx.session)
             if found.patient_id != row.patient_id:
-                raise Invalid("the outcome document is about another patient")
+                raise Invalid(
+                    "the outcome document is about another patient", rule="referral-other-patient"
+                )
 
     def after_task(self, ctx: WriteContext, version: Version, previous: Resource | None) -> None:
         task = version.resource()
@@ -536,11 +554,15 @@ class ReferralRules:
             .order_by(Referral.created_at.desc())
         )
         if row is None or self._party(ctx.actor, row) is None:
-            raise Invalid("messages are exchanged between the two hospitals of a referral")
+            raise Invalid(
+                "messages are exchanged between the two hospitals of a referral",
+                rule="message-parties",
+            )
         if previous is None and row.status in ("rejected", "cancelled"):
             raise Invalid(
                 f"the referral is {row.status}: its messages ended with it",
                 expression=["Communication.basedOn"],
+                rule="message-referral-closed",
             )
         self.check_shared(
             ctx,
@@ -606,6 +628,7 @@ def target_hospital(session: Session, sr: Resource) -> str:
     raise Invalid(
         "the performer must be a hospital (or a department of one) of the alliance",
         expression=["ServiceRequest.performer"],
+        rule="referral-performer",
     )
 
 
@@ -615,12 +638,17 @@ def check_codes(concepts: Iterable[Resource], where: str) -> None:
         for j, coding in enumerate(concept.get("coding") or []):
             path = f"{where}[{i}].coding[{j}]"
             if not coding.get("system"):
-                raise Invalid("every code carries its system", expression=[f"{path}.system"])
+                raise Invalid(
+                    "every code carries its system",
+                    expression=[f"{path}.system"],
+                    rule="code-system",
+                )
             if coding["system"] in VERSIONED_SYSTEMS and not coding.get("version"):
                 raise Invalid(
                     f"codes of {coding['system']} carry the version of the code system "
                     "(ICD-10 国家临床版 '2.0', TCM '2020')",
                     expression=[f"{path}.version"],
+                    rule="code-version",
                 )
 
 

@@ -67,8 +67,12 @@ def check_move(source: str, target: str, party: str | None, held_from: str | Non
         names = ", ".join(f"{m.target} (by the {m.party})" for m in allowed) or "none"
         raise Conflict(
             f"a referral cannot move from {source} to {target}; from {source} it may move to: "
-            f"{names}"
+            f"{names}",
+            rule="referral-move",
         )
     if move.party != "either" and move.party != party:
-        raise Forbidden(f"only the {move.party} hospital may move a referral to {target}")
+        raise Forbidden(
+            f"only the {move.party} hospital may move a referral to {target}",
+            rule="referral-move-party",
+        )
     return move

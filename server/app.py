@@ -109,9 +109,10 @@ def _face_error(request: Request, error: AllianceError) -> Response:
             '<p><a href="/">返回首页 · Back to the start page</a></p></main></html>'
         )
         return HTMLResponse(body, error.status, headers=error.headers)
-    return JSONResponse(
-        {"error": error.code, "message": error.message}, error.status, headers=error.headers
-    )
+    said = {"error": error.code, "message": error.message}
+    if error.rule:
+        said["rule"] = error.rule  # the rule broken, as the FHIR face's issue.details
+    return JSONResponse(said, error.status, headers=error.headers)
 
 
 #: The `Allow` of a 405 on a request's path (alliance.http.allowed_methods, or a face's own).

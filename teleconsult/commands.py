@@ -29,7 +29,7 @@ def answer_consult(acting: OperationContext, appointment_id: str) -> Version:
         else []
     )
     if not roles:
-        raise Forbidden("only the specialist answers a consult")
+        raise Forbidden("only the specialist answers a consult", rule="consult-specialist-only")
     return acting.create(
         {
             "resourceType": "AppointmentResponse",

@@ -24,8 +24,9 @@ DEFAULT_ZONE = "Asia/Shanghai"
 def refuse(
     kind: type[AllianceError], rule: str, message: str, where: str | None = None
 ) -> NoReturn:
-    """Raise `kind` with the rule's name first, so the OperationOutcome says which rule."""
-    raise kind(f"[{rule}] {message}", expression=[where] if where else None)
+    """Raise `kind` naming its rule, so the OperationOutcome says which rule (and the portal
+    shows its words)."""
+    raise kind(message, rule=rule, expression=[where] if where else None)
 
 
 def ext(resource: Resource, url: str) -> Any:

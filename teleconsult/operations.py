@@ -117,8 +117,8 @@ class SchedulingOperations:
         calendars = load_calendars(session, [requesting or ""])
         if requesting not in calendars:
             raise Invalid(
-                f"[outside-working-hours] the requesting site Organization/{requesting} keeps "
-                "no teleconsult calendar"
+                f"the requesting site Organization/{requesting} keeps no teleconsult calendar",
+                rule="outside-working-hours",
             )
         schedules = load_schedules(
             session,

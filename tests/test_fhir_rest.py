@@ -362,15 +362,16 @@ def test_body_over_the_limit(fhir: TestClient) -> None:
 @pytest.mark.parametrize(
     ("number", "rule"),
     [
-        ("65412519900101001", "length"),
-        ("6541251990010100AX", "characters"),
-        ("654125199013010015", "birth-date"),
-        ("654125199001010016", "checksum"),
+        ("65412519900101001", "identity-length"),
+        ("6541251990010100AX", "identity-characters"),
+        ("654125199013010015", "identity-date"),
+        ("654125199001010016", "identity-checksum"),
     ],
 )
 def test_invalid_identity_number(fhir: TestClient, number: str, rule: str) -> None:
     r = create(fhir, patient(number=number))
-    oo = assert_outcome(r, 422, text=f"rule '{rule}'")
+    oo = assert_outcome(r, 422, text=f"[{rule}] ")
+    assert oo["issue"][0]["details"]["coding"][0]["code"] == rule
     assert oo["issue"][0]["expression"] == ["Patient.identifier[0].value"]
     count = fhir.get("/fhir/Patient", params={"identifier": number, "_summary": "count"})
     assert count.json()["total"] == 0

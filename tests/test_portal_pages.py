@@ -16,6 +16,7 @@ from alliance import clock
 from alliance.codes import ICD10_CN
 from alliance.config import Settings
 from alliance.security import sessions
+from portal.i18n import RULE_WORDS
 from tests.accounts import portal as sign_in
 
 
@@ -175,7 +176,7 @@ def test_a_teleconsult_booked_and_signed_through_the_portal(
     confirmed = {**written, "confirm": "yes"}
     early = specialist.post(f"/referrals/{task_id}/opinion", data=confirmed)
     # Not before the consult took place.
-    assert early.status_code == 409 and "consult-not-started" in early.text
+    assert early.status_code == 409 and RULE_WORDS["consult-not-started"]["zh"] in early.text
     clock.set_to(datetime.fromisoformat(json.loads(proposal)["start"].replace("Z", "+00:00")))
     signed = specialist.post(f"/referrals/{task_id}/opinion", data=confirmed, follow_redirects=True)
     assert signed.status_code == 200 and "已完成" in signed.text, signed.text
@@ -315,7 +316,9 @@ def test_administrators_read_roles_subjects_and_hours_in_words(client: TestClien
     shown = re.findall(r"<tr><td>(周[^<]+)</td></tr>", saved.text)
     assert shown == ["周一至周五 08:00-12:00", "周二、周四 14:00-17:30"]
     wrong = client.post("/admin/calendar/hours", data={"csrf": csrf, "hours": "每天 08:00-12:00"})
-    assert wrong.status_code == 422 and "每天 is not a day of the week" in wrong.text
+    assert wrong.status_code == 422 and "“每天”不是星期几，请写 周一 至 周日。" in wrong.text
+    assert "is not a day of the week" not in wrong.text
+    assert "每天 08:00-12:00</textarea>" in wrong.text  # what was typed, kept to correct
 
 
 @pytest.mark.parametrize(

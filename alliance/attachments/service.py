@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from alliance import clock
 from alliance.attachments.models import Attachment
 from alliance.codes import ATTACHMENT_SHA256
-from alliance.errors import Forbidden, Invalid, NotFound, UnsupportedMediaType
+from alliance.errors import Forbidden, Invalid, NotFound, PayloadTooLarge, UnsupportedMediaType
 from alliance.fhir.models import ResourceRow, TokenIndex
 from alliance.security.access import Principal, kept_by, opened_in_full
 from alliance.security.scopes import allows
@@ -66,13 +66,17 @@ class _Sniffer:
 
     def _check(self) -> None:
         if self.signatures and not any(self.head.startswith(s) for s in self.signatures):
-            raise UnsupportedMediaType(f"the file is not a {self.content_type}")
+            raise UnsupportedMediaType(
+                f"the file is not a {self.content_type}", rule="file-content"
+            )
         if self.content_type == "text/plain":
             try:
                 self.head.decode("utf-8")
             except UnicodeDecodeError as exc:
                 if exc.start < len(self.head) - 3:  # not a character cut at the boundary
-                    raise UnsupportedMediaType("text/plain uploads are UTF-8 text") from None
+                    raise UnsupportedMediaType(
+                        "text/plain uploads are UTF-8 text", rule="file-content"
+                    ) from None
 
 
 def store_attachment(
@@ -88,15 +92,19 @@ def store_attachment(
     """Store an upload: the blob first (content-addressed), then its row. A refused upload
     (too large: 413, wrong type: 415) leaves no row; its blob, if any, is an orphan."""
     if "clinical" not in principal.capabilities:
-        raise Forbidden("only clinical staff attach documents")
+        raise Forbidden("only clinical staff attach documents", rule="file-clinical-staff")
     ctype = content_type.split(";")[0].strip().lower()
     if ctype not in ACCEPTED_TYPES:
         raise UnsupportedMediaType(
-            f"{ctype or 'no type'} cannot be attached; accepted: {', '.join(ACCEPTED_TYPES)}"
+            f"{ctype or 'no type'} cannot be attached; accepted: {', '.join(ACCEPTED_TYPES)}",
+            rule="file-type",
         )
-    stored = blobs.put(_Sniffer(stream, ctype), content_type=ctype, max_bytes=max_bytes)  # type: ignore[arg-type]
+    try:
+        stored = blobs.put(_Sniffer(stream, ctype), content_type=ctype, max_bytes=max_bytes)  # type: ignore[arg-type]
+    except PayloadTooLarge as exc:
+        raise PayloadTooLarge(exc.message, rule="file-too-large") from None
     if stored.size == 0:
-        raise Invalid("the file is empty")
+        raise Invalid("the file is empty", rule="file-empty")
     row = Attachment(
         id=str(uuid.uuid4()),
         blob_key=stored.key,
@@ -162,11 +170,14 @@ def check_attachments(
         url = str(attachment["url"])
         row = session.get(Attachment, url.removeprefix(prefix))
         if row is None:
-            raise Invalid(f"{at}.url is not an uploaded attachment", expression=[at])
+            raise Invalid(
+                f"{at}.url is not an uploaded attachment", rule="file-unknown", expression=[at]
+            )
         if keeper is None or row.hospital_id != keeper:
             raise Invalid(
                 f"{at} is a file uploaded by another hospital; a file is referenced only by "
                 "records of the hospital that uploaded it",
+                rule="file-kept-by",
                 expression=[at],
             )
         attachment.update(fhir_attachment(base_url, row))

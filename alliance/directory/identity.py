@@ -25,9 +25,10 @@ PROVINCE_CODES = frozenset(
 
 
 class IdentityNumberError(ValueError):
-    """The number breaks a rule of GB 11643; `rule` names which."""
+    """The number breaks a rule of GB 11643; `rule` names which (a rule code, as
+    `alliance.errors.AllianceError.rule`)."""
 
-    def __init__(self, rule: str, message: str) -> None:
+    def __init__(self, message: str, *, rule: str) -> None:
         super().__init__(message)
         self.rule = rule
 
@@ -57,24 +58,27 @@ def parse_identity_number(raw: str, *, today: date | None = None) -> IdentityNum
     value = raw.strip().upper()
     if len(value) != 18:
         raise IdentityNumberError(
-            "length", f"an identity number has 18 characters, this one has {len(value)}"
+            f"an identity number has 18 characters, this one has {len(value)}",
+            rule="identity-length",
         )
     if not re.fullmatch(r"[0-9]{17}[0-9X]", value):  # ASCII: "²" is a digit to isdigit()
         raise IdentityNumberError(
-            "characters", "the first 17 characters must be digits and the last a digit or X"
+            "the first 17 characters must be digits and the last a digit or X",
+            rule="identity-characters",
         )
     try:
         born = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
     except ValueError:
         raise IdentityNumberError(
-            "birth-date", f"{value[6:14]} is not a valid birth date (YYYYMMDD)"
+            f"{value[6:14]} is not a valid birth date (YYYYMMDD)", rule="identity-date"
         ) from None
     if born > (today or date.today()) or born.year < 1900:
-        raise IdentityNumberError("birth-date", f"birth date {born} is not plausible")
+        raise IdentityNumberError(f"birth date {born} is not plausible", rule="identity-date")
     expected = check_character(value[:17])
     if value[17] != expected:
         raise IdentityNumberError(
-            "checksum", f"the check character is {value[17]}, ISO 7064 MOD 11-2 gives {expected}"
+            f"the check character is {value[17]}, ISO 7064 MOD 11-2 gives {expected}",
+            rule="identity-checksum",
         )
     warnings: tuple[str, ...] = ()
     if value[:2] not in PROVINCE_CODES:

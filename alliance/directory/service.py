@@ -73,12 +73,14 @@ def check_patient(ctx: WriteContext, patient: Resource, previous: Resource | Non
     if hospital is None:
         raise Invalid(
             "a Patient needs managingOrganization: the hospital that keeps the record",
+            rule="patient-hospital",
             expression=["Patient.managingOrganization"],
         )
     org = session.get(ResourceRow, ("Organization", hospital))
     if org is None or org.deleted:
         raise Invalid(
             f"managingOrganization Organization/{hospital} is not a hospital of the alliance",
+            rule="patient-hospital",
             expression=["Patient.managingOrganization"],
         )
     for i, name in enumerate(patient.get("name") or []):
@@ -86,6 +88,7 @@ def check_patient(ctx: WriteContext, patient: Resource, previous: Resource | Non
             raise Invalid(
                 "every name needs its full-text form in text (names are kept as typed, "
                 "not forced into family/given)",
+                rule="patient-name-text",
                 expression=[f"Patient.name[{i}].text"],
             )
     numbers: list[str] = []
@@ -96,15 +99,15 @@ def check_patient(ctx: WriteContext, patient: Resource, previous: Resource | Non
         try:
             parsed = parse_identity_number(ident.get("value") or "")
         except IdentityNumberError as exc:
-            raise Invalid(
-                f"identity number rule '{exc.rule}' failed: {exc}", expression=[where]
-            ) from None
+            raise Invalid(str(exc), rule=exc.rule, expression=[where]) from None
         warnings.extend(Issue(w, "business-rule", "warning", [where]) for w in parsed.warnings)
         _check_agrees(patient, parsed)
         numbers.append(parsed.value)
     if len(set(numbers)) > 1:
         raise Invalid(
-            "a Patient has one resident identity number", expression=["Patient.identifier"]
+            "a Patient has one resident identity number",
+            rule="identity-one",
+            expression=["Patient.identifier"],
         )
     _keep_identity(session, patient["id"], hospital, numbers[0] if numbers else None)
     return warnings
@@ -116,14 +119,15 @@ def _check_agrees(patient: Resource, number: IdentityNumber) -> None:
     born = number.birth_date.isoformat()
     if patient.get("birthDate") not in (None, born):
         raise Invalid(
-            f"[identity-birth-date] the birth date {patient['birthDate']} is not the one in the "
-            f"identity number ({born})",
+            f"the birth date {patient['birthDate']} is not the one in the identity number ({born})",
+            rule="identity-birth-date",
             expression=["Patient.birthDate"],
         )
     if patient.get("gender") in ("male", "female") and patient["gender"] != number.sex:
         raise Invalid(
-            f"[identity-sex] the sex {patient['gender']} is not the one the identity number "
-            f"states ({number.sex}: its 17th digit is {'odd' if number.sex == 'male' else 'even'})",
+            f"the sex {patient['gender']} is not the one the identity number states "
+            f"({number.sex}: its 17th digit is {'odd' if number.sex == 'male' else 'even'})",
+            rule="identity-sex",
             expression=["Patient.gender"],
         )
 
@@ -144,6 +148,7 @@ def _keep_identity(session: Session, patient_id: str, hospital: str, number: str
     if other is not None:
         raise Conflict(
             f"Patient/{other} at this hospital already has identity number {number}",
+            rule="identity-duplicate",
             expression=["Patient.identifier"],
         )
     if row is None:

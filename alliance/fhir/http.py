@@ -19,6 +19,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from alliance import trace
+from alliance.codes import RULE
 from alliance.config import Settings
 from alliance.errors import (
     AllianceError,
@@ -55,6 +56,7 @@ def outcome(issues: list[Issue]) -> dict[str, Any]:
             {
                 "severity": i.severity,
                 "code": i.code,
+                **({"details": {"coding": [{"system": RULE, "code": i.rule}]}} if i.rule else {}),
                 "diagnostics": i.diagnostics,
                 **({"expression": i.expression} if i.expression else {}),
             }

@@ -210,7 +210,7 @@ class Guard:
                             actor,
                             outcome_for_status(exc.status),
                             Touched(interaction.entity, None),
-                            exc.message,
+                            exc.said,
                         )
                     )
                 raise

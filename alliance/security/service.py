@@ -147,13 +147,14 @@ def check_manage(
     if hospital_id != by.hospital_id:
         raise NotFound(f"no account {username!r} at this hospital")
     if by.kind != "user" or username == by.username:
-        raise Forbidden("an administrator does not manage their own account")
+        raise Forbidden("an administrator does not manage their own account", rule="account-own")
     allowed = manageable_roles(session, by)
     for wanted in (role, new_role):
         if wanted is not None and wanted not in allowed:
             raise Forbidden(
                 f"a {by.role} does not manage {wanted} accounts; the roles it manages: "
-                f"{', '.join(allowed) or 'none'}"
+                f"{', '.join(allowed) or 'none'}",
+                rule="account-role-managed",
             )
 
 
@@ -201,19 +202,24 @@ def _role(session: Session, name: str) -> Role:
     role = session.get(Role, name)
     if role is None:
         known = ", ".join(session.scalars(select(Role.name).order_by(Role.name)))
-        raise Invalid(f"no role {name!r}; roles: {known}")
+        raise Invalid(f"no role {name!r}; roles: {known}", rule="account-role-unknown")
     return role
 
 
 def _hospital_exists(session: Session, hospital_id: str) -> None:
     row = session.get(ResourceRow, ("Organization", hospital_id))
     if row is None or row.deleted:
-        raise Invalid(f"Organization/{hospital_id} is not a hospital of the alliance")
+        raise Invalid(
+            f"Organization/{hospital_id} is not a hospital of the alliance",
+            rule="account-hospital-unknown",
+        )
 
 
 def check_password_strength(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise Invalid(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+        raise Invalid(
+            f"a password has at least {MIN_PASSWORD_LENGTH} characters", rule="password-length"
+        )
 
 
 def person_name(session: Session, subject: str) -> str:
@@ -256,7 +262,7 @@ def create_user(
     _role(session, role)
     check_manage(session, by, hospital_id=hospital_id, role=role, username=username)
     if session.scalar(select(User.id).where(User.username == username)) is not None:
-        raise Conflict(f"an account named {username!r} exists")
+        raise Conflict(f"an account named {username!r} exists", rule="account-username-taken")
     _hospital_exists(session, hospital_id)
     if password is not None:
         check_password_strength(password)
@@ -367,7 +373,7 @@ def register_client(
 ) -> str:
     """Register a partner system; returns its secret (shown once, stored hashed)."""
     if session.get(Client, client_id) is not None:
-        raise Conflict(f"a client {client_id!r} exists")
+        raise Conflict(f"a client {client_id!r} exists", rule="client-id-taken")
     _hospital_exists(session, hospital_id)
     _role(session, role)
     secret = secrets.token_urlsafe(32)
