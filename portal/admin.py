@@ -16,7 +16,7 @@ from alliance.codes import (
     DEPARTMENT_CODES,
 )
 from alliance.directory.commands import open_department, set_department_open
-from alliance.errors import AllianceError, Forbidden, NotFound, Unauthorized
+from alliance.errors import AllianceError, Forbidden, NotFound
 from alliance.fhir.types import Version
 from alliance.numbers import whole_number
 from alliance.security import sessions
@@ -31,7 +31,7 @@ from alliance.security.service import (
     set_role,
 )
 from portal.i18n import rule_words, translator
-from portal.shell import Page, Shell
+from portal.shell import Page, Shell, correctable
 from portal.views import HoursLineError, hours_line, parse_hours_line
 
 
@@ -128,7 +128,7 @@ class AdminPages(Shell):
                 check=self._admins_only,
             )
         except AllianceError as exc:
-            if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
+            if not correctable(exc):
                 raise
             return await self.departments(
                 request, session, error=rule_words(exc, session.lang), values=typed
@@ -236,7 +236,7 @@ class AdminPages(Shell):
                 check=self._admins_only,
             )
         except AllianceError as exc:
-            if isinstance(exc, (Forbidden, Unauthorized)):
+            if not correctable(exc):
                 raise
             return await self.calendar(
                 request, session, error=rule_words(exc, session.lang), values=typed
@@ -377,7 +377,7 @@ class AdminPages(Shell):
         except AllianceError as exc:
             # A refusal naming its rule (a role this administrator does not give) is said on
             # the form, with what was typed; any other 403 is the plain refusal page.
-            if isinstance(exc, Unauthorized) or (isinstance(exc, Forbidden) and not exc.rule):
+            if not correctable(exc):
                 raise
             return await self.staff(
                 request,

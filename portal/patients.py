@@ -14,12 +14,12 @@ from alliance.codes import (
     RESIDENT_ID,
 )
 from alliance.directory.commands import NewPatient, PersonName, register_patient
-from alliance.errors import AllianceError, Forbidden, Invalid, NotFound, Unauthorized
+from alliance.errors import AllianceError
 from alliance.fhir.types import SearchResult, Version
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
 from portal.i18n import rule_words, translator
-from portal.shell import Page, Shell, when
+from portal.shell import Page, Shell, correctable, when
 from portal.views import (
     field_of,
     patient_view,
@@ -121,8 +121,8 @@ class PatientPages(Shell):
                 work,
                 lambda v: [Touched(f"Patient/{v.id}", v.id)],
             )
-        except (Invalid, AllianceError) as exc:
-            if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
+        except AllianceError as exc:
+            if not correctable(exc):
                 raise
             errors[field_of(exc)] = rule_words(exc, session.lang)
             return Page(

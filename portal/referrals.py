@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
-from alliance.errors import AllianceError, Invalid, NotFound, Unauthorized
+from alliance.errors import AllianceError, Invalid, NotFound
 from alliance.fhir.registry import Resource
 from alliance.fhir.types import SearchResult, Version
 from alliance.records import keeper_of, reference_id
@@ -19,7 +19,7 @@ from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
 from alliance.security.service import person_name
 from portal.i18n import rule_words, translator
-from portal.shell import Page, Shell, when
+from portal.shell import Page, Shell, correctable, when
 from portal.views import (
     destination,
     doc_view,
@@ -353,7 +353,7 @@ class ReferralPages(Shell):
                 lambda v: [Touched(f"Task/{v.id}", v.patient_id)],
             )
         except AllianceError as exc:
-            if isinstance(exc, (NotFound, Unauthorized)):
+            if not correctable(exc):
                 raise
             return await self.referral(
                 request,
@@ -397,7 +397,7 @@ class ReferralPages(Shell):
                 lambda tid: [Touched(f"Task/{tid}", None)],
             )
         except AllianceError as exc:
-            if isinstance(exc, (NotFound, Unauthorized)):
+            if not correctable(exc):
                 raise
             return await self.referral(
                 request,

@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
-from alliance.errors import AllianceError, Forbidden, NotFound, Unauthorized
+from alliance.errors import AllianceError
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
 from portal.i18n import rule_words, translator
-from portal.shell import Page, Shell
+from portal.shell import Page, Shell, correctable
 from portal.views import (
     FormValues,
     field_of,
@@ -161,7 +161,7 @@ class RequestPages(Shell):
                 lambda tid: [Touched(f"Task/{tid}", patient_id)],
             )
         except AllianceError as exc:
-            if isinstance(exc, (NotFound, Forbidden, Unauthorized)):
+            if not correctable(exc):
                 raise
             where = attaching if attaching and exc.status in (413, 415, 422) else None
             errors[where or field_of(exc, default="form")] = rule_words(exc, session.lang)

@@ -75,6 +75,14 @@ class Page:
     status: int = 200
 
 
+def correctable(error: AllianceError) -> bool:
+    """Whether a refusal is one the person at the page can do something about, said on the
+    page they came from: a rule they broke (any refusal naming its rule), or what they sent
+    (400, 409, 412, 413, 415, 422). Not the session ending (401), nothing there (404), a
+    refusal that names no rule (403) or a service down (503): those go to the error pages."""
+    return error.rule is not None or error.status in (400, 409, 412, 413, 415, 422)
+
+
 class Shell:
     """What every page shares: the session cookie, rendering, and running work through the
     Guard with the session's token, so access rules and the audit are exactly the API's."""

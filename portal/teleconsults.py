@@ -15,14 +15,14 @@ from alliance import clock
 from alliance.codes import (
     DEPARTMENT,
 )
-from alliance.errors import AllianceError, Invalid, NotFound, Unauthorized
+from alliance.errors import AllianceError, Invalid
 from alliance.fhir.registry import Operation, OperationResult
 from alliance.fhir.types import SearchResult, Version
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
 from portal.i18n import rule_words, translator
 from portal.referrals import ReferralPages
-from portal.shell import Page, instant_of
+from portal.shell import Page, correctable, instant_of
 from portal.views import (
     consultant_of,
     day_label,
@@ -179,7 +179,7 @@ class ConsultPages(ReferralPages):
         try:
             await self.run(request, session, Interaction("create", "Appointment"), work)
         except AllianceError as exc:
-            if isinstance(exc, (NotFound, Unauthorized)):
+            if not correctable(exc):
                 raise
             page = await self.consult_times(request, session, task_id)
             page.context["error"] = rule_words(exc, session.lang)
@@ -295,7 +295,7 @@ class ConsultPages(ReferralPages):
                 lambda v: [Touched(f"DiagnosticReport/{v.id}", v.patient_id)],
             )
         except AllianceError as exc:
-            if isinstance(exc, (NotFound, Unauthorized)):
+            if not correctable(exc):
                 raise
             return await self.referral(
                 request,
