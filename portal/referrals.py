@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,7 +20,7 @@ from alliance.security import sessions
 from alliance.security.guard import Context, Interaction, Touched
 from alliance.security.service import person_name
 from portal.i18n import rule_words, translator
-from portal.shell import Page, Shell, correctable, when
+from portal.shell import Page, Shell, T, correctable, when
 from portal.views import (
     destination,
     doc_view,
@@ -344,14 +345,31 @@ class ReferralPages(Shell):
             attachment = self.attach(s, ctx, opinion, "会诊意见")
             return commands.complete_with_opinion(acting, task_id, attachment, seen_version=seen)
 
+        return await self.act_on_referral(
+            request,
+            session,
+            task_id,
+            Interaction("update", f"Task/{task_id}"),
+            work,
+            lambda v: [Touched(f"Task/{v.id}", v.patient_id)],
+            lambda _v: f"/referrals/{task_id}",
+        )
+
+    async def act_on_referral(
+        self,
+        request: Request,
+        session: sessions.WebSession,
+        task_id: str,
+        interaction: Interaction,
+        work: Callable[[Session, Context], T],
+        touched: Callable[[T], list[Touched]],
+        then: Callable[[T], str],
+    ) -> Page | Response:
+        """Do something on a referral's page: on success, to the page `then` names; refused
+        for a reason the person can correct, the referral's page again saying why (in their
+        language, with the refusal's status)."""
         try:
-            await self.run(
-                request,
-                session,
-                Interaction("update", f"Task/{task_id}"),
-                work,
-                lambda v: [Touched(f"Task/{v.id}", v.patient_id)],
-            )
+            done = await self.run(request, session, interaction, work, touched)
         except AllianceError as exc:
             if not correctable(exc):
                 raise
@@ -362,7 +380,7 @@ class ReferralPages(Shell):
                 error=rule_words(exc, session.lang),
                 error_status=exc.status,
             )
-        return RedirectResponse(f"/referrals/{task_id}", 303)
+        return RedirectResponse(then(done), 303)
 
     async def send_down(
         self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
@@ -388,25 +406,15 @@ class ReferralPages(Shell):
                 note=str(form.get("note", "")),
             ).task_id
 
-        try:
-            new_task = await self.run(
-                request,
-                session,
-                Interaction("create", "ServiceRequest"),
-                work,
-                lambda tid: [Touched(f"Task/{tid}", None)],
-            )
-        except AllianceError as exc:
-            if not correctable(exc):
-                raise
-            return await self.referral(
-                request,
-                session,
-                task_id,
-                error=rule_words(exc, session.lang),
-                error_status=exc.status,
-            )
-        return RedirectResponse(f"/referrals/{new_task}", 303)
+        return await self.act_on_referral(
+            request,
+            session,
+            task_id,
+            Interaction("create", "ServiceRequest"),
+            work,
+            lambda tid: [Touched(f"Task/{tid}", None)],
+            lambda tid: f"/referrals/{tid}",
+        )
 
     async def referral_message(
         self, request: Request, session: sessions.WebSession, form: FormData, task_id: str

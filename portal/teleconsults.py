@@ -286,22 +286,12 @@ class ConsultPages(ReferralPages):
         def work(s: Session, ctx: Context) -> Version:
             return sign_opinion(self.acting(s, ctx), task_id, conclusion, given)
 
-        try:
-            await self.run(
-                request,
-                session,
-                Interaction("create", "DiagnosticReport"),
-                work,
-                lambda v: [Touched(f"DiagnosticReport/{v.id}", v.patient_id)],
-            )
-        except AllianceError as exc:
-            if not correctable(exc):
-                raise
-            return await self.referral(
-                request,
-                session,
-                task_id,
-                error=rule_words(exc, session.lang),
-                error_status=exc.status,
-            )
-        return RedirectResponse(f"/referrals/{task_id}", 303)
+        return await self.act_on_referral(
+            request,
+            session,
+            task_id,
+            Interaction("create", "DiagnosticReport"),
+            work,
+            lambda v: [Touched(f"DiagnosticReport/{v.id}", v.patient_id)],
+            lambda _v: f"/referrals/{task_id}",
+        )
