@@ -45,7 +45,8 @@ def _user(rtype: str) -> str:
 def check_answer(r: Any, allowed: set[int]) -> None:
     """The properties every FHIR answer holds, and the statuses this request may get."""
     note(f"{r.request.method} {r.request.url} -> {r.status_code} {r.text[:500]}")
-    assert r.status_code < 500, r.text
+    # Each request class has its exact set of answers (none of them a 5xx): a generated
+    # request may get any one of them, never another.
     assert r.status_code in allowed, (r.status_code, r.text[:500])
     if r.status_code >= 400:
         assert r.headers.get("content-type") == FHIR_JSON
