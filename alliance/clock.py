@@ -8,7 +8,12 @@ in this process only: it moves what the code here sees, never another worker's c
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+#: The alliance's civil time (DOMAIN.md "Time"): Beijing time, the official time in Xinjiang too.
+#: Calendar days (today, a report's months, a patient's age) are Beijing-time days.
+BEIJING = ZoneInfo("Asia/Shanghai")
 
 _offset = timedelta(0)
 
@@ -16,6 +21,12 @@ _offset = timedelta(0)
 def now() -> datetime:
     """Now, in UTC."""
     return datetime.now(UTC) + _offset
+
+
+def today() -> date:
+    """Today's date in Beijing time. Not `now().date()`: from 16:00 UTC that is still
+    yesterday in Beijing, and a period ending "today" would leave the evening's records out."""
+    return now().astimezone(BEIJING).date()
 
 
 def advance(delta: timedelta) -> None:

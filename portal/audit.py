@@ -231,7 +231,7 @@ class AuditPages(Shell):
         """The alliance's figures for a period (default: the last year) and optionally one
         hospital: requests per month (up, down, teleconsult) on an axis, per hospital pair,
         decline reasons, turnaround in minutes or hours, overdue now."""
-        today = clock.now().date()
+        today = clock.today()
         first = _day(request.query_params.get("from"), today - timedelta(days=365))
         last = _day(request.query_params.get("to"), today)
         if last < first:

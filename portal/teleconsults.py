@@ -49,7 +49,7 @@ class ConsultPages(ReferralPages):
         """A week of free times of the specialists asked, inside both sites' working hours
         ($find), by day (date and weekday), each with the specialist's name and title; weeks
         paged forward and back or chosen with a date."""
-        today = clock.now().astimezone(BEIJING).date()
+        today = clock.today()
         first = parse_day(request.query_params.get("from"), today)
 
         def work(s: Session, ctx: Context) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def person_line(patient: dict[str, Any], t: Callable[[str], str]) -> str:
     parts = [names[0] if names else "—"]
     if patient.get("gender") in ("male", "female"):
         parts.append(t(str(patient["gender"])))
-    age = age_on(str(patient.get("birthDate", "")), clock.now().date())
+    age = age_on(str(patient.get("birthDate", "")), clock.today())
     if age is not None:
         parts.append(t("age_years").format(age=age))
     return " · ".join(parts)

@@ -54,7 +54,7 @@ def referral_router(guard: Guard) -> APIRouter:
         overdue now. `from` and `to` are days (YYYY-MM-DD, inclusive; default: the last 12
         months); `granularity=month`; `hospital` (an id) counts only what that hospital sent or
         was asked."""
-        today = clock.now().date()
+        today = clock.today()
         first = _parse_day(request.query_params.get("from"), today - timedelta(days=365), "from")
         last = _parse_day(request.query_params.get("to"), today, "to")
         if last < first:

@@ -10,7 +10,6 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -22,7 +21,7 @@ from referral.models import Referral
 from referral.workflow import AWAITING_DECISION
 
 #: Months are Beijing-time months: a referral sent at 00:30 on the 1st (Beijing) counts there.
-REPORT_TZ = ZoneInfo("Asia/Shanghai")
+REPORT_TZ = clock.BEIJING
 DIRECTIONS = {"up-referral": "up", "down-referral": "down", "teleconsult": "teleconsult"}
 
 

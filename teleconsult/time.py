@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-BEIJING = ZoneInfo("Asia/Shanghai")
+from alliance.clock import BEIJING
+
 XINJIANG = ZoneInfo("Asia/Urumqi")
 #: The province (Organization.address.state) whose people are shown Xinjiang time too.
 XINJIANG_REGION = "新疆维吾尔自治区"

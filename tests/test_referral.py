@@ -582,3 +582,34 @@ def test_referral_figures_match_an_independent_count(settings: Settings, as_user
         (x["code"], x["reason"], x["from"], x["to"]): x["count"]
         for x in admin.json()["own_rejection_reasons"]
     } == own
+
+
+def test_the_default_period_ends_today_in_beijing(settings: Settings, as_user: Users) -> None:
+    # 17:00 UTC on 1 December is 01:00 on 2 December in Beijing: a referral sent then is
+    # today's, and the default period (the last year up to today) counts it.
+    sent = datetime(2026, 12, 1, 17, 0, tzinfo=UTC)
+    clock.set_to(sent + timedelta(minutes=5))
+    assert clock.today().isoformat() == "2026-12-02"
+    db = Database(settings.database_url)
+    with db.transaction(write=True) as s:
+        s.add(
+            Referral(
+                task_id="evening",
+                service_request_id="evening-sr",
+                patient_id="demo-aygul",
+                category="up-referral",
+                placer_org="xy-people",
+                owner_org="subei",
+                priority="routine",
+                status="requested",
+                created_at=sent,
+                requested_at=sent,
+                deadline=sent + timedelta(hours=48),
+            )
+        )
+    db.dispose()
+    figures = as_user("auditor").get("/api/stats/referrals")
+    assert figures.status_code == 200, figures.text
+    assert [(p["month"], p["from"], p["to"], p["sent"]) for p in figures.json()["pairs"]] == [
+        ("2026-12", "xy-people", "subei", 1)
+    ]

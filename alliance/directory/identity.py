@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
+from alliance import clock
+
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
 
@@ -72,7 +74,7 @@ def parse_identity_number(raw: str, *, today: date | None = None) -> IdentityNum
         raise IdentityNumberError(
             f"{value[6:14]} is not a valid birth date (YYYYMMDD)", rule="identity-date"
         ) from None
-    if born > (today or date.today()) or born.year < 1900:
+    if born > (today or clock.today()) or born.year < 1900:
         raise IdentityNumberError(f"birth date {born} is not plausible", rule="identity-date")
     expected = check_character(value[:17])
     if value[17] != expected:

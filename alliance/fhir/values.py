@@ -9,12 +9,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from zoneinfo import ZoneInfo
 
 from pypinyin import lazy_pinyin
 
-#: Dates and times written without a zone are read as Beijing time, the alliance's civil time.
-CIVIL_TZ = ZoneInfo("Asia/Shanghai")
+from alliance.clock import BEIJING as CIVIL_TZ  # dates written without a zone are Beijing time
 
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})"
