@@ -449,7 +449,7 @@ def search_series(
         .limit(query.limit)
         .offset(query.offset)
     )
-    rows = list(session.execute(statement).tuples())
+    rows = list(session.execute(statement))
     body = [series_json(se, st, query, base, scoped) for se, st in rows]
     return Results(body, _unique(st for _, st in rows))
 
@@ -490,6 +490,6 @@ def search_instances(
         .limit(query.limit)
         .offset(query.offset)
     )
-    rows = list(session.execute(statement).tuples())
+    rows = list(session.execute(statement))
     body = [instance_json(i, se, st, query, base, scoped) for i, se, st in rows]
     return Results(body, _unique(st for _, _, st in rows))
