@@ -34,7 +34,6 @@ from portal.views import (
 from referral.commands import Diagnosis
 from teleconsult.commands import answer_consult, sign_opinion
 from teleconsult.presentation import VIRTUAL_SERVICE
-from teleconsult.time import BEIJING
 
 
 class ConsultPages(ReferralPages):
@@ -100,7 +99,7 @@ class ConsultPages(ReferralPages):
         for p in data["proposals"]:
             start = instant_of(p["start"])
             assert start is not None  # $find answers instants
-            day = start.astimezone(BEIJING).date()
+            day = start.astimezone(clock.BEIJING).date()
             days.setdefault(day_label(day, t), []).append(
                 {
                     "label": local_time(p) or p["start"],

@@ -51,7 +51,7 @@ from referral.service import category_of, check_codes
 from teleconsult.common import acting, ext, read_visible, refuse
 from teleconsult.letter import LetterFacts, opinion_letter
 from teleconsult.models import Booking
-from teleconsult.time import BEIJING, format_for_site
+from teleconsult.time import format_for_site
 
 LOINC = "http://loinc.org"
 CONSULT_NOTE = "11488-4"
@@ -337,7 +337,7 @@ class OpinionRules:
                 signer=first_name(practitioner, signer),
                 signer_title=str(title),
                 signed_at=format_for_site(now, xinjiang=False),
-                signed_on=now.astimezone(BEIJING).date(),
+                signed_on=now.astimezone(clock.BEIJING).date(),
                 amendment=amendment,
             )
         )
