@@ -1,0 +1,72 @@
+"""The outbox (issue 14): one row per event, written in the transaction of the change that
+causes it, and who it concerns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from alliance.db import Base, UTCDateTime
+from alliance.fhir.models import ID_LEN, TYPE_LEN
+
+#: SQLite gives monotonic numbers only to an INTEGER PRIMARY KEY AUTOINCREMENT; PostgreSQL a
+#: bigint identity.
+EventNumber = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Event(Base):
+    """Something happened that someone must hear of. Its number (`id`) grows with commit order
+    (alliance.notify.outbox.record), so "every event after N" is a complete answer.
+
+    It carries no clinical text: the kind, when, the record it is about (`focus`), the patient
+    (an id, for access checks) and the referral it belongs to. What a recipient reads of the
+    records themselves it reads through the store, under the sharing rules."""
+
+    __tablename__ = "notify_event"
+
+    id: Mapped[int] = mapped_column(EventNumber, primary_key=True, autoincrement=True)
+    #: A topic code of alliance.notify.topics (referral-sent, opinion-signed, ...).
+    kind: Mapped[str] = mapped_column(String(40))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    focus_type: Mapped[str] = mapped_column(String(TYPE_LEN))
+    focus_id: Mapped[str] = mapped_column(String(ID_LEN))
+    patient_id: Mapped[str | None] = mapped_column(String(ID_LEN))
+    #: The referral (its Task) the event belongs to, when it belongs to one.
+    task_id: Mapped[str | None] = mapped_column(String(ID_LEN))
+    #: Who caused it: a username, or None for the server (a deadline, a reminder).
+    actor: Mapped[str | None] = mapped_column(String(64))
+    #: Set for events the server raises on a schedule (a reminder, an overdue referral), so
+    #: that raising one twice (two workers, a restart) records it once.
+    key: Mapped[str | None] = mapped_column(String(160), unique=True)
+
+    recipients: Mapped[list[EventRecipient]] = relationship(
+        back_populates="event", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    __table_args__ = (
+        Index("ix_notify_event_focus", "focus_type", "focus_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class EventRecipient(Base):
+    """One party an event concerns: a hospital as a whole (no practitioner, no capability), a
+    person at a hospital (their Practitioner), or the holders of a capability there
+    (`administer`: the hospital's administrators)."""
+
+    __tablename__ = "notify_event_recipient"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("notify_event.id", ondelete="CASCADE"))
+    hospital_id: Mapped[str] = mapped_column(String(ID_LEN))
+    practitioner_id: Mapped[str | None] = mapped_column(String(ID_LEN))
+    capability: Mapped[str | None] = mapped_column(String(32))
+
+    event: Mapped[Event] = relationship(back_populates="recipients")
+
+    __table_args__ = (
+        Index("ix_notify_event_recipient_hospital", "hospital_id", "event_id"),
+        Index("ix_notify_event_recipient_event", "event_id"),
+    )
