@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from alliance.db import Base, UTCDateTime
@@ -69,4 +69,70 @@ class EventRecipient(Base):
     __table_args__ = (
         Index("ix_notify_event_recipient_hospital", "hospital_id", "event_id"),
         Index("ix_notify_event_recipient_event", "event_id"),
+    )
+
+
+class Subscription(Base):
+    """The delivery state of one FHIR Subscription (its resource is kept by the FHIR store):
+    who it delivers for, where, and how far it has got. The worker moves it under a lease
+    (`leased_until`), so one subscription is delivered by one worker at a time, in order."""
+
+    __tablename__ = "notify_subscription"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    #: Who subscribed: what they may see decides what is delivered (alliance.notify.outbox).
+    reader_kind: Mapped[str] = mapped_column(String(16))
+    reader_name: Mapped[str] = mapped_column(String(64))
+    hospital_id: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    practitioner_id: Mapped[str | None] = mapped_column(String(ID_LEN))
+    capabilities: Mapped[str] = mapped_column(String(255))
+    scopes: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(1000))
+    #: Headers the receiver asked to be sent (Subscription.channel.header), JSON.
+    headers: Mapped[str] = mapped_column(Text, default="[]")
+    #: empty, id-only or full-resource (backport-payload-content).
+    content: Mapped[str] = mapped_column(String(16))
+    heartbeat_seconds: Mapped[int | None] = mapped_column(Integer)
+    timeout_seconds: Mapped[int] = mapped_column(Integer)
+    max_count: Mapped[int] = mapped_column(Integer)
+    #: requested (handshake not yet answered), active, error (failing, still retried), off.
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String(500))
+    #: The last outbox event considered for it, and how many of those were its own: the
+    #: number of its last notified event (events-since-subscription-start).
+    matched_through: Mapped[int] = mapped_column(EventNumber)
+    events_since_start: Mapped[int] = mapped_column(EventNumber, default=0)
+    #: The outbox number it started after (its event numbers count from there).
+    started_after: Mapped[int] = mapped_column(EventNumber)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    last_sent: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeliveryAttempt(Base):
+    """One attempt to deliver a notification: what, how it went (for administrators)."""
+
+    __tablename__ = "notify_attempt"
+
+    id: Mapped[int] = mapped_column(EventNumber, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(String(ID_LEN))
+    hospital_id: Mapped[str] = mapped_column(String(ID_LEN))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: handshake, heartbeat or event-notification.
+    type: Mapped[str] = mapped_column(String(24))
+    #: The subscription's event numbers it carried (first..last), when it carried events.
+    first_number: Mapped[int | None] = mapped_column(EventNumber)
+    last_number: Mapped[int | None] = mapped_column(EventNumber)
+    ok: Mapped[bool] = mapped_column()
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(500))
+    milliseconds: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ix_notify_attempt_hospital", "hospital_id", "id"),
+        Index("ix_notify_attempt_subscription", "subscription_id", "id"),
+        {"sqlite_autoincrement": True},
     )

@@ -92,8 +92,20 @@ TOPICS: dict[str, Topic] = {
 }
 
 
+#: The topic of every event above: one channel, in one order, for a hospital system that
+#: wants them all (each notification-event names its kind, EVENT_KIND).
+ALL = Topic(
+    "all",
+    "全部通知",
+    "Every event of the topics above that the subscriber may see, in one order.",
+    "Resource",
+)
+#: The kind of an event in a notification (an extension on the notification-event parameter).
+EVENT_KIND = f"{ALLIANCE_BASE}/StructureDefinition/notification-event-kind"
+
+
 def topic_by_url(url: str) -> Topic | None:
     """The topic a canonical URL names (the URL, or a code alone)."""
     code = url.rstrip("/").rsplit("/", 1)[-1]
-    found = TOPICS.get(code)
+    found = ALL if code == ALL.code else TOPICS.get(code)
     return found if found is not None and url in (found.url, code) else None

@@ -1,0 +1,179 @@
+"""FHIR Subscriptions (issue 14.2-3, R4 Subscriptions Backport IG) delivered by the worker to a
+test HIS, a real HTTP receiver: handshake, events in order with their numbers, heartbeats,
+retries with back-off while the receiver fails, catching up with $events, and what
+administrators and /metrics see. The clock is moved, never slept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from alliance import clock
+from alliance.config import Settings
+from server.app import Services
+from server.notify import build_worker
+from tests.notices import (
+    Receiver,
+    complete,
+    drain,
+    move,
+    partner,
+    receive,
+    send,
+    subscription_body,
+)
+from tests.teleconsults import (
+    beijing,
+    book,
+    open_consult,
+    opinion,
+    proposal_at,
+    respond,
+    slot_id,
+    start_consult,
+    weekday_ahead,
+)
+
+Users = Callable[[str], TestClient]
+
+
+def test_a_hospital_system_hears_a_referral_and_a_consult_in_order(
+    app: FastAPI, settings: Settings, as_user: Users
+) -> None:
+    services: Services = app.state.services
+    worker = build_worker(settings, services.db, services.fhir)
+    his = partner(app, "subei-his", "subei")
+    with Receiver() as receiver:
+        r = his.post(
+            "/fhir/Subscription",
+            json=subscription_body(
+                receiver.url, content="full-resource", heartbeat=60, headers=("X-His-Key: k1",)
+            ),
+        )
+        assert r.status_code == 201, r.text
+        sub = r.json()
+        assert sub["status"] == "requested"
+
+        # The handshake first; it makes the subscription active.
+        assert drain(worker) == 1
+        [handshake] = receiver.notifications()
+        assert (handshake["type"], handshake["since_start"]) == ("handshake", 0)
+        assert receiver.received[0]["headers"]["X-His-Key"] == "k1"
+        assert his.get(f"/fhir/Subscription/{sub['id']}").json()["status"] == "active"
+
+        # An up-referral sent, received, accepted and completed (domain commands, in-process).
+        task = send(services, "xy-people", "demo-aygul")
+        receive(services, "sp.subei", task)
+        move(services, "sp.subei", task, "accepted")
+        complete(services, "sp.subei", task)
+        # A teleconsult booked, started and its opinion signed (over the FHIR API).
+        doctor, specialist = as_user("dr.xinyuan.people"), as_user("sp.subei")
+        sr, consult = open_consult(doctor)
+        start = beijing(weekday_ahead(2), "15:00")
+        appt = book(
+            doctor, proposal_at(sr, "sp-subei-role", start, [slot_id("sp-subei-consult", start)])
+        ).json()
+        assert respond(specialist, appt["id"], "accepted", "PractitionerRole/sp-subei-role")
+        encounter = start_consult(specialist, appt["id"]).json()
+        draft = specialist.post(
+            "/fhir/DiagnosticReport",
+            json=opinion(sr, encounter={"reference": f"Encounter/{encounter['id']}"}),
+        ).json()
+        signed = specialist.put(
+            f"/fhir/DiagnosticReport/{draft['id']}", json={**draft, "status": "final"}
+        )
+        assert signed.status_code == 200, signed.text
+
+        drain(worker)
+        events = receiver.events()
+        ct = consult["id"]
+        assert [(k, f) for _n, k, f in events] == [
+            ("referral-sent", f"Task/{task}"),
+            ("referral-received", f"Task/{task}"),
+            ("referral-accepted", f"Task/{task}"),
+            ("referral-completed", f"Task/{task}"),
+            ("referral-sent", f"Task/{ct}"),
+            ("consult-booked", f"Appointment/{appt['id']}"),
+            ("referral-received", f"Task/{ct}"),
+            ("referral-accepted", f"Task/{ct}"),
+            ("consult-started", f"Encounter/{encounter['id']}"),
+            ("opinion-signed", f"DiagnosticReport/{draft['id']}"),
+            ("referral-completed", f"Task/{ct}"),
+        ]
+        # Numbered from 1 without a gap, each once.
+        assert [n for n, _k, _f in events] == list(range(1, 12))
+        # Full resources, as the subscriber may read them: the completed Task.
+        notes = receiver.notifications("event-notification")
+        resources = [r for n in notes for r in n["resources"]]
+        assert resources[3]["resourceType"] == "Task" and resources[3]["status"] == "completed"
+
+        # Quiet for a heartbeat period: a heartbeat, with the count so far.
+        clock.advance(timedelta(seconds=61))
+        assert drain(worker) == 1
+        beat = receiver.notifications()[-1]
+        assert (beat["type"], beat["since_start"], beat["events"]) == ("heartbeat", 11, [])
+
+        # $status and $events: a receiver that missed events catches up by number.
+        status = his.get(f"/fhir/Subscription/{sub['id']}/$status").json()
+        params = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
+        assert params["events-since-subscription-start"]["valueString"] == "11"
+        assert params["status"]["valueCode"] == "active"
+        caught = his.get(
+            f"/fhir/Subscription/{sub['id']}/$events",
+            params={"eventsSinceNumber": "3", "eventsUntilNumber": "5", "content": "id-only"},
+        ).json()
+        status_of_events = caught["entry"][0]["resource"]["parameter"]
+        numbers = [
+            p["part"][0]["valueString"]
+            for p in status_of_events
+            if p["name"] == "notification-event"
+        ]
+        assert numbers == ["3", "4", "5"]
+        assert all("resource" not in e for e in caught["entry"][1:])  # id-only asked
+        # Another hospital's system does not see this subscription.
+        other = partner(app, "yz-tcm-his", "yz-tcm")
+        assert other.get(f"/fhir/Subscription/{sub['id']}/$status").status_code == 404
+
+
+def test_a_receiver_down_for_an_hour_gets_everything_once(
+    app: FastAPI, settings: Settings, as_user: Users
+) -> None:
+    services: Services = app.state.services
+    worker = build_worker(settings, services.db, services.fhir)
+    his = partner(app, "xy-people-his", "xy-people")
+    with Receiver() as receiver:
+        sub = his.post("/fhir/Subscription", json=subscription_body(receiver.url)).json()
+        drain(worker)
+        receiver.failing = 500
+        tasks = [send(services, "xy-people", p) for p in ("demo-aygul", "demo-memet")]
+        attempts = 0
+        for _ in range(40):  # an hour and more, in the worker's own back-off steps
+            attempts += worker.run_once()
+            clock.advance(timedelta(minutes=2))
+        assert receiver.refused == attempts >= 15  # retried, at most 5 minutes apart
+        assert his.get(f"/fhir/Subscription/{sub['id']}").json()["status"] == "error"
+        # Administrators see the failures.
+        admin = as_user("admin.xinyuan.people")
+        state = admin.get("/api/notify/deliveries").json()
+        [mine] = state["subscriptions"]
+        assert (mine["status"], mine["failuresInARow"]) == ("error", attempts)
+        assert {a["httpStatus"] for a in state["attempts"] if not a["ok"]} == {500}
+        assert as_user("dr.xinyuan.people").get("/api/notify/deliveries").status_code == 403
+
+        more = send(services, "xy-people", "demo-wang-jianguo")
+        receiver.failing = None
+        clock.advance(timedelta(minutes=5))
+        drain(worker)
+        assert [(n, f) for n, _k, f in receiver.events()] == [
+            (1, f"Task/{tasks[0]}"),
+            (2, f"Task/{tasks[1]}"),
+            (3, f"Task/{more}"),
+        ]
+        assert his.get(f"/fhir/Subscription/{sub['id']}").json()["status"] == "active"
+        metrics = TestClient(app).get("/metrics").text
+        assert (
+            'alliance_notify_attempts_total{outcome="failed",type="event-notification"}' in metrics
+        )
