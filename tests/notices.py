@@ -105,9 +105,13 @@ def move(services: Services, username: str, task_id: str, target: str, reason: s
 def receive(services: Services, username: str, task_id: str) -> None:
     """The owner opens the referral (FHIR read hook: requested -> received)."""
     with acting_as(services, username) as acting:
-        services.fhir.read(
-            "Task", task_id, session=acting.session, visible=acting.visible, actor=acting.actor
-        )
+        receive_in(acting, task_id)
+
+
+def receive_in(acting: OperationContext, task_id: str) -> None:
+    acting.store.read(
+        "Task", task_id, session=acting.session, visible=acting.visible, actor=acting.actor
+    )
 
 
 class Receiver:

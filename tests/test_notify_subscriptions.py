@@ -5,6 +5,7 @@ administrators and /metrics see. The clock is moved, never slept."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -13,13 +14,16 @@ from fastapi.testclient import TestClient
 
 from alliance import clock
 from alliance.config import Settings
+from alliance.notify.worker import Worker
 from server.app import Services
 from server.notify import build_worker
 from tests.notices import (
     Receiver,
+    acting_as,
     complete,
     drain,
     move,
+    open_in,
     partner,
     receive,
     send,
@@ -177,3 +181,33 @@ def test_a_receiver_down_for_an_hour_gets_everything_once(
         assert (
             'alliance_notify_attempts_total{outcome="failed",type="event-notification"}' in metrics
         )
+
+
+def test_two_workers_never_deliver_one_event_twice(app: FastAPI, settings: Settings) -> None:
+    """Two workers at once on one subscription, one event per notification: each event is
+    delivered once, in order (leases; SKIP LOCKED on PostgreSQL)."""
+    services: Services = app.state.services
+    workers = [build_worker(settings, services.db, services.fhir, name=n) for n in "ab"]
+    his = partner(app, "subei-his", "subei")
+    with Receiver() as receiver:
+        body = subscription_body(receiver.url)
+        sd = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+        body["channel"]["extension"] = [{"url": f"{sd}/backport-max-count", "valueUnsignedInt": 1}]
+        assert his.post("/fhir/Subscription", json=body).status_code == 201
+        drain(workers[0])
+        with acting_as(services, "dr.xinyuan.people") as acting:
+            tasks = [open_in(acting, services, "xy-people", "demo-aygul") for _ in range(12)]
+
+        def run(worker: Worker) -> None:
+            for _ in range(200):
+                if not worker.run_once() and len(receiver.events()) >= len(tasks):
+                    return
+
+        threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert receiver.events() == [
+            (n, "referral-sent", f"Task/{t}") for n, t in enumerate(tasks, start=1)
+        ]
