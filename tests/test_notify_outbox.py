@@ -4,6 +4,7 @@ reader by the rule of who they concern."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -12,13 +13,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from alliance import clock
+from alliance.config import Settings
 from alliance.errors import Conflict
 from alliance.notify.models import Event
 from alliance.notify.outbox import events_for, last_event_number
 from referral import commands
 from referral.service import record_overdue
 from server.app import Services
+from server.notify import build_worker
 from tests.notices import acting_as, move, open_in, principal, receive, send
+from tests.teleconsults import beijing, book, open_consult, proposal_at, slot_id, weekday_ahead
 
 
 def services_of(app: FastAPI) -> Services:
@@ -129,3 +133,36 @@ def test_an_urgent_referral_past_its_deadline_escalates_once(
     assert task["businessStatus"]["text"] == "overdue"
     overdue = [f for k, f in seen(services, "admin.subei") if k == "referral-overdue"]
     assert overdue == [urgent, late]
+
+
+def test_the_workers_scheduler_escalates_and_reminds(
+    app: FastAPI, settings: Settings, as_user: Callable[[str], TestClient]
+) -> None:
+    """Item 5: the worker's scheduler raises the overdue escalation without anyone reading
+    the referral; and the consult reminders 24 hours and 15 minutes before, once each."""
+    services = services_of(app)
+    worker = build_worker(settings, services.db, services.fhir)
+    urgent = send(services, "xy-people", "demo-aygul", priority="urgent")
+    assert worker.schedule(force=True) == 0
+    clock.advance(timedelta(hours=2, minutes=1))
+    assert worker.schedule(force=True) == 1
+    assert worker.schedule(force=True) == 0
+    assert ("referral-overdue", urgent) in seen(services, "admin.subei")
+
+    doctor = as_user("dr.xinyuan.people")
+    sr, _task = open_consult(doctor, "demo-memet")
+    start = beijing(weekday_ahead(2, at_least=3), "15:00")
+    appt = book(
+        doctor, proposal_at(sr, "sp-subei-role", start, [slot_id("sp-subei-consult", start)])
+    ).json()
+    clock.set_to(start - timedelta(hours=23))
+    assert worker.schedule(force=True) == 1  # 24 hours before
+    clock.set_to(start - timedelta(minutes=14))
+    assert worker.schedule(force=True) == 1  # 15 minutes before
+    assert worker.schedule(force=True) == 0
+    reminders = [f for k, f in seen(services, "sp.subei") if k == "consult-reminder"]
+    assert reminders == [appt["id"], appt["id"]]
+    assert [f for k, f in seen(services, "dr.xinyuan.people") if k == "consult-reminder"] == [
+        appt["id"],
+        appt["id"],
+    ]

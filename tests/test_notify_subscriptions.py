@@ -196,7 +196,7 @@ def test_two_workers_never_deliver_one_event_twice(app: FastAPI, settings: Setti
         assert his.post("/fhir/Subscription", json=body).status_code == 201
         drain(workers[0])
         with acting_as(services, "dr.xinyuan.people") as acting:
-            tasks = [open_in(acting, services, "xy-people", "demo-aygul") for _ in range(12)]
+            tasks = [open_in(acting, services, "xy-people", "demo-aygul") for _ in range(8)]
 
         def run(worker: Worker) -> None:
             for _ in range(200):

@@ -42,7 +42,7 @@ class Event(Base):
     key: Mapped[str | None] = mapped_column(String(160), unique=True)
 
     recipients: Mapped[list[EventRecipient]] = relationship(
-        back_populates="event", cascade="all, delete-orphan", lazy="selectin"
+        back_populates="event", cascade="all, delete-orphan"
     )
 
     __table_args__ = (
