@@ -8,9 +8,15 @@ from fhir.resources.R4B.subscription import Subscription
 from alliance.config import Settings
 from alliance.fhir.registry import ALL_INTERACTIONS, Operation, ResourceDefinition, SearchParam
 from alliance.notify.subscriptions import SubscriptionRules, run_events, run_status
+from alliance.notify.topics import ALL, TOPICS
 from alliance.records import keeper_of
 
 BACKPORT_OPERATIONS = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition"
+#: The topics a server supports, on its CapabilityStatement's Subscription entry (backport IG).
+TOPIC_CANONICAL = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+    "capabilitystatement-subscriptiontopic-canonical"
+)
 
 
 def definitions(settings: Settings) -> list[ResourceDefinition]:
@@ -33,6 +39,10 @@ def definitions(settings: Settings) -> list[ResourceDefinition]:
         on_write=rules.check,
         after_write=[rules.after],
         organization_of=keeper_of,
+        capability_extensions=[
+            {"url": TOPIC_CANONICAL, "valueCanonical": topic.url}
+            for topic in [*TOPICS.values(), ALL]
+        ],
     )
     definition.operations["status"] = Operation(
         "status",

@@ -211,3 +211,41 @@ def test_two_workers_never_deliver_one_event_twice(app: FastAPI, settings: Setti
         assert receiver.events() == [
             (n, "referral-sent", f"Task/{t}") for n, t in enumerate(tasks, start=1)
         ]
+
+
+def test_a_subscription_names_what_to_correct(app: FastAPI) -> None:
+    """Each refusal is a 422 OperationOutcome with its rule, and creates nothing; the topics
+    are listed in the CapabilityStatement (backport IG)."""
+    his = partner(app, "subei-his", "subei")
+    sd = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+    good = subscription_body("https://his.example/notify")
+    cases = {
+        "subscription-topic": {**good, "criteria": "Task?status=requested"},
+        "subscription-channel": {**good, "channel": {**good["channel"], "type": "websocket"}},
+        "subscription-endpoint": {**good, "channel": {**good["channel"], "endpoint": "ftp://x"}},
+        "subscription-filter": {
+            **good,
+            "_criteria": {
+                "extension": [{"url": f"{sd}/backport-filter-criteria", "valueString": "x=y"}]
+            },
+        },
+        "subscription-content": {
+            **good,
+            "channel": {
+                **good["channel"],
+                "_payload": {
+                    "extension": [{"url": f"{sd}/backport-payload-content", "valueCode": "all"}]
+                },
+            },
+        },
+    }
+    for rule, body in cases.items():
+        r = his.post("/fhir/Subscription", json=body)
+        assert r.status_code == 422, (rule, r.text)
+        assert rule in r.text
+    assert his.get("/fhir/Subscription").json().get("entry", []) == []
+    metadata = TestClient(app).get("/fhir/metadata").json()
+    [entry] = [e for e in metadata["rest"][0]["resource"] if e["type"] == "Subscription"]
+    topics = {e["valueCanonical"] for e in entry["extension"]}
+    assert "https://fhir.yzxy-alliance.cn/SubscriptionTopic/referral-overdue" in topics
+    assert {op["name"] for op in entry["operation"]} == {"status", "events"}
