@@ -8,9 +8,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from alliance import clock
 from alliance.config import Settings
@@ -221,7 +224,7 @@ def test_a_subscription_names_what_to_correct(app: FastAPI) -> None:
     good = subscription_body("https://his.example/notify")
     cases = {
         "subscription-topic": {**good, "criteria": "Task?status=requested"},
-        "subscription-channel": {**good, "channel": {**good["channel"], "type": "websocket"}},
+        "subscription-channel": {**good, "channel": {**good["channel"], "type": "email"}},
         "subscription-endpoint": {**good, "channel": {**good["channel"], "endpoint": "ftp://x"}},
         "subscription-filter": {
             **good,
@@ -248,4 +251,62 @@ def test_a_subscription_names_what_to_correct(app: FastAPI) -> None:
     [entry] = [e for e in metadata["rest"][0]["resource"] if e["type"] == "Subscription"]
     topics = {e["valueCanonical"] for e in entry["extension"]}
     assert "https://fhir.yzxy-alliance.cn/SubscriptionTopic/referral-overdue" in topics
-    assert {op["name"] for op in entry["operation"]} == {"status", "events"}
+    assert {op["name"] for op in entry["operation"]} == {"status", "events", "get-ws-binding-token"}
+
+
+def test_a_websocket_subscription_streams_its_events(app: FastAPI) -> None:
+    """The backport's websocket channel: a binding token, `bind-with-token`, the handshake,
+    then the events in order; a wrong token is refused; $status counts what was sent."""
+    services: Services = app.state.services
+    his = partner(app, "subei-his", "subei")
+    body = subscription_body("", heartbeat=1)
+    body["channel"] = {**body["channel"], "type": "websocket"}
+    del body["channel"]["endpoint"]
+    sub = his.post("/fhir/Subscription", json=body).json()
+    binding = his.get(f"/fhir/Subscription/{sub['id']}/$get-ws-binding-token").json()
+    params = {
+        p["name"]: next(v for k, v in p.items() if k.startswith("value"))
+        for p in binding["parameter"]
+    }
+    assert params["websocket-url"] == "ws://testserver/api/notify/ws"
+    socket_client = TestClient(app)
+    with socket_client.websocket_connect("/api/notify/ws") as ws:
+        ws.send_text("bind-with-token not-a-token")
+        with pytest.raises(WebSocketDisconnect) as refused:
+            ws.receive_json()
+        assert refused.value.code == 1008
+    with socket_client.websocket_connect("/api/notify/ws") as ws:
+        ws.send_text(f"bind-with-token {params['token']}")
+        handshake = ws.receive_json()
+        assert _status(handshake)["type"] == "handshake"
+        tasks = [send(services, "xy-people", p) for p in ("demo-aygul", "demo-memet")]
+        got: list[tuple[str, str]] = []
+        while len(got) < 2:
+            note = _status(ws.receive_json())
+            got += [(n, f) for n, f in note["events"]]
+        assert got == [("1", f"Task/{tasks[0]}"), ("2", f"Task/{tasks[1]}")]
+        # A second socket for the same subscription is refused while this one is bound.
+        with socket_client.websocket_connect("/api/notify/ws") as other:
+            other.send_text(f"bind-with-token {params['token']}")
+            with pytest.raises(WebSocketDisconnect):
+                other.receive_json()
+        assert _status(ws.receive_json())["type"] == "heartbeat"
+    status = his.get(f"/fhir/Subscription/{sub['id']}/$status").json()
+    counted = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
+    assert counted["events-since-subscription-start"]["valueString"] == "2"
+    assert counted["status"]["valueCode"] == "active"
+
+
+def _status(bundle: dict[str, Any]) -> dict[str, Any]:
+    params = bundle["entry"][0]["resource"]["parameter"]
+    return {
+        "type": next(p["valueCode"] for p in params if p["name"] == "type"),
+        "events": [
+            (
+                next(x["valueString"] for x in p["part"] if x["name"] == "event-number"),
+                next(x["valueReference"]["reference"] for x in p["part"] if x["name"] == "focus"),
+            )
+            for p in params
+            if p["name"] == "notification-event"
+        ],
+    }

@@ -147,6 +147,7 @@ class Worker:
             due = (
                 select(Subscription)
                 .where(
+                    Subscription.channel == "rest-hook",
                     Subscription.status.in_(LIVE),
                     Subscription.next_attempt <= now,
                     or_(Subscription.leased_until.is_(None), Subscription.leased_until < now),
