@@ -17,7 +17,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from alliance import clock
 from alliance.config import Settings
+from alliance.notify.models import Subscription
 from alliance.notify.worker import Worker
+from alliance.security.service import set_client_active
 from server.app import Services
 from server.notify import build_worker
 from tests.notices import (
@@ -184,6 +186,17 @@ def test_a_receiver_down_for_an_hour_gets_everything_once(
         assert (
             'alliance_notify_attempts_total{outcome="failed",type="event-notification"}' in metrics
         )
+
+        # A partner system that is locked hears nothing more: its subscription goes off.
+        with services.db.transaction(write=True) as session:
+            set_client_active(session=session, client_id="xy-people-his", active=False)
+        send(services, "xy-people", "demo-aygul")
+        drain(worker)
+        assert len(receiver.events()) == 3
+        with services.db.transaction() as session:
+            row = session.get(Subscription, sub["id"])
+            assert row is not None
+            assert (row.status, row.error) == ("off", "the subscriber's account is locked")
 
 
 def test_two_workers_never_deliver_one_event_twice(app: FastAPI, settings: Settings) -> None:

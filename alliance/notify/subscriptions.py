@@ -36,6 +36,7 @@ from alliance.notify.outbox import concerns, last_event_number
 from alliance.notify.topics import ALL, EVENT_KIND, TOPICS, topic_by_url
 from alliance.records import stamp_keeper
 from alliance.security.access import Principal, visibility
+from alliance.security.models import Client, User
 from alliance.security.scopes import parse_scopes
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
@@ -257,6 +258,16 @@ def subscriber(row: Subscription) -> Principal:
         scopes=tuple(parse_scopes(row.scopes)),
         practitioner_id=row.practitioner_id,
     )
+
+
+def subscriber_active(session: Session, row: Subscription) -> bool:
+    """Whether the account that subscribed may still act: a locked (or removed) person or
+    partner system hears nothing more."""
+    if row.reader_kind == "client":
+        client = session.get(Client, row.reader_name)
+        return client is not None and client.active
+    user = session.scalar(select(User).where(User.username == row.reader_name))
+    return user is not None and user.active
 
 
 def matching(row: Subscription) -> Select[Event]:

@@ -30,7 +30,12 @@ from alliance.fhir.registry import OperationContext, OperationResult, Resource, 
 from alliance.fhir.values import instant
 from alliance.notify.models import Subscription
 from alliance.notify.outbox import last_event_number
-from alliance.notify.subscriptions import notification_bundle, own_subscription, pending
+from alliance.notify.subscriptions import (
+    notification_bundle,
+    own_subscription,
+    pending,
+    subscriber_active,
+)
 
 #: Where the socket is (under the server's base URL, http -> ws).
 WS_PATH = "/api/notify/ws"
@@ -110,7 +115,7 @@ class Socket:
         now = clock.now()
         with self.db.transaction(write=True) as session:
             row = session.get(Subscription, sub_id)
-            if row is None or row.status == "off":
+            if row is None or row.status == "off" or not subscriber_active(session, row):
                 raise WebSocketDisconnect(code=1000)
             row.leased_until = now + LEASE
             if first:
