@@ -4,12 +4,15 @@ reader by the rule of who they concern."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import timedelta
 
+import pydicom
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from alliance import clock
@@ -21,6 +24,7 @@ from referral import commands
 from referral.service import record_overdue
 from server.app import Services
 from server.notify import build_worker
+from tests.imaging_data import ct_series, ct_slice, encode, multipart, stow_headers
 from tests.notices import acting_as, move, open_in, principal, receive, send
 from tests.teleconsults import beijing, book, open_consult, proposal_at, slot_id, weekday_ahead
 
@@ -166,3 +170,36 @@ def test_the_workers_scheduler_escalates_and_reminds(
         appt["id"],
         appt["id"],
     ]
+
+
+def test_a_shared_study_and_its_new_images_are_notified(
+    app: FastAPI, as_user: Callable[[str], TestClient]
+) -> None:
+    """A study shared by a referral is notified to the hospital it opens to on acceptance
+    (study-shared), and new images of it as they arrive (imaging-arrived); no one else."""
+    services = services_of(app)
+    doctor = as_user("dr.xinyuan.people")
+    parts = ct_series(1)
+    stored = doctor.post("/dicomweb/studies", content=multipart(parts), headers=stow_headers())
+    assert stored.status_code == 200, stored.text
+    study = pydicom.dcmread(io.BytesIO(parts[0])).StudyInstanceUID
+    with acting_as(services, "dr.xinyuan.people") as acting:
+        task = open_in(acting, services, "xy-people", "demo-aygul", studies=(study,))
+    receive(services, "sp.subei", task)
+    with services.db.transaction() as session:
+        start = last_event_number(session)
+    move(services, "sp.subei", task, "accepted")
+    more = encode(ct_slice(study_uid=study, series_uid=generate_uid(), number=1))
+    assert (
+        doctor.post(
+            "/dicomweb/studies", content=multipart([more]), headers=stow_headers()
+        ).status_code
+        == 200
+    )
+    assert seen(services, "sp.subei", start) == [
+        ("referral-accepted", task),
+        ("study-shared", study),
+        ("imaging-arrived", study),
+    ]
+    assert seen(services, "sp.yz.tcm", start) == []
+    assert seen(services, "dr.xinyuan.people", start) == [("referral-accepted", task)]
