@@ -3,7 +3,7 @@ causes it, and who it concerns."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -111,8 +111,21 @@ class Subscription(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     last_sent: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When a heartbeat is due if nothing else is sent before (None: no heartbeats).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def sent(self, now: datetime) -> None:
+        """Something was sent now: the next heartbeat is due a period later."""
+        self.last_sent = now
+        self.schedule_heartbeat()
+
+    def schedule_heartbeat(self) -> None:
+        since = self.last_sent or self.created
+        self.heartbeat_at = (
+            since + timedelta(seconds=self.heartbeat_seconds) if self.heartbeat_seconds else None
+        )
 
 
 class DeliveryAttempt(Base):

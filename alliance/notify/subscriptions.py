@@ -232,6 +232,7 @@ class SubscriptionRules:
         row.headers = json.dumps(channel.headers)
         row.content = channel.content
         row.heartbeat_seconds = channel.heartbeat
+        row.schedule_heartbeat()
         row.timeout_seconds = channel.timeout
         row.max_count = channel.max_count
         if ctx.actor is not None and previous is not None:

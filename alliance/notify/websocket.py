@@ -14,7 +14,7 @@ renewed while it lives): a second is refused.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -124,7 +124,7 @@ class Socket:
                     resource = self.store.read("Subscription", row.id, session=session).resource()
                     resource["status"] = "active"
                     self.store.update("Subscription", row.id, resource, session=session, actor=None)
-                row.last_sent = now
+                row.sent(now)
                 return notification_bundle(session, self.store, row, "handshake", self._base())
             through = last_event_number(session)
             events = pending(session, row, through)
@@ -135,13 +135,11 @@ class Socket:
                 )
                 row.events_since_start = numbered[-1][0]
                 row.matched_through = events[-1].id if len(events) == row.max_count else through
-                row.last_sent = now
+                row.sent(now)
                 return bundle
             row.matched_through = max(row.matched_through, through)
-            if row.heartbeat_seconds and _due(
-                row.last_sent or row.created, row.heartbeat_seconds, now
-            ):
-                row.last_sent = now
+            if row.heartbeat_at is not None and row.heartbeat_at <= now:
+                row.sent(now)
                 return notification_bundle(session, self.store, row, "heartbeat", self._base())
             return None
 
@@ -175,7 +173,3 @@ class Socket:
         finally:
             if sub_id is not None:
                 await run_in_threadpool(self.release, sub_id)
-
-
-def _due(since: datetime, seconds: int, now: datetime) -> bool:
-    return since + timedelta(seconds=seconds) <= now

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from alliance import clock, metrics
@@ -142,24 +142,13 @@ class Worker:
         """Lease the subscriptions due now: a handshake to send, events they have not had
         (the outbox has moved past their cursor), or a heartbeat due."""
         now = clock.now()
+        # A plain read first: an idle worker polls without taking SQLite's writer lock.
+        with self.db.transaction() as session:
+            if not session.scalar(self._due(now, last_event_number(session)).limit(1)):
+                return []
         with self.db.transaction(write=True) as session:
             newest = last_event_number(session)
-            due = (
-                select(Subscription)
-                .where(
-                    Subscription.channel == "rest-hook",
-                    Subscription.status.in_(LIVE),
-                    Subscription.next_attempt <= now,
-                    or_(Subscription.leased_until.is_(None), Subscription.leased_until < now),
-                    or_(
-                        Subscription.status == "requested",
-                        Subscription.matched_through < newest,
-                        Subscription.heartbeat_seconds.is_not(None),
-                    ),
-                )
-                .order_by(Subscription.next_attempt)
-                .limit(self.batch)
-            )
+            due = self._due(now, newest).limit(self.batch)
             if session.get_bind().dialect.name == "postgresql":
                 due = due.with_for_update(skip_locked=True)
             rows = list(session.scalars(due))
@@ -176,10 +165,30 @@ class Worker:
         return claimed
 
     @staticmethod
+    def _due(now: datetime, newest: int) -> Select[Subscription]:
+        """Rest-hook subscriptions due now and not leased: a handshake to send, events they have
+        not had (the outbox has moved past their cursor), or a heartbeat maybe due."""
+        return (
+            select(Subscription)
+            .where(
+                Subscription.channel == "rest-hook",
+                Subscription.status.in_(LIVE),
+                Subscription.next_attempt <= now,
+                or_(Subscription.leased_until.is_(None), Subscription.leased_until < now),
+                or_(
+                    Subscription.status == "requested",
+                    Subscription.matched_through < newest,
+                    Subscription.heartbeat_at <= now,
+                ),
+            )
+            .order_by(Subscription.next_attempt)
+        )
+
+    @staticmethod
     def _heartbeat_due(row: Subscription, now: datetime) -> bool:
-        if row.heartbeat_seconds is None or row.status == "requested":
+        if row.heartbeat_at is None or row.status == "requested":
             return False
-        return (row.last_sent or row.created) + timedelta(seconds=row.heartbeat_seconds) <= now
+        return row.heartbeat_at <= now
 
     # ---- one delivery ------------------------------------------------------------------
 
@@ -281,7 +290,7 @@ class Worker:
                     else:
                         row.matched_through = max(row.matched_through, through)
                 if kind != "skip":
-                    row.last_sent = now
+                    row.sent(now)
                 row.failures = 0
                 row.error = None
                 row.next_attempt = now
