@@ -57,6 +57,7 @@ bench: install-dev
 	$(PY) bench/fhir_load.py
 	$(PY) bench/dicomweb_ingest.py
 	$(PY) bench/teleconsult_find.py
+	$(PY) bench/notify_latency.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

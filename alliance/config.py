@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     sweep_min_age_seconds: int = Field(default=6 * 3600, ge=0)
     #: Whether the server sweeps (orphans, spool files, stale ImagingStudy counts) at start-up.
     sweep_on_start: bool = True
+    #: Whether `alliance serve` delivers notifications itself (the outbox worker, issue 14);
+    #: off when `alliance worker` processes deliver them instead.
+    notify_worker: bool = True
 
     # Derived once, when the settings are loaded (a bad value fails `Settings()` with a clear
     # message at start, not a request later), never parsed again per use.

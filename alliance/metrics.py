@@ -4,7 +4,7 @@ worker processes prometheus-client's multiprocess mode adds them up (`alliance s
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 REGISTRY = CollectorRegistry()
 
@@ -33,5 +33,22 @@ BOOKING_CONFLICTS = Counter(
     "alliance_booking_conflicts",
     "Teleconsult bookings refused because a person was already booked, by rule",
     ["rule"],
+    registry=REGISTRY,
+)
+NOTIFY_ATTEMPTS = Counter(
+    "alliance_notify_attempts",
+    "Notification deliveries attempted (FHIR Subscriptions), by type and outcome (ok, failed)",
+    ["type", "outcome"],
+    registry=REGISTRY,
+)
+NOTIFY_EVENTS = Counter(
+    "alliance_notify_events_delivered",
+    "Outbox events delivered to subscribers (acknowledged with a 2xx)",
+    registry=REGISTRY,
+)
+NOTIFY_LATENCY = Histogram(
+    "alliance_notify_latency_seconds",
+    "From an event's commit to its delivery being acknowledged",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
     registry=REGISTRY,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alliance.config import Settings
 from alliance.fhir.registry import Registry
-from fhir_mappings import audit, directory, imaging, referral, teleconsult
+from fhir_mappings import audit, directory, imaging, notify, referral, teleconsult
 from referral.service import ReferralRules
 from teleconsult.service import Teleconsult
 
@@ -21,6 +21,7 @@ def build_registry(settings: Settings) -> Registry:
             *referral.definitions(settings, referral_rules),
             *imaging.definitions(),
             *teleconsult.definitions(settings, tele),
+            *notify.definitions(settings),
         ]
     )
     # A teleconsult is a referral: its Task's hooks are the referral's, then the teleconsult's.

@@ -56,6 +56,8 @@ from alliance.errors import AllianceError, Invalid, NotFound, Unavailable
 from alliance.fhir.models import ResourceRow, TokenIndex
 from alliance.fhir.store import FhirStore
 from alliance.fhir.values import fold
+from alliance.notify.outbox import Recipient, record
+from alliance.security.access import granted_to
 from alliance.storage import BlobStore, StoredBlob
 from alliance.sweep import keys_in_use
 from imaging import dicom
@@ -407,6 +409,17 @@ class Imaging:
         resource["id"] = study.study_uid
         self.fhir.update(IMAGING_STUDY, study.study_uid, resource, session=session)
         study.fhir_stale = False
+        # New images of a study already opened to another hospital (for a referral or a
+        # consult): that hospital hears of them (alliance.notify).
+        opened = session.scalars(granted_to(IMAGING_STUDY, study.study_uid, clock.now())).all()
+        if opened:
+            record(
+                session,
+                "imaging-arrived",
+                focus=(IMAGING_STUDY, study.study_uid),
+                recipients=[Recipient(h) for h in opened],
+                patient_id=study.patient_id,
+            )
 
     def _ensure_endpoint(self, session: Session) -> None:
         wanted = self.derive_endpoint(ENDPOINT_ID, self.base)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
 from alliance import clock
@@ -37,6 +37,8 @@ from alliance.fhir.registry import Resource, Store, WriteContext
 from alliance.fhir.types import Actor as Acting
 from alliance.fhir.types import Version
 from alliance.fhir.values import date_range, instant
+from alliance.notify.models import Event
+from alliance.notify.outbox import ADMINISTER, Recipient, record
 from alliance.records import keeper_of, reference_id, stamp_keeper
 from alliance.security.access import TRIAGE, shareable, visibility
 from alliance.security.service import close_grants, end_grants, open_grant
@@ -416,6 +418,7 @@ class ReferralRules:
         assert row is not None
         move = "create" if previous is None else f"{before}-{after}"
         record_provenance(ctx, version, move, row.patient_id)
+        self._notify(ctx, row, task, before, after)
         if previous is None and after == "draft":
             return
         reason = f"ServiceRequest/{row.service_request_id}"
@@ -453,6 +456,45 @@ class ReferralRules:
             if body.get("status") != status:
                 body["status"] = status
                 ctx.store.update("ServiceRequest", sr.id, body, session=ctx.session, actor=None)
+
+    def _notify(
+        self, ctx: WriteContext, row: Referral, task: Resource, before: str | None, after: str
+    ) -> None:
+        """The referral's move as an event of the outbox (alliance.notify), in this write's
+        transaction: it concerns both hospitals, the requesting doctor and the one who moved
+        it."""
+        kind = {
+            "received": "referral-received",
+            "accepted": "referral-accepted",
+            "rejected": "referral-declined",
+            "completed": "referral-completed",
+        }.get(after)
+        if after == "requested" and before in (None, "draft"):
+            kind = "down-referral-arrived" if row.category == "down-referral" else "referral-sent"
+        if kind is None:
+            return
+        people = [
+            Recipient(
+                row.placer_org, practitioner_id=reference_id(task.get("requester"), "Practitioner")
+            )
+        ]
+        if ctx.actor is not None and ctx.actor.practitioner_id:
+            people.append(
+                Recipient(ctx.actor.hospital_id, practitioner_id=ctx.actor.practitioner_id)
+            )
+        record(
+            ctx.session,
+            kind,
+            focus=("Task", row.task_id),
+            recipients=[
+                Recipient(row.owner_org),
+                Recipient(row.placer_org),
+                *(p for p in people if p.practitioner_id),
+            ],
+            patient_id=row.patient_id,
+            task_id=row.task_id,
+            actor=ctx.actor.username if ctx.actor is not None else None,
+        )
 
     def triage_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
         """What the hospital asked sees while it decides (at triage level, so the patient and
@@ -504,6 +546,11 @@ class ReferralRules:
                 )
             )
         )
+        if overdue:
+            # The computed `overdue` is one trigger of the escalation; the worker's scheduler
+            # is the other (issue 14.5). Recording it writes: a read-only unit of work is run
+            # again as a write (alliance.security.guard), once per overdue referral.
+            record_overdue(session, task_ids=sorted(overdue))
         for v in versions:
             if v.id in overdue:
                 task = v.resource()
@@ -602,6 +649,50 @@ class ReferralRules:
             shared_by=keeper_of(message),
             valid_until=until,
         )
+        record(
+            ctx.session,
+            "message-posted",
+            focus=("Communication", version.id),
+            recipients=[Recipient(other)],
+            patient_id=row.patient_id,
+            task_id=row.task_id,
+            actor=ctx.actor.username if ctx.actor is not None else None,
+        )
+
+
+# ---- escalation -------------------------------------------------------------------------------
+
+#: Priorities whose deadline is escalated when missed (FHIR R4 request-priority: all but routine).
+URGENT = ("urgent", "asap", "stat")
+
+
+def record_overdue(session: Session, *, task_ids: Sequence[str] | None = None) -> int:
+    """Escalate the urgent referrals whose owner has not decided by the deadline: one
+    `referral-overdue` event each, for the asked hospital's administrators and the requesting
+    hospital (issue 14.5). Raised by whoever notices first (the worker's scheduler, or a read
+    that computes `overdue`); its key makes it once per referral. Returns how many were
+    recorded."""
+    late = select(Referral).where(
+        Referral.status.in_(AWAITING_DECISION),
+        Referral.priority.in_(URGENT),
+        Referral.deadline < clock.now(),
+        ~exists().where(Event.kind == "referral-overdue", Event.focus_id == Referral.task_id),
+    )
+    if task_ids is not None:
+        late = late.where(Referral.task_id.in_(list(task_ids)))
+    recorded = 0
+    for row in session.scalars(late.order_by(Referral.deadline).limit(500)).all():
+        event = record(
+            session,
+            "referral-overdue",
+            focus=("Task", row.task_id),
+            recipients=[Recipient(row.owner_org, capability=ADMINISTER), Recipient(row.placer_org)],
+            patient_id=row.patient_id,
+            task_id=row.task_id,
+            key=f"referral-overdue:{row.task_id}",
+        )
+        recorded += event is not None
+    return recorded
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from alliance.errors import AllianceError, Issue, MethodNotAllowed, NotFound, Un
 from alliance.fhir.http import FhirApi, error_response
 from alliance.fhir.store import FhirStore
 from alliance.http import allowed_methods, responses
+from alliance.notify.router import notify_router
 from alliance.security.guard import Guard
 from alliance.security.router import auth_router
 from alliance.storage import BlobStore, open_blob_store
@@ -35,6 +36,7 @@ from portal.router import Portal
 from referral.router import referral_router
 from server.dicom import build_imaging
 from server.metrics import Metrics, MetricsMiddleware
+from server.notify import build_worker
 from server.proxy import ForwardedMiddleware
 from server.sweep import sweep
 
@@ -200,7 +202,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.sweep_on_start:
             await run_in_threadpool(_sweep_on_start, services, imaging)
+        worker = None
+        if settings.notify_worker:
+            worker = build_worker(settings, services.db, services.fhir)
+            worker.start()
         yield
+        if worker is not None:
+            await run_in_threadpool(worker.stop)
         await run_in_threadpool(_checkpoint_on_shutdown, services.anchor)
 
     app = FastAPI(
@@ -231,6 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router(services.guard, services.blobs))
     app.include_router(attachment_router(services.guard, services.blobs, settings))
     app.include_router(referral_router(services.guard))
+    app.include_router(notify_router(services.guard, services.fhir, settings))
     app.include_router(fhir.router())
     imaging = build_imaging(settings, services.db, services.blobs, services.fhir)
     app.state.imaging = imaging

@@ -42,6 +42,38 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(_args: argparse.Namespace) -> int:
+    """Deliver notifications until stopped (SIGTERM or Ctrl-C): for deployments whose API
+    processes run with ALLIANCE_NOTIFY_WORKER=false, or beside them; any number of these
+    share the work (alliance.notify.worker)."""
+    import signal
+    import threading
+
+    from alliance.db import Database
+    from alliance.fhir.store import FhirStore
+    from fhir_mappings import build_registry
+    from server.notify import build_worker
+
+    settings = get_settings()
+    db = Database(settings.database_url)
+    store = FhirStore(
+        build_registry(settings), base_url=settings.fhir_base, server_url=settings.base_url
+    )
+    worker = build_worker(settings, db, store, name="worker")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker.start()
+    print("Delivering notifications; stop with Ctrl-C or SIGTERM", flush=True)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.stop()
+        db.dispose()
+    return 0
+
+
 def _metrics_folder(workers: int) -> str | None:
     """With several workers, `/metrics` must add up every worker's counts: prometheus-client's
     multiprocess mode, each worker writing to files in PROMETHEUS_MULTIPROC_DIR. The folder is
@@ -390,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(func=_serve)
+
+    sub.add_parser(
+        "worker", help="deliver notifications (FHIR Subscriptions) from the outbox"
+    ).set_defaults(func=_worker)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

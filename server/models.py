@@ -9,6 +9,7 @@ MODEL_MODULES = (
     "alliance.audit.models",
     "alliance.directory.models",
     "alliance.fhir.models",
+    "alliance.notify.models",
     "alliance.security.models",
     "imaging.models",
     "referral.models",

@@ -24,6 +24,7 @@ from referral.service import ReferralRules
 from teleconsult.booking import BOOKABLE_TASK, CONSULTING_HOSPITAL, HOLD_EXPIRES, Bookings
 from teleconsult.common import acting, actor_key, ext, refuse, set_ext
 from teleconsult.models import HOLDING, Booking
+from teleconsult.notices import record_consult_event
 from teleconsult.presentation import LOCAL_TIME, VIRTUAL_SERVICE
 
 #: Appointment states after which nothing changes.
@@ -212,6 +213,13 @@ class AppointmentRules:
             resources=[*shared, ("Appointment", version.id)],
             actor=actor_of(ctx.actor),
             shared_by=row.placer_org,
+        )
+        record_consult_event(
+            ctx.session,
+            "consult-booked",
+            booking,
+            ("Appointment", version.id),
+            actor=ctx.actor.username if ctx.actor is not None else None,
         )
 
     def appointment_writers(self, appt: Resource) -> set[str | None]:

@@ -14,6 +14,7 @@ from alliance.fhir.values import instant
 from alliance.records import keeper_of, reference_id, stamp_keeper
 from teleconsult.common import move_task, refuse
 from teleconsult.models import Booking
+from teleconsult.notices import record_consult_event
 
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
@@ -133,3 +134,10 @@ class EncounterRules:
         ctx.store.update("Appointment", appt_id, current, session=ctx.session, actor=None)
         if previous is None:
             move_task(ctx, booking.task_id, "in-progress")
+            record_consult_event(
+                ctx.session,
+                "consult-started",
+                booking,
+                ("Encounter", version.id),
+                actor=ctx.actor.username if ctx.actor is not None else None,
+            )

@@ -43,6 +43,7 @@ from alliance.fhir.models import ResourceRow
 from alliance.fhir.registry import Resource, WriteContext
 from alliance.fhir.store import Version
 from alliance.fhir.values import instant
+from alliance.notify.outbox import Recipient, record
 from alliance.records import keeper_of, reference_id, stamp_keeper
 from alliance.security import signing
 from alliance.storage import BlobStore, open_blob_store
@@ -429,7 +430,33 @@ class OpinionRules:
             resource_id=str(uuid.uuid4()),
         )
         document = self._file_document(ctx, version, report, previous, signer)
+        self._notify(ctx, report, version, signer)
         self._complete(ctx, report, version, document)
+
+    @staticmethod
+    def _notify(ctx: WriteContext, report: Resource, version: Version, signer: str) -> None:
+        """The signature as an event of the outbox: for the requesting hospital, and the
+        specialist who signed."""
+        sr_id = reference_id(report["basedOn"][0], "ServiceRequest")
+        row = ctx.session.scalar(
+            select(Referral)
+            .where(Referral.service_request_id == sr_id)
+            .order_by(Referral.created_at.desc())
+        )
+        assert row is not None
+        record(
+            ctx.session,
+            "opinion-amended" if report["status"] == "amended" else "opinion-signed",
+            focus=("DiagnosticReport", version.id),
+            recipients=[
+                Recipient(row.placer_org),
+                Recipient(row.owner_org),
+                Recipient(acting(ctx).hospital_id, practitioner_id=signer),
+            ],
+            patient_id=row.patient_id,
+            task_id=row.task_id,
+            actor=acting(ctx).username,
+        )
 
     def _attest(
         self, session: Session, signer: str, target: str, content: str, now: datetime

@@ -167,6 +167,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         storage_url=(tmp_path / "blobs").as_uri(),
         base_url="http://testserver",
         demo=True,
+        # Tests that deliver notifications run the worker themselves, with a moved clock.
+        notify_worker=False,
     )
 
 

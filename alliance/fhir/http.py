@@ -226,6 +226,8 @@ class FhirApi:
             ("/metadata", "GET", self.metadata, None),
             ("/{rtype}/${name}", "POST", self.operate, _OPERATION),
             ("/{rtype}/${name}", "GET", self.operate_get, _OPERATION),
+            ("/{rtype}/{rid}/${name}", "POST", self.operate_instance, _OPERATION),
+            ("/{rtype}/{rid}/${name}", "GET", self.operate_instance_get, _OPERATION),
             ("/{rtype}", "GET", self.search, "search-type"),
             ("/{rtype}/_search", "POST", self.search_post, "search-type"),
             ("/{rtype}", "POST", self.create, "create"),
@@ -517,6 +519,36 @@ class FhirApi:
             {"name": k, "valueString": v}
             for k, v in request.query_params.multi_items()
             if k not in _TRANSPORT_PARAMS
+        ]
+        return await self._operate(
+            request, rtype, name, {"resourceType": "Parameters", "parameter": params}
+        )
+
+    async def operate_instance(self, request: Request, rtype: str, rid: str, name: str) -> Response:
+        """An operation on one resource (`[base]/Type/[id]/$name`): the type's operation, with
+        the resource's id as its `id` parameter."""
+        _negotiate(request)
+        body = await _read_json(request, self.settings.max_body_bytes)
+        if body.get("resourceType") != "Parameters":
+            raise BadRequest(f"${name} takes a Parameters resource")
+        params = [p for p in body.get("parameter") or [] if p.get("name") != "id"]
+        body["parameter"] = [{"name": "id", "valueString": rid}, *params]
+        return await self._operate(request, rtype, name, body)
+
+    async def operate_instance_get(
+        self, request: Request, rtype: str, rid: str, name: str
+    ) -> Response:
+        """An instance operation that changes nothing, its parameters in the query string."""
+        _negotiate(request)
+        operation = self._operation(rtype, name)
+        if operation.affects_state:
+            raise MethodNotAllowed(
+                f"${name} changes data: POST a Parameters resource", headers={"Allow": "POST"}
+            )
+        params = [{"name": "id", "valueString": rid}] + [
+            {"name": k, "valueString": v}
+            for k, v in request.query_params.multi_items()
+            if k not in _TRANSPORT_PARAMS and k != "id"
         ]
         return await self._operate(
             request, rtype, name, {"resourceType": "Parameters", "parameter": params}

@@ -137,6 +137,23 @@ def _opened(hospital_id: str, at: datetime, levels: tuple[str, ...]) -> Select[s
     )
 
 
+def granted_to(resource_type: str, resource_id: str, at: datetime) -> Select[str]:
+    """The hospitals a grant in force at `at` opens this record to in full."""
+    return (
+        select(AccessGrant.hospital_id)
+        .join(AccessGrantResource, AccessGrant.id == AccessGrantResource.grant_id)
+        .where(
+            AccessGrantResource.resource_type == resource_type,
+            AccessGrantResource.resource_id == resource_id,
+            AccessGrant.valid_from <= at,
+            or_(AccessGrant.valid_until.is_(None), AccessGrant.valid_until > at),
+            AccessGrant.closed_at.is_(None),
+            AccessGrant.level == FULL,
+        )
+        .distinct()
+    )
+
+
 def granted_ids(
     hospital_id: str, resource_type: str, at: datetime, *, triage: bool = False
 ) -> ColumnElement[bool]:

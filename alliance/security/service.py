@@ -18,6 +18,7 @@ from alliance.audit.service import AuditActor, AuditInput, append
 from alliance.config import Settings
 from alliance.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from alliance.fhir.models import ResourceRow
+from alliance.notify.outbox import Recipient, record
 from alliance.security import throttle
 from alliance.security.access import FULL, TRIAGE, Principal, shareable
 from alliance.security.models import AccessGrant, AccessGrantResource, Client, Role, User
@@ -551,6 +552,16 @@ def open_grant(
     grant.resources = [AccessGrantResource(resource_type=t, resource_id=i) for t, i in opened]
     session.add(grant)
     session.flush()
+    if level == FULL:
+        for study in (i for t, i in opened if t == "ImagingStudy"):
+            record(
+                session,
+                "study-shared",
+                focus=("ImagingStudy", study),
+                recipients=[Recipient(hospital_id)],
+                patient_id=patient_id,
+                actor=actor.username if actor is not None else None,
+            )
     until = valid_until.isoformat() if valid_until else "further notice"
     listed = ", ".join(f"{t}/{i}" for t, i in opened)
     append(
