@@ -19,7 +19,8 @@ Quiet hours: while it is quiet in the person's time zone, their e-mail and webho
 wait and go out together when the quiet hours end. One kind breaks through: an urgent referral
 past its deadline (`referral-overdue`, which names the asked hospital's administrators), since
 the green channel's 2-hour deadline cannot wait for the morning; the notices waiting go with it
-in the same message.
+in the same message. (A channel waiting for its quiet hours to end is looked at again each
+minute for such an escalation.)
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from alliance.security.models import User
 ZONES = {"Asia/Shanghai": "北京时间", "Asia/Urumqi": "新疆时间"}
 #: Kinds that break through quiet hours.
 BREAKS_THROUGH = frozenset({"referral-overdue"})
+#: How often a channel waiting for the end of quiet hours is looked at again for an event that
+#: breaks through.
+QUIET_RECHECK = timedelta(minutes=1)
 #: Events per message at most (more go in the next one, at once).
 PER_MESSAGE = 20
 EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
@@ -372,7 +376,8 @@ class PeopleDelivery:
                 state.next_attempt = now + backoff(state.failures)
                 return
             if due.hold_until is not None:
-                state.next_attempt = due.hold_until
+                # Looked at again every QUIET_RECHECK for an escalation that breaks through.
+                state.next_attempt = min(due.hold_until, now + QUIET_RECHECK)
                 return
             state.through = max(state.through, due.through)
             state.failures = 0
