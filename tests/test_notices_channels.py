@@ -44,7 +44,8 @@ class Mailbox:
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         if self.failing:
             return "451 4.3.0 try again later"
-        self.mails.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default)))
+        mail = message_from_bytes(envelope.content, policy=policy.default)
+        self.mails.append((list(envelope.rcpt_tos), mail))
         return "250 OK"
 
     def to(self) -> list[str]:
@@ -225,7 +226,7 @@ def test_the_hospital_gateway_gets_each_notice_once_after_failing(
 def test_the_settings_page_keeps_choices_and_says_what_to_correct(
     wired: tuple[FastAPI, Settings],
 ) -> None:
-    app, settings = wired
+    app, _ = wired
     with TestClient(app) as client:
         csrf = sign_in(client, "dr.xinyuan.tcm")  # 新源县中医医院: no gateway configured
         page = client.get("/notices/settings")
