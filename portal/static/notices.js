@@ -50,5 +50,10 @@
       if (empty) empty.remove();
     }
   });
-  source.addEventListener("end", function () { source.close(); });
+  // Whether the stream is open, for whoever needs to know (the browser tests wait for it).
+  source.addEventListener("open", function () { document.documentElement.dataset.live = "open"; });
+  source.addEventListener("end", function () {
+    source.close();
+    document.documentElement.dataset.live = "ended";
+  });
 })();
