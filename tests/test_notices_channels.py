@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -30,6 +31,15 @@ from server.notify import build_worker
 from tests.accounts import portal as sign_in
 from tests.conftest import free_port
 from tests.notices import Receiver, drain, send
+from tests.teleconsults import (
+    beijing,
+    book,
+    open_consult,
+    proposal_at,
+    respond,
+    slot_id,
+    weekday_ahead,
+)
 
 BEIJING_23H = 15  # 23:00 Beijing time is 15:00 UTC
 
@@ -259,3 +269,45 @@ def test_the_settings_page_keeps_choices_and_says_what_to_correct(
         user = session.query(User).filter_by(username="dr.xinyuan.tcm").one()
         channels = session.query(PersonChannel).filter_by(user_id=user.id).all()
         assert [c.channel for c in channels] == ["email"]
+
+
+def test_the_list_names_patients_marks_overdue_and_reminds_of_consults(
+    app: FastAPI, as_user: Any
+) -> None:
+    services: Services = app.state.services
+    urgent = send(services, "xy-people", "demo-aygul", priority="urgent")
+    # A consult booked for the day after tomorrow, 15:00 Beijing time, with 陈志明.
+    doctor, specialist = as_user("dr.xinyuan.people"), as_user("sp.subei")
+    sr, _ = open_consult(doctor)
+    start = beijing(weekday_ahead(2), "15:00")
+    appt = book(
+        doctor, proposal_at(sr, "sp-subei-role", start, [slot_id("sp-subei-consult", start)])
+    ).json()
+    assert respond(specialist, appt["id"], "accepted", "PractitionerRole/sp-subei-role")
+    clock.set_to(start - timedelta(hours=23))  # past the urgent referral's deadline too
+    worker = build_worker(services.settings, services.db, services.fhir)
+    worker.schedule(force=True)  # the overdue escalation and the 24-hour reminder
+
+    with TestClient(app) as client:
+        sign_in(client, "admin.subei")
+        home = client.get("/")
+        count = re.search(r'<span id="notice-count" class="badge"[^>]*>(\d+)</span>', home.text)
+        assert count is not None and int(count.group(1)) >= 1
+        page = client.get("/notices")
+        rows = re.findall(r'<tr class="([^"]*)" data-kind="([^"]+)">(.*?)</tr>', page.text, re.S)
+        overdue = [(cls, text) for cls, kind, text in rows if kind == "referral-overdue"]
+        assert len(overdue) == 1 and "urgent" in overdue[0][0]
+        assert "紧急转诊超时未处理" in overdue[0][1] and f"/referrals/{urgent}" in overdue[0][1]
+        # An administrator sees no clinical record: the patient is not named to them.
+        assert "阿依古丽" not in overdue[0][1] and "（未共享）" in overdue[0][1]
+        # Read now: the count is gone.
+        assert 'id="notice-count" class="badge" hidden' in client.get("/").text
+
+    with TestClient(app) as client:
+        sign_in(client, "sp.subei")
+        page = client.get("/notices")
+        reminders = re.findall(r'data-kind="consult-reminder">(.*?)</tr>', page.text, re.S)
+        assert len(reminders) == 1 and "会诊即将开始" in reminders[0]
+        assert "阿依古丽·努尔兰" in page.text  # the referral's patient, by name
+        # The specialist is not an administrator: the escalation is not theirs.
+        assert 'data-kind="referral-overdue"' not in page.text
