@@ -57,6 +57,8 @@ STREAM_SECONDS = 120.0
 #: comment to keep idle proxies from closing it.
 CHECK_SECONDS = 2.0
 KEEPALIVE_SECONDS = 15.0
+#: Notices sent at most per look (more follow at the next).
+BATCH = 100
 
 
 class _Newest:
@@ -115,8 +117,8 @@ class NoticePages(Shell):
 
     async def notices(self, request: Request, session: sessions.WebSession) -> Page:
         """The person's notices, newest first; the unread marked, and from now read."""
-        hospital = self.claims(session).hospital_id
-        xinjiang, zone = self.xinjiang(hospital), self._zone(hospital)
+        xinjiang = self.xinjiang(self.claims(session).hospital_id)
+        zone = "Asia/Urumqi" if xinjiang else "Asia/Shanghai"
 
         def work(s: Session, ctx: Context) -> tuple[list[dict[str, Any]], list[Touched]]:
             seen_before, _ = unread(s, ctx.principal, ctx.principal.subject)
@@ -165,6 +167,7 @@ class NoticePages(Shell):
         self, request: Request, session: sessions.WebSession, after: int
     ) -> AsyncIterator[str]:
         cookie = request.cookies.get(sessions.COOKIE)
+        xinjiang = await run_in_threadpool(self.xinjiang, self.claims(session).hospital_id)
         started = checked = spoke = time.monotonic()
         yield "retry: 2000\n\n"
         while time.monotonic() - started < STREAM_SECONDS:
@@ -180,7 +183,7 @@ class NoticePages(Shell):
                 return
             if await self._newest_number() > after:
                 try:
-                    items, after = await self._news(request, session, after)
+                    items, after = await self._news(request, session, after, xinjiang)
                 except Unauthorized:
                     yield "event: end\ndata: {}\n\n"
                     return
@@ -204,21 +207,19 @@ class NoticePages(Shell):
             return bool(first) and first[0].id <= through, through
 
     async def _news(
-        self, request: Request, session: sessions.WebSession, after: int
+        self, request: Request, session: sessions.WebSession, after: int, xinjiang: bool
     ) -> tuple[list[dict[str, Any]], int]:
         """The person's notices after `after`, as the list shows them (an audited read), and
         the number the stream continues after."""
         mine, through = await run_in_threadpool(self._probe, session, after)
         if not mine:
             return [], through
-        xinjiang = self.xinjiang(self.claims(session).hospital_id)
 
         def work(s: Session, ctx: Context) -> tuple[list[dict[str, Any]], list[Touched]]:
-            events = [
-                e
-                for e in events_for(s, ctx.principal, after=after, not_by=ctx.principal.username)
-                if e.id <= through
-            ]
+            found = events_for(
+                s, ctx.principal, after=after, limit=BATCH, not_by=ctx.principal.username
+            )
+            events = [e for e in found if e.id <= through]
             items, touched = self._items(s, ctx, events, session.lang, xinjiang)
             count, _ = unread(s, ctx.principal, ctx.principal.subject)
             for item in items:
@@ -228,7 +229,8 @@ class NoticePages(Shell):
         items, _ = await self.run(
             request, session, Interaction("search", query="notices-stream"), work, lambda v: v[1]
         )
-        return items, max(through, items[-1]["number"] if items else through)
+        # A full batch may have more after it: continue from its last, at once.
+        return items, items[-1]["number"] if len(items) == BATCH else through
 
     # ---- settings ---------------------------------------------------------------------------
 

@@ -49,6 +49,8 @@ from alliance.security.models import User
 ZONES = {"Asia/Shanghai": "北京时间", "Asia/Urumqi": "新疆时间"}
 #: Kinds that break through quiet hours.
 BREAKS_THROUGH = frozenset({"referral-overdue"})
+#: The header counts unread notices up to this many ("99+").
+UNREAD_CAP = 100
 #: How often a channel waiting for the end of quiet hours is looked at again for an event that
 #: breaks through.
 QUIET_RECHECK = timedelta(minutes=1)
@@ -207,11 +209,18 @@ def quiet_until(choices: Choices, now: datetime) -> datetime | None:
 
 
 def unread(session: Session, person: Listener, user_id: str) -> tuple[int, int]:
-    """How many notices the person has not seen in the list, and the newest outbox number (the
+    """How many notices the person has not seen in the list (counted up to UNREAD_CAP: every
+    page shows it, so the count never scans a long history), and the newest outbox number (the
     live stream continues from it)."""
     row = session.get(PersonNotices, user_id)
     seen = row.seen_through if row is not None else 0
-    query = visible_events(person, after=seen, not_by=person.username).subquery()
+    query = (
+        visible_events(person, after=seen, not_by=person.username)
+        .with_only_columns(Event.id)
+        .order_by(Event.id.desc())
+        .limit(UNREAD_CAP)
+        .subquery()
+    )
     count = int(session.scalar(select(func.count()).select_from(query)) or 0)
     return count, last_event_number(session)
 

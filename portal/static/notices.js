@@ -21,7 +21,7 @@
   source.addEventListener("notice", function (e) {
     var n = JSON.parse(e.data);
     if (count) {
-      count.textContent = String(n.unread);
+      count.textContent = n.unread > 99 ? "99+" : String(n.unread);
       count.hidden = !n.unread;
       count.setAttribute("aria-label", n.unread + " " + (live ? live.dataset.label : ""));
     }
