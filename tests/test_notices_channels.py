@@ -23,7 +23,7 @@ from alliance import clock
 from alliance.config import Settings
 from alliance.notify.channels import channels_from
 from alliance.notify.models import PersonChannel
-from alliance.notify.people import Choices, choose
+from alliance.notify.people import Choices, choose, quiet_until
 from alliance.notify.worker import Worker
 from alliance.security.models import User
 from server.app import Services, create_app
@@ -311,3 +311,22 @@ def test_the_list_names_patients_marks_overdue_and_reminds_of_consults(
         assert "阿依古丽·努尔兰" in page.text  # the referral's patient, by name
         # The specialist is not an administrator: the escalation is not theirs.
         assert 'data-kind="referral-overdue"' not in page.text
+
+
+@pytest.mark.parametrize(
+    ("zone", "utc", "until"),
+    [
+        # 22:00-07:00 新疆时间 (UTC+6): 23:30 Beijing is 21:30 there, not yet quiet...
+        ("Asia/Urumqi", "2026-12-01T15:30", None),
+        # ...01:00 Beijing is 23:00 there: quiet until 07:00 Xinjiang time, 01:00 UTC.
+        ("Asia/Urumqi", "2026-12-01T17:00", "2026-12-02T01:00"),
+        # The same hours in Beijing time end two hours earlier (23:00 UTC).
+        ("Asia/Shanghai", "2026-12-01T17:00", "2026-12-01T23:00"),
+        ("Asia/Shanghai", "2026-12-01T23:00", None),
+    ],
+)
+def test_quiet_hours_are_the_persons_own_time_zone(zone: str, utc: str, until: str | None) -> None:
+    choices = Choices(zone, quiet_start=22 * 60, quiet_end=7 * 60)
+    now = datetime.fromisoformat(utc).replace(tzinfo=UTC)
+    expected = datetime.fromisoformat(until).replace(tzinfo=UTC) if until else None
+    assert quiet_until(choices, now) == expected
