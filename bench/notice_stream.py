@@ -66,7 +66,9 @@ def signed_in(url: str) -> httpx.Client:
     return client
 
 
-def reader(client: httpx.Client, after: int, arrivals: dict[int, float], ready: threading.Event):
+def reader(
+    client: httpx.Client, after: int, arrivals: dict[int, float], ready: threading.Event
+) -> None:
     """Read one stream until it is closed, noting each event's arrival."""
     try:
         with client.stream("GET", "/notices/stream", params={"after": str(after)}) as r:

@@ -322,8 +322,12 @@ class PeopleDelivery:
         due = self._compose(user_id, channel_name)
         error: str | None = None
         if due.message is not None:
+            channel = self.channels[channel_name]
             try:
-                self.channels[channel_name].send(due.message)
+                if not channel.available(due.message.hospital_id):
+                    # Taken out of the settings since it was chosen: the notices wait.
+                    raise NotDelivered(f"no {channel_name} channel is set up for this hospital")
+                channel.send(due.message)
             except NotDelivered as exc:
                 error = str(exc)
             outcome = "ok" if error is None else "failed"
