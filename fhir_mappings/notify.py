@@ -8,9 +8,16 @@ from fhir.resources.R4B.subscription import Subscription
 from alliance.config import Settings
 from alliance.fhir.registry import ALL_INTERACTIONS, Operation, ResourceDefinition, SearchParam
 from alliance.notify.subscriptions import SubscriptionRules, run_events, run_status
+from alliance.notify.topics import ALL, TOPICS
+from alliance.notify.websocket import run_binding_token
 from alliance.records import keeper_of
 
 BACKPORT_OPERATIONS = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition"
+#: The topics a server supports, on its CapabilityStatement's Subscription entry (backport IG).
+TOPIC_CANONICAL = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+    "capabilitystatement-subscriptiontopic-canonical"
+)
 
 
 def definitions(settings: Settings) -> list[ResourceDefinition]:
@@ -33,6 +40,10 @@ def definitions(settings: Settings) -> list[ResourceDefinition]:
         on_write=rules.check,
         after_write=[rules.after],
         organization_of=keeper_of,
+        capability_extensions=[
+            {"url": TOPIC_CANONICAL, "valueCanonical": topic.url}
+            for topic in [*TOPICS.values(), ALL]
+        ],
     )
     definition.operations["status"] = Operation(
         "status",
@@ -49,6 +60,15 @@ def definitions(settings: Settings) -> list[ResourceDefinition]:
         "&eventsUntilNumber=M&content=id-only).",
         "read",
         lambda acting, params: run_events(acting, params, acting.store, base),
+        affects_state=False,
+    )
+    definition.operations["get-ws-binding-token"] = Operation(
+        "get-ws-binding-token",
+        f"{BACKPORT_OPERATIONS}/backport-subscription-get-ws-binding-token",
+        "A token (5 minutes) binding a websocket to a websocket subscription, and the "
+        "socket's URL (Subscription/[id]/$get-ws-binding-token).",
+        "read",
+        lambda acting, params: run_binding_token(acting, params, settings),
         affects_state=False,
     )
     return [definition]

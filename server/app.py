@@ -239,7 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router(services.guard, services.blobs))
     app.include_router(attachment_router(services.guard, services.blobs, settings))
     app.include_router(referral_router(services.guard))
-    app.include_router(notify_router(services.guard))
+    app.include_router(notify_router(services.guard, services.fhir, settings))
     app.include_router(fhir.router())
     imaging = build_imaging(settings, services.db, services.blobs, services.fhir)
     app.state.imaging = imaging

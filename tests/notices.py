@@ -65,9 +65,10 @@ def open_in(
     patient_id: str,
     *,
     priority: str = "routine",
+    studies: tuple[str, ...] = (),
 ) -> str:
-    """An up-referral from `county` to its partner's department, sent in the caller's unit of
-    work; its Task id."""
+    """An up-referral from `county` to its partner's department, sharing `studies`, sent in
+    the caller's unit of work; its Task id."""
     form = store_attachment(
         session=acting.session,
         blobs=services.blobs,
@@ -86,6 +87,7 @@ def open_in(
             summary="胸痛三天",
             consent_form=fhir_attachment(services.settings.base_url, form),
             priority=priority,
+            studies=studies,
         ),
     )
     return opened.task_id

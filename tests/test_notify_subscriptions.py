@@ -8,13 +8,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from alliance import clock
 from alliance.config import Settings
+from alliance.notify.models import Subscription
 from alliance.notify.worker import Worker
+from alliance.security.service import set_client_active
 from server.app import Services
 from server.notify import build_worker
 from tests.notices import (
@@ -182,6 +187,17 @@ def test_a_receiver_down_for_an_hour_gets_everything_once(
             'alliance_notify_attempts_total{outcome="failed",type="event-notification"}' in metrics
         )
 
+        # A partner system that is locked hears nothing more: its subscription goes off.
+        with services.db.transaction(write=True) as session:
+            set_client_active(session=session, client_id="xy-people-his", active=False)
+        send(services, "xy-people", "demo-aygul")
+        drain(worker)
+        assert len(receiver.events()) == 3
+        with services.db.transaction() as session:
+            row = session.get(Subscription, sub["id"])
+            assert row is not None
+            assert (row.status, row.error) == ("off", "the subscriber's account is locked")
+
 
 def test_two_workers_never_deliver_one_event_twice(app: FastAPI, settings: Settings) -> None:
     """Two workers at once on one subscription, one event per notification: each event is
@@ -196,7 +212,7 @@ def test_two_workers_never_deliver_one_event_twice(app: FastAPI, settings: Setti
         assert his.post("/fhir/Subscription", json=body).status_code == 201
         drain(workers[0])
         with acting_as(services, "dr.xinyuan.people") as acting:
-            tasks = [open_in(acting, services, "xy-people", "demo-aygul") for _ in range(12)]
+            tasks = [open_in(acting, services, "xy-people", "demo-aygul") for _ in range(8)]
 
         def run(worker: Worker) -> None:
             for _ in range(200):
@@ -211,3 +227,99 @@ def test_two_workers_never_deliver_one_event_twice(app: FastAPI, settings: Setti
         assert receiver.events() == [
             (n, "referral-sent", f"Task/{t}") for n, t in enumerate(tasks, start=1)
         ]
+
+
+def test_a_subscription_names_what_to_correct(app: FastAPI) -> None:
+    """Each refusal is a 422 OperationOutcome with its rule, and creates nothing; the topics
+    are listed in the CapabilityStatement (backport IG)."""
+    his = partner(app, "subei-his", "subei")
+    sd = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+    good = subscription_body("https://his.example/notify")
+    cases = {
+        "subscription-topic": {**good, "criteria": "Task?status=requested"},
+        "subscription-channel": {**good, "channel": {**good["channel"], "type": "email"}},
+        "subscription-endpoint": {**good, "channel": {**good["channel"], "endpoint": "ftp://x"}},
+        "subscription-filter": {
+            **good,
+            "_criteria": {
+                "extension": [{"url": f"{sd}/backport-filter-criteria", "valueString": "x=y"}]
+            },
+        },
+        "subscription-content": {
+            **good,
+            "channel": {
+                **good["channel"],
+                "_payload": {
+                    "extension": [{"url": f"{sd}/backport-payload-content", "valueCode": "all"}]
+                },
+            },
+        },
+    }
+    for rule, body in cases.items():
+        r = his.post("/fhir/Subscription", json=body)
+        assert r.status_code == 422, (rule, r.text)
+        assert rule in r.text
+    assert his.get("/fhir/Subscription").json().get("entry", []) == []
+    metadata = TestClient(app).get("/fhir/metadata").json()
+    [entry] = [e for e in metadata["rest"][0]["resource"] if e["type"] == "Subscription"]
+    topics = {e["valueCanonical"] for e in entry["extension"]}
+    assert "https://fhir.yzxy-alliance.cn/SubscriptionTopic/referral-overdue" in topics
+    assert {op["name"] for op in entry["operation"]} == {"status", "events", "get-ws-binding-token"}
+
+
+def test_a_websocket_subscription_streams_its_events(app: FastAPI) -> None:
+    """The backport's websocket channel: a binding token, `bind-with-token`, the handshake,
+    then the events in order; a wrong token is refused; $status counts what was sent."""
+    services: Services = app.state.services
+    his = partner(app, "subei-his", "subei")
+    body = subscription_body("", heartbeat=1)
+    body["channel"] = {**body["channel"], "type": "websocket"}
+    del body["channel"]["endpoint"]
+    sub = his.post("/fhir/Subscription", json=body).json()
+    binding = his.get(f"/fhir/Subscription/{sub['id']}/$get-ws-binding-token").json()
+    params = {
+        p["name"]: next(v for k, v in p.items() if k.startswith("value"))
+        for p in binding["parameter"]
+    }
+    assert params["websocket-url"] == "ws://testserver/api/notify/ws"
+    socket_client = TestClient(app)
+    with socket_client.websocket_connect("/api/notify/ws") as ws:
+        ws.send_text("bind-with-token not-a-token")
+        with pytest.raises(WebSocketDisconnect) as refused:
+            ws.receive_json()
+        assert refused.value.code == 1008
+    with socket_client.websocket_connect("/api/notify/ws") as ws:
+        ws.send_text(f"bind-with-token {params['token']}")
+        handshake = ws.receive_json()
+        assert _status(handshake)["type"] == "handshake"
+        tasks = [send(services, "xy-people", p) for p in ("demo-aygul", "demo-memet")]
+        got: list[tuple[str, str]] = []
+        while len(got) < 2:
+            note = _status(ws.receive_json())
+            got += [(n, f) for n, f in note["events"]]
+        assert got == [("1", f"Task/{tasks[0]}"), ("2", f"Task/{tasks[1]}")]
+        # A second socket for the same subscription is refused while this one is bound.
+        with socket_client.websocket_connect("/api/notify/ws") as other:
+            other.send_text(f"bind-with-token {params['token']}")
+            with pytest.raises(WebSocketDisconnect):
+                other.receive_json()
+        assert _status(ws.receive_json())["type"] == "heartbeat"
+    status = his.get(f"/fhir/Subscription/{sub['id']}/$status").json()
+    counted = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
+    assert counted["events-since-subscription-start"]["valueString"] == "2"
+    assert counted["status"]["valueCode"] == "active"
+
+
+def _status(bundle: dict[str, Any]) -> dict[str, Any]:
+    params = bundle["entry"][0]["resource"]["parameter"]
+    return {
+        "type": next(p["valueCode"] for p in params if p["name"] == "type"),
+        "events": [
+            (
+                next(x["valueString"] for x in p["part"] if x["name"] == "event-number"),
+                next(x["valueReference"]["reference"] for x in p["part"] if x["name"] == "focus"),
+            )
+            for p in params
+            if p["name"] == "notification-event"
+        ],
+    }

@@ -37,6 +37,8 @@ def capability_statement(registry: Registry, *, base_url: str, software: str) ->
                 ],
             }
         )
+        if d.capability_extensions:
+            resources[-1]["extension"] = list(d.capability_extensions)
         if d.operations:
             resources[-1]["operation"] = [
                 {"name": op.name, "definition": op.definition, "documentation": op.documentation}

@@ -260,6 +260,9 @@ class ResourceDefinition:
     present_to: ReaderPresenter | None = None
     #: Type-level operations by name (without the `$`).
     operations: dict[str, Operation] = field(default_factory=dict)
+    #: Extensions on the type's entry in the CapabilityStatement (the topics a Subscription
+    #: may name, R4 Subscriptions Backport IG).
+    capability_extensions: list[Resource] = field(default_factory=list)
     _by_name: dict[str, SearchParam] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -42,7 +42,7 @@ class Event(Base):
     key: Mapped[str | None] = mapped_column(String(160), unique=True)
 
     recipients: Mapped[list[EventRecipient]] = relationship(
-        back_populates="event", cascade="all, delete-orphan", lazy="selectin"
+        back_populates="event", cascade="all, delete-orphan"
     )
 
     __table_args__ = (
@@ -88,6 +88,9 @@ class Subscription(Base):
     capabilities: Mapped[str] = mapped_column(String(255))
     scopes: Mapped[str] = mapped_column(Text)
     topic: Mapped[str] = mapped_column(String(40))
+    #: rest-hook (delivered by the worker) or websocket (streamed by the socket's process).
+    channel: Mapped[str] = mapped_column(String(16), default="rest-hook")
+    #: The rest-hook's URL (empty for a websocket).
     endpoint: Mapped[str] = mapped_column(String(1000))
     #: Headers the receiver asked to be sent (Subscription.channel.header), JSON.
     headers: Mapped[str] = mapped_column(Text, default="[]")

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from alliance.config import Settings
 from alliance.errors import BadRequest, Forbidden
+from alliance.fhir.registry import Store
 from alliance.fhir.values import instant
 from alliance.http import BEARER, responses
 from alliance.notify.models import DeliveryAttempt, Subscription
+from alliance.notify.websocket import Socket
 from alliance.security.access import Principal
 from alliance.security.guard import Context, Guard, Interaction, Touched
 
@@ -42,6 +45,7 @@ def deliveries(session: Session, hospital_id: str, limit: int) -> dict[str, Any]
                 "id": s.id,
                 "subscriber": s.reader_name,
                 "topic": s.topic,
+                "channel": s.channel,
                 "endpoint": s.endpoint,
                 "status": s.status,
                 "error": s.error,
@@ -68,8 +72,14 @@ def deliveries(session: Session, hospital_id: str, limit: int) -> dict[str, Any]
     }
 
 
-def notify_router(guard: Guard) -> APIRouter:
+def notify_router(guard: Guard, store: Store, settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["notifications"])
+    sockets = Socket(guard.db, store, settings)
+
+    @router.websocket("/notify/ws")
+    async def websocket_channel(websocket: WebSocket) -> None:
+        """The websocket channel of FHIR Subscriptions (alliance.notify.websocket)."""
+        await sockets.serve(websocket)
 
     @router.get(
         "/notify/deliveries",

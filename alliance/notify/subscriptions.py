@@ -36,6 +36,7 @@ from alliance.notify.outbox import concerns, last_event_number
 from alliance.notify.topics import ALL, EVENT_KIND, TOPICS, topic_by_url
 from alliance.records import stamp_keeper
 from alliance.security.access import Principal, visibility
+from alliance.security.models import Client, User
 from alliance.security.scopes import parse_scopes
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
@@ -48,7 +49,7 @@ TIMEOUT = f"{BACKPORT}/backport-timeout"
 MAX_COUNT = f"{BACKPORT}/backport-max-count"
 FILTER_CRITERIA = f"{BACKPORT}/backport-filter-criteria"
 CONTENTS = ("empty", "id-only", "full-resource")
-CHANNELS = ("rest-hook",)
+CHANNELS = ("rest-hook", "websocket")
 DEFAULT_TIMEOUT, MAX_TIMEOUT = 10, 60
 DEFAULT_MAX_COUNT, MAX_MAX_COUNT = 20, 100
 MAX_EVENTS_PAGE = 100
@@ -80,6 +81,8 @@ class Channel:
     """What a Subscription asks of its channel, checked."""
 
     topic: str
+    #: rest-hook or websocket.
+    type: str
     endpoint: str
     headers: list[str]
     content: str
@@ -108,13 +111,14 @@ def read_channel(sub: Resource) -> Channel:
     channel = sub.get("channel") or {}
     if channel.get("type") not in CHANNELS:
         raise Invalid(
-            "the channel type is rest-hook (websocket is not offered yet)",
+            "the channel type is rest-hook or websocket",
             expression=["Subscription.channel.type"],
             rule="subscription-channel",
         )
     endpoint = str(channel.get("endpoint") or "")
     parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    websocket = channel["type"] == "websocket"
+    if not websocket and (parts.scheme not in ("http", "https") or not parts.netloc):
         raise Invalid(
             "a rest-hook channel's endpoint is an absolute http or https URL",
             expression=["Subscription.channel.endpoint"],
@@ -144,7 +148,8 @@ def read_channel(sub: Resource) -> Channel:
         )
     return Channel(
         topic=topic.code,
-        endpoint=endpoint,
+        type=str(channel["type"]),
+        endpoint="" if websocket else endpoint,
         headers=headers,
         content=content,
         heartbeat=_whole(channel, HEARTBEAT_PERIOD, 1, 86400, None),
@@ -207,6 +212,7 @@ class SubscriptionRules:
                 capabilities=" ".join(sorted(actor.capabilities)),
                 scopes=" ".join(str(s) for s in actor.scopes),
                 topic=channel.topic,
+                channel=channel.type,
                 status="requested",
                 matched_through=start,
                 events_since_start=0,
@@ -221,6 +227,7 @@ class SubscriptionRules:
                 max_count=channel.max_count,
             )
             ctx.session.add(row)
+        row.channel = channel.type
         row.endpoint = channel.endpoint
         row.headers = json.dumps(channel.headers)
         row.content = channel.content
@@ -251,6 +258,16 @@ def subscriber(row: Subscription) -> Principal:
         scopes=tuple(parse_scopes(row.scopes)),
         practitioner_id=row.practitioner_id,
     )
+
+
+def subscriber_active(session: Session, row: Subscription) -> bool:
+    """Whether the account that subscribed may still act: a locked (or removed) person or
+    partner system hears nothing more."""
+    if row.reader_kind == "client":
+        client = session.get(Client, row.reader_name)
+        return client is not None and client.active
+    user = session.scalar(select(User).where(User.username == row.reader_name))
+    return user is not None and user.active
 
 
 def matching(row: Subscription) -> Select[Event]:
@@ -416,7 +433,7 @@ def _param(parameters: Resource, name: str) -> str | None:
     return None
 
 
-def _own(acting: OperationContext, parameters: Resource) -> Subscription:
+def own_subscription(acting: OperationContext, parameters: Resource) -> Subscription:
     """The subscription named by `id`, if the caller can see it (404 otherwise)."""
     sub_id = _param(parameters, "id")
     if not sub_id:
@@ -431,7 +448,7 @@ def _own(acting: OperationContext, parameters: Resource) -> Subscription:
 def run_status(acting: OperationContext, parameters: Resource, fhir_base: str) -> OperationResult:
     """`$status` (backport: Subscription/[id]/$status): a searchset Bundle holding the
     subscription's SubscriptionStatus (type query-status)."""
-    row = _own(acting, parameters)
+    row = own_subscription(acting, parameters)
     status = status_parameters(row, "query-status", fhir_base)
     bundle = {
         "resourceType": "Bundle",
@@ -449,7 +466,7 @@ def run_events(
     numbers, `eventsSinceNumber` to `eventsUntilNumber` (at most 100), so a receiver that was
     down catches up. Only events already notified (or due) are listed; `content` may narrow
     what the subscription's payload sends (empty, id-only, full-resource)."""
-    row = _own(acting, parameters)
+    row = own_subscription(acting, parameters)
     since = _number(_param(parameters, "eventsSinceNumber"), 1)
     until = _number(_param(parameters, "eventsUntilNumber"), since + MAX_EVENTS_PAGE - 1)
     until = min(until, since + MAX_EVENTS_PAGE - 1)

@@ -39,7 +39,7 @@ from alliance.db import Database
 from alliance.fhir.registry import Store
 from alliance.notify.models import DeliveryAttempt, Event, Subscription
 from alliance.notify.outbox import last_event_number
-from alliance.notify.subscriptions import notification_bundle, pending
+from alliance.notify.subscriptions import notification_bundle, pending, subscriber_active
 
 log = logging.getLogger("alliance.notify")
 
@@ -152,6 +152,7 @@ class Worker:
             due = (
                 select(Subscription)
                 .where(
+                    Subscription.channel == "rest-hook",
                     Subscription.status.in_(LIVE),
                     Subscription.next_attempt <= now,
                     or_(Subscription.leased_until.is_(None), Subscription.leased_until < now),
@@ -193,7 +194,12 @@ class Worker:
             row = session.get(Subscription, sub_id)
             if row is None or row.status not in LIVE:
                 return
+            active = subscriber_active(session, row)
             session.expunge(row)
+        if not active:
+            self._switch_off(sub_id, "the subscriber's account is locked")
+            return
+        with self.db.transaction() as session:
             through = last_event_number(session)
             events: list[Event] = []
             if row.status == "requested":
@@ -301,11 +307,20 @@ class Worker:
             for _number, event in numbered:
                 metrics.NOTIFY_LATENCY.observe((now - event.at).total_seconds())
 
+    def _switch_off(self, sub_id: str, why: str) -> None:
+        """Stop a subscription whose subscriber may no longer act (off, with the reason)."""
+        with self.db.transaction(write=True) as session:
+            row = session.get(Subscription, sub_id)
+            if row is None:
+                return
+            row.status, row.error, row.leased_until = "off", why, None
+            self._set_resource_status(session, row)
+
     def _set_resource_status(self, session: Session, row: Subscription) -> None:
         """The Subscription resource shows the status (and the error) the worker found."""
         current = self.store.read("Subscription", row.id, session=session).resource()
         current["status"] = row.status
-        if row.status == "error" and row.error:
+        if row.status in ("error", "off") and row.error:
             current["error"] = row.error
         else:
             current.pop("error", None)

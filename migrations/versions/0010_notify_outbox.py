@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.Column("capabilities", sa.String(length=255), nullable=False),
         sa.Column("scopes", sa.Text(), nullable=False),
         sa.Column("topic", sa.String(length=40), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
         sa.Column("endpoint", sa.String(length=1000), nullable=False),
         sa.Column("headers", sa.Text(), nullable=False),
         sa.Column("content", sa.String(length=16), nullable=False),
