@@ -124,6 +124,23 @@ class Settings(BaseSettings):
     #: Whether `alliance serve` delivers notifications itself (the outbox worker, issue 14);
     #: off when `alliance worker` processes deliver them instead.
     notify_worker: bool = True
+    #: Notices to people beyond the portal (issue 14.4), channel by channel. E-mail: the SMTP
+    #: server that relays them (empty: no e-mail channel), STARTTLS, and the account used to
+    #: log in to it (empty: none), and the sender's address.
+    notice_smtp_host: str = ""
+    notice_smtp_port: int = 25
+    notice_smtp_starttls: bool = False
+    notice_smtp_username: str = ""
+    notice_smtp_password: str = ""
+    notice_mail_from: str = "noreply@yzxy-alliance.cn"
+    #: The webhook each hospital points at its own SMS or WeChat Work gateway, as
+    #: `hospital-id=https://...` pairs separated by commas; a hospital without one has no
+    #: webhook channel. With a secret, each POST carries `X-Alliance-Signature: sha256=<hex
+    #: HMAC-SHA256 of the body>` so the gateway can tell the alliance's from anyone else's.
+    notice_webhooks: str = ""
+    notice_webhook_secret: str = ""
+    #: How often (seconds) an open live-notice stream of the portal looks for new events.
+    notice_poll_seconds: float = Field(default=0.5, gt=0)
 
     # Derived once, when the settings are loaded (a bad value fails `Settings()` with a clear
     # message at start, not a request later), never parsed again per use.
@@ -132,6 +149,7 @@ class Settings(BaseSettings):
     _calling_ae_hospitals: dict[str, str] = PrivateAttr(default_factory=dict)
     _viewer_origins: list[str] = PrivateAttr(default_factory=list)
     _trusted_proxies: list[IPv4Network | IPv6Network] = PrivateAttr(default_factory=list)
+    _notice_webhooks: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _derive(self) -> Self:
@@ -162,6 +180,7 @@ class Settings(BaseSettings):
                 "ALLIANCE_TRUSTED_PROXIES holds IP addresses or CIDR networks separated by commas, "
                 f"not {self.trusted_proxies!r}"
             ) from None
+        self._notice_webhooks = _notice_webhooks(self.notice_webhooks)
         return self
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
@@ -182,6 +201,11 @@ class Settings(BaseSettings):
     def calling_ae_hospitals(self) -> dict[str, str]:
         """Calling AE title -> hospital id of the C-STORE peers allowed to associate."""
         return self._calling_ae_hospitals
+
+    @property
+    def notice_webhook_urls(self) -> dict[str, str]:
+        """Hospital id -> the webhook of its SMS / WeChat Work gateway."""
+        return self._notice_webhooks
 
     @property
     def viewer_origin_list(self) -> list[str]:
@@ -255,6 +279,19 @@ def _calling_aes(text: str, demo: bool) -> dict[str, str]:
                 "characters)"
             )
         found[ae] = hospital
+    return found
+
+
+def _notice_webhooks(text: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        hospital, sep, url = (x.strip() for x in pair.partition("="))
+        parts = urlsplit(url)
+        if not sep or not hospital or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                "ALLIANCE_NOTICE_WEBHOOKS holds hospital-id=https://... pairs separated by commas"
+            )
+        found[hospital] = url
     return found
 
 

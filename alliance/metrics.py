@@ -41,6 +41,12 @@ NOTIFY_ATTEMPTS = Counter(
     ["type", "outcome"],
     registry=REGISTRY,
 )
+NOTICE_DELIVERIES = Counter(
+    "alliance_notice_deliveries",
+    "Notices to people sent beyond the portal (e-mail, webhook), by channel and outcome",
+    ["channel", "outcome"],
+    registry=REGISTRY,
+)
 NOTIFY_EVENTS = Counter(
     "alliance_notify_events_delivered",
     "Outbox events delivered to subscribers (acknowledged with a 2xx)",

@@ -314,11 +314,21 @@ PRIORITY: dict[str, tuple[str, str]] = {
 }
 
 
+#: The notices' words (issue 14.4): the section's labels, and each kind of event as
+#: `notice:<kind>` (the topics of alliance.notify.topics), kept as data beside the rules.
+NOTICE_WORDS: dict[str, tuple[str, str]] = {
+    key: (said["zh"], said["en"])
+    for key, said in json.loads(
+        (Path(__file__).parent / "locale" / "notices.json").read_text(encoding="utf-8")
+    ).items()
+}
+
+
 def translator(lang: str):  # type: ignore[no-untyped-def]
     index = 1 if lang == "en" else 0
 
     def t(key: str) -> str:
-        for table in (STATUS, PRIORITY, WORDS):
+        for table in (STATUS, PRIORITY, WORDS, NOTICE_WORDS):
             if key in table:
                 return table[key][index]
         return key

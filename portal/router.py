@@ -10,6 +10,7 @@ from portal.admin import AdminPages
 from portal.audit import AuditPages
 from portal.auth import AuthPages
 from portal.imaging import ImagingPages
+from portal.notices import NoticePages
 from portal.patients import PatientPages
 from portal.requests import RequestPages
 from portal.shell import HERE
@@ -17,7 +18,14 @@ from portal.teleconsults import ConsultPages
 
 
 class Portal(
-    AuthPages, PatientPages, RequestPages, ConsultPages, ImagingPages, AuditPages, AdminPages
+    AuthPages,
+    PatientPages,
+    RequestPages,
+    ConsultPages,
+    ImagingPages,
+    AuditPages,
+    AdminPages,
+    NoticePages,
 ):
     """Every section's pages (one module each, on the shared `portal.shell.Shell`); the pages
     call the domains' commands (referral.commands, teleconsult.commands,
@@ -32,6 +40,12 @@ class Portal(
         r.add_api_route("/logout", page(self.logout, post=True), methods=["POST"])
         r.add_api_route("/lang/{code}", self.language, methods=["GET"])
         r.add_api_route("/favicon.ico", self.favicon, methods=["GET"])
+        r.add_api_route("/notices", page(self.notices), methods=["GET"])
+        r.add_api_route("/notices/stream", self.notice_stream, methods=["GET"])
+        r.add_api_route("/notices/settings", page(self.notice_settings), methods=["GET"])
+        r.add_api_route(
+            "/notices/settings", page(self.notice_settings_save, post=True), methods=["POST"]
+        )
         r.add_api_route("/patients", page(self.patients), methods=["GET"])
         r.add_api_route("/patients/new", page(self.patient_form), methods=["GET"])
         r.add_api_route("/patients/new", page(self.patient_create, post=True), methods=["POST"])

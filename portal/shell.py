@@ -27,6 +27,7 @@ from alliance.errors import AllianceError, Forbidden, NotFound, Unauthorized
 from alliance.fhir.registry import OperationContext, Resource
 from alliance.fhir.store import FhirStore
 from alliance.fhir.types import SearchResult
+from alliance.notify.people import unread as notices_unread
 from alliance.security import sessions
 from alliance.security.access import Principal
 from alliance.security.guard import Context, Guard, Interaction, Touched
@@ -132,11 +133,13 @@ class Shell:
         lang = session.lang if session else request.cookies.get("alliance_lang", "zh")
         user = None
         hospital_name = ""
+        unread, through = 0, 0
         if session is not None:
             try:
                 claims = self.claims(session)
                 user = UserView(claims, self._capabilities(claims.role))
                 hospital_name = self._hospital_name(claims.hospital_id)
+                unread, through = self._notices_unread(claims)
             except Unauthorized:
                 session = None
         csrf = session.csrf if session else request.cookies.get("alliance_precsrf")
@@ -149,6 +152,8 @@ class Shell:
             "csrf": csrf,
             "hospital_name": hospital_name,
             "notice": None,
+            "notices_unread": unread,
+            "notices_through": through,
             **page.context,
         }
         response = self.templates.TemplateResponse(
@@ -188,6 +193,12 @@ class Shell:
         with self.db.transaction() as s:
             row = s.get(Role, role)
             return row.capability_set if row else frozenset()
+
+    def _notices_unread(self, claims: TokenClaims) -> tuple[int, int]:
+        """The header's count of unread notices, and the newest event number the page's live
+        stream continues after (alliance.notify.people)."""
+        with self.db.transaction() as s:
+            return notices_unread(s, principal_for(s, claims), claims.subject)
 
     def _hospital_name(self, hospital_id: str) -> str:
         try:

@@ -53,7 +53,7 @@ PAGES = {
         "/imaging/upload",
         "/imaging/held",
     ],
-    "sp.subei": ["/worklist", "/consults"],
+    "sp.subei": ["/worklist", "/consults", "/notices", "/notices/settings"],
     "auditor": ["/audit", "/dashboard"],
     "admin.xinyuan.people": ["/admin/staff", "/admin/departments", "/admin/calendar"],
 }

@@ -152,3 +152,43 @@ class DeliveryAttempt(Base):
         Index("ix_notify_attempt_subscription", "subscription_id", "id"),
         {"sqlite_autoincrement": True},
     )
+
+
+class PersonNotices(Base):
+    """One person's choices for notices beyond the portal (issue 14.4): where (an e-mail
+    address, an address at their hospital's SMS / WeChat Work gateway), when not (quiet hours,
+    in minutes after midnight of their own time zone), and how far they have read in the
+    portal (`seen_through`: the unread count counts events after it)."""
+
+    __tablename__ = "notify_person"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("security_user.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: Asia/Shanghai (北京时间) or Asia/Urumqi (新疆时间).
+    time_zone: Mapped[str] = mapped_column(String(40))
+    quiet_start: Mapped[int | None] = mapped_column(Integer)
+    quiet_end: Mapped[int | None] = mapped_column(Integer)
+    email: Mapped[str | None] = mapped_column(String(254))
+    webhook_to: Mapped[str | None] = mapped_column(String(128))
+    seen_through: Mapped[int] = mapped_column(EventNumber, default=0)
+
+
+class PersonChannel(Base):
+    """The delivery state of one channel a person chose (a row while chosen): the last outbox
+    event considered for it (`through`, moved only once the channel took the message), and
+    retries under a lease, as alliance.notify.worker keeps them for subscriptions."""
+
+    __tablename__ = "notify_person_channel"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("security_user.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: email or webhook (alliance.notify.channels).
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    through: Mapped[int] = mapped_column(EventNumber)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(String(500))
+    last_sent: Mapped[datetime | None] = mapped_column(UTCDateTime())

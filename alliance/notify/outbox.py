@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -130,16 +130,15 @@ def events_for(
     limit: int = 100,
     kinds: Sequence[str] | None = None,
     since: datetime | None = None,
+    not_by: str | None = None,
+    newest_first: bool = False,
 ) -> list[Event]:
-    """The events `reader` may see with a number above `after`, oldest first, at most `limit`
-    (optionally only of `kinds`, and only recorded at or after `since`)."""
+    """The events `reader` may see with a number above `after`, oldest first (or newest first),
+    at most `limit` (optionally only of `kinds`, only recorded at or after `since`, and only
+    those not caused by the user `not_by`: a person is not told what they did themselves)."""
     query = (
-        select(Event)
-        .where(
-            Event.id > after,
-            exists(concerns(reader).where(EventRecipient.event_id == Event.id)),
-        )
-        .order_by(Event.id)
+        visible_events(reader, after=after, not_by=not_by)
+        .order_by(Event.id.desc() if newest_first else Event.id)
         .limit(limit)
     )
     if kinds is not None:
@@ -147,6 +146,17 @@ def events_for(
     if since is not None:
         query = query.where(Event.at >= since)
     return list(session.scalars(query))
+
+
+def visible_events(reader: Reader, *, after: int = 0, not_by: str | None = None) -> Select[Any]:
+    """The query of the events `reader` may see after number `after` (see `events_for`)."""
+    query = select(Event).where(
+        Event.id > after,
+        exists(concerns(reader).where(EventRecipient.event_id == Event.id)),
+    )
+    if not_by is not None:
+        query = query.where(or_(Event.actor.is_(None), Event.actor != not_by))
+    return query
 
 
 def last_event_number(session: Session) -> int:

@@ -48,6 +48,9 @@ MAX_BACKOFF = timedelta(minutes=5)
 LEASE_MARGIN = timedelta(seconds=5)
 #: A scheduled job: raises the events now due in the session given; returns how many.
 Job = Callable[[Session], int]
+#: Another delivery from the outbox run in each pass after the subscriptions' (people's
+#: channels, alliance.notify.people): one pass; returns how many deliveries it attempted.
+Outlet = Callable[[], int]
 
 
 def backoff(failures: int) -> timedelta:
@@ -74,6 +77,7 @@ class Worker:
         fhir_base: str,
         *,
         jobs: Sequence[Job] = (),
+        outlets: Sequence[Outlet] = (),
         schedule_every: timedelta = timedelta(seconds=30),
         poll_seconds: float = 0.2,
         batch: int = 20,
@@ -83,6 +87,7 @@ class Worker:
         self.store = store
         self.fhir_base = fhir_base
         self.jobs = list(jobs)
+        self.outlets = list(outlets)
         self.schedule_every = schedule_every
         self.poll_seconds = poll_seconds
         self.batch = batch
@@ -121,7 +126,7 @@ class Worker:
         claimed = self.claim()
         for sub_id in claimed:
             self.deliver(sub_id)
-        return len(claimed)
+        return len(claimed) + sum(outlet() for outlet in self.outlets)
 
     def schedule(self, *, force: bool = False) -> int:
         now = clock.now()
