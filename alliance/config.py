@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     #: Whether `alliance serve` delivers notifications itself (the outbox worker, issue 14);
     #: off when `alliance worker` processes deliver them instead.
     notify_worker: bool = True
+    #: The URL prefixes a Subscription's rest-hook may name, comma-separated
+    #: (`https://his.xy-people.example/fhir-notify,https://10.20.0.5/`). Empty: any http(s)
+    #: endpoint, for a demo; set it in production, or a partner's token can make the server
+    #: post to any address it can reach.
+    notify_endpoints: str = ""
     #: Notices to people beyond the portal (issue 14.4), channel by channel. E-mail: the SMTP
     #: server that relays them (empty: no e-mail channel), STARTTLS, and the account used to
     #: log in to it (empty: none), and the sender's address.
@@ -201,6 +206,11 @@ class Settings(BaseSettings):
     def calling_ae_hospitals(self) -> dict[str, str]:
         """Calling AE title -> hospital id of the C-STORE peers allowed to associate."""
         return self._calling_ae_hospitals
+
+    @property
+    def notify_endpoint_prefixes(self) -> tuple[str, ...]:
+        """`notify_endpoints` as a tuple of prefixes."""
+        return tuple(p.strip() for p in self.notify_endpoints.split(",") if p.strip())
 
     @property
     def notice_webhook_urls(self) -> dict[str, str]:

@@ -21,7 +21,7 @@ TOPIC_CANONICAL = (
 
 
 def definitions(settings: Settings) -> list[ResourceDefinition]:
-    rules = SubscriptionRules()
+    rules = SubscriptionRules(settings.notify_endpoint_prefixes)
     base = settings.fhir_base
     definition = ResourceDefinition(
         "Subscription",

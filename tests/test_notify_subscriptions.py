@@ -20,7 +20,7 @@ from alliance.config import Settings
 from alliance.notify.models import Subscription
 from alliance.notify.worker import Worker
 from alliance.security.service import set_client_active
-from server.app import Services
+from server.app import Services, create_app
 from server.notify import build_worker
 from tests.notices import (
     Receiver,
@@ -265,6 +265,24 @@ def test_a_subscription_names_what_to_correct(app: FastAPI) -> None:
     topics = {e["valueCanonical"] for e in entry["extension"]}
     assert "https://fhir.yzxy-alliance.cn/SubscriptionTopic/referral-overdue" in topics
     assert {op["name"] for op in entry["operation"]} == {"status", "events", "get-ws-binding-token"}
+
+
+def test_a_rest_hook_goes_only_to_the_endpoints_the_operator_listed(settings: Settings) -> None:
+    """With ALLIANCE_NOTIFY_ENDPOINTS set, a partner's token cannot make the server post to
+    any other address (SSRF): 422 naming the rule, nothing created; a listed one is taken."""
+    listed = settings.model_copy(update={"notify_endpoints": "https://his.subei.example/fhir/"})
+    application = create_app(listed)
+    try:
+        his = partner(application, "subei-his", "subei")
+        for endpoint in ("http://169.254.169.254/latest/meta-data", "https://his.subei.example/"):
+            r = his.post("/fhir/Subscription", json=subscription_body(endpoint))
+            assert r.status_code == 422, (endpoint, r.text)
+            assert "subscription-endpoint-not-allowed" in r.text
+        assert his.get("/fhir/Subscription").json().get("entry", []) == []
+        body = subscription_body("https://his.subei.example/fhir/notify")
+        assert his.post("/fhir/Subscription", json=body).status_code == 201
+    finally:
+        application.state.services.db.dispose()
 
 
 def test_a_websocket_subscription_streams_its_events(app: FastAPI) -> None:

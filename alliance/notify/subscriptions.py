@@ -91,8 +91,12 @@ class Channel:
     max_count: int
 
 
-def read_channel(sub: Resource) -> Channel:
-    """The Subscription's topic and channel, or the error naming what to correct."""
+def read_channel(sub: Resource, allowed: tuple[str, ...] = ()) -> Channel:
+    """The Subscription's topic and channel, or the error naming what to correct.
+
+    `allowed` (ALLIANCE_NOTIFY_ENDPOINTS) lists the URL prefixes a rest-hook may name; when
+    it is set, any other endpoint is refused, so that a partner's token cannot make the server
+    post to addresses inside the hospital network it was never meant to reach (SSRF)."""
     topic = topic_by_url(str(sub.get("criteria") or ""))
     if topic is None:
         raise Invalid(
@@ -123,6 +127,13 @@ def read_channel(sub: Resource) -> Channel:
             "a rest-hook channel's endpoint is an absolute http or https URL",
             expression=["Subscription.channel.endpoint"],
             rule="subscription-endpoint",
+        )
+    if not websocket and allowed and not any(endpoint.startswith(p) for p in allowed):
+        raise Invalid(
+            "this server delivers only to the hospital systems its operator listed "
+            "(ALLIANCE_NOTIFY_ENDPOINTS); ask the alliance's operator to add this endpoint",
+            expression=["Subscription.channel.endpoint"],
+            rule="subscription-endpoint-not-allowed",
         )
     headers = [str(h) for h in channel.get("header") or []]
     if any(":" not in h or "\n" in h or "\r" in h for h in headers):
@@ -159,7 +170,10 @@ def read_channel(sub: Resource) -> Channel:
 
 
 class SubscriptionRules:
-    """The hooks of the Subscription type."""
+    """The hooks of the Subscription type. `allowed_endpoints`: see `read_channel`."""
+
+    def __init__(self, allowed_endpoints: tuple[str, ...] = ()) -> None:
+        self.allowed_endpoints = allowed_endpoints
 
     def prepare(self, ctx: WriteContext, sub: Resource, previous: Resource | None) -> None:
         """The status is the server's: a new subscription is `requested` (until its handshake
@@ -178,7 +192,7 @@ class SubscriptionRules:
             profiles.append(SUBSCRIPTION_PROFILE)
 
     def check(self, ctx: WriteContext, sub: Resource, previous: Resource | None) -> list[Any]:
-        read_channel(sub)
+        read_channel(sub, self.allowed_endpoints)
         if ctx.actor is not None and previous is not None:
             row = ctx.session.get(Subscription, sub["id"])
             if row is not None and read_channel(sub).topic != row.topic:
