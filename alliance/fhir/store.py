@@ -504,6 +504,7 @@ class FhirStore:
             definition.organization_of(resource),
             self.server_url,
         )
+        first = current is None
         if current is None:
             current = ResourceRow(resource_type=definition.type, id=resource_id)
             session.add(current)
@@ -522,7 +523,8 @@ class FhirStore:
             content=content,
         )
         session.add(row)
-        self._clear_index(session, definition.type, resource_id)
+        if not first:  # a resource's first version has no index rows to replace
+            self._clear_index(session, definition.type, resource_id)
         rows = index_rows(definition, resource_id, resource, self.base_url)
         indexed = {
             r.code for r in rows if isinstance(r, TokenIndex) and r.param == ATTACHMENT_PARAM
