@@ -6,18 +6,18 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from portal.admin import AdminPages
 from portal.audit import AuditPages
 from portal.auth import AuthPages
 from portal.imaging import ImagingPages
 from portal.patients import PatientPages
 from portal.requests import RequestPages
 from portal.shell import HERE
+from portal.staff import StaffPages
 from portal.teleconsults import ConsultPages
 
 
 class Portal(
-    AuthPages, PatientPages, RequestPages, ConsultPages, ImagingPages, AuditPages, AdminPages
+    AuthPages, PatientPages, RequestPages, ConsultPages, ImagingPages, AuditPages, StaffPages
 ):
     """Every section's pages (one module each, on the shared `portal.shell.Shell`); the pages
     call the domains' commands (referral.commands, teleconsult.commands,
@@ -96,6 +96,14 @@ class Portal(
         )
         r.add_api_route("/admin/staff", page(self.staff), methods=["GET"])
         r.add_api_route("/admin/staff", page(self.staff_create, post=True), methods=["POST"])
+        r.add_api_route(
+            "/admin/staff/{username}/practitioner", page(self.practitioner_form), methods=["GET"]
+        )
+        r.add_api_route(
+            "/admin/staff/{username}/practitioner",
+            page(self.practitioner_link, post=True),
+            methods=["POST"],
+        )
         r.add_api_route(
             "/admin/staff/{username}/{action}", page(self.staff_action, post=True), methods=["POST"]
         )

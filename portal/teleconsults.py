@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from alliance import clock
+from alliance.clock import BEIJING
 from alliance.codes import (
     DEPARTMENT,
 )
@@ -34,7 +35,6 @@ from portal.views import (
 from referral.commands import Diagnosis
 from teleconsult.commands import answer_consult, sign_opinion
 from teleconsult.presentation import VIRTUAL_SERVICE
-from teleconsult.time import BEIJING
 
 
 class ConsultPages(ReferralPages):

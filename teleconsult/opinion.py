@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from alliance import clock
 from alliance.attachments.models import Attachment
 from alliance.attachments.service import ATTACHMENT_PARAM, fhir_attachment
+from alliance.clock import BEIJING
 from alliance.codes import ALLIANCE_BASE, RECORD_KEEPER, RECORD_PATIENT, RESIDENT_ID
 from alliance.config import Settings
 from alliance.errors import Conflict, Forbidden, Invalid, NotFound
@@ -51,7 +52,7 @@ from referral.service import category_of, check_codes
 from teleconsult.common import acting, ext, read_visible, refuse
 from teleconsult.letter import LetterFacts, opinion_letter
 from teleconsult.models import Booking
-from teleconsult.time import BEIJING, format_for_site
+from teleconsult.time import format_for_site
 
 LOINC = "http://loinc.org"
 CONSULT_NOTE = "11488-4"
