@@ -47,6 +47,11 @@ class Portal(
             "/referrals/{task_id}/message", page(self.referral_message, post=True), methods=["POST"]
         )
         r.add_api_route(
+            "/referrals/{task_id}/studies",
+            page(self.add_referral_studies, post=True),
+            methods=["POST"],
+        )
+        r.add_api_route(
             "/referrals/{task_id}/down", page(self.send_down, post=True), methods=["POST"]
         )
         r.add_api_route("/teleconsults/new", page(self.teleconsult_form), methods=["GET"])

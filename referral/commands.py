@@ -441,3 +441,30 @@ def post_message(acting: OperationContext, task_id: str, text: str, signature: s
             "payload": [{"contentString": text.strip()}],
         },
     )
+
+
+def add_studies(
+    acting: OperationContext, task_id: str, study_ids: Sequence[str], signature: str
+) -> Version:
+    """Images uploaded after a referral was sent, added to it while it is open: a message on
+    the referral (FHIR R4 Communication basedOn its ServiceRequest) carrying each ImagingStudy
+    as a payload contentReference, signed as the doctors sign. The referral rules
+    (referral.service.check_communication, after_communication) refuse it once the referral
+    has ended and open the studies to the hospital asked under the referral's own grant."""
+    chosen = list(dict.fromkeys(s.strip() for s in study_ids if s.strip()))
+    if not chosen:
+        raise Invalid(
+            "choose the studies to add", expression=["Communication.payload"], rule="study-none"
+        )
+    task = acting.read("Task", task_id).resource()
+    return acting.create(
+        {
+            "resourceType": "Communication",
+            "status": "completed",
+            "basedOn": [task["focus"]],
+            "subject": task["for"],
+            "sent": instant(clock.now()),
+            "sender": {"display": signature},
+            "payload": [{"contentReference": {"reference": f"ImagingStudy/{s}"}} for s in chosen],
+        },
+    )
