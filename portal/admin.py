@@ -21,7 +21,7 @@ from alliance.security.access import Principal
 from alliance.security.guard import Context, Interaction
 from portal.i18n import rule_words, translator
 from portal.shell import Page, Shell, correctable
-from portal.views import HoursLineError, hours_line, parse_hours_line
+from portal.views import HoursLineError, hours_line, parse_hours
 
 T = TypeVar("T")
 
@@ -235,19 +235,12 @@ class AdminPages(Shell):
         """Weekly hours, one span per line as people write them (`周一至周五 08:00-12:00`,
         portal.views.parse_hours_line). The calendar's own checks (teleconsult rules) refuse
         what does not make sense."""
-        spans = []
         typed = {"hours": str(form.get("hours", ""))}
-        for line in typed["hours"].splitlines():
-            if not line.strip():
-                continue
-            try:
-                spans.append(parse_hours_line(line))
-            except HoursLineError as exc:
-                t = translator(session.lang)
-                said = t(exc.key).format(**exc.values)
-                return await self.calendar(
-                    request, session, error=f"{line}: {said} {t('hours_hint')}", values=typed
-                )
+        try:
+            spans = parse_hours(typed["hours"])
+        except HoursLineError as exc:
+            said = exc.said(translator(session.lang))
+            return await self.calendar(request, session, error=said, values=typed)
 
         def replace(service: dict[str, Any]) -> None:
             service["availableTime"] = spans

@@ -31,7 +31,7 @@ from alliance.security.service import (
 from portal.admin import AdminPages
 from portal.i18n import translator
 from portal.shell import Page
-from portal.views import HoursLineError, parse_hours_line
+from portal.views import HoursLineError, parse_hours
 from teleconsult.commands import open_consult_schedule
 
 
@@ -205,15 +205,10 @@ class StaffPages(AdminPages):
 
         if not values.get("name") or not values.get("department") or not values.get("title"):
             return await again(t("required"))
-        spans = []
-        for line in values.get("hours", "").splitlines():
-            if not line.strip():
-                continue
-            try:
-                spans.append(parse_hours_line(line))
-            except HoursLineError as exc:
-                said = t(exc.key).format(**exc.values)
-                return await again(f"{line}: {said} {t('hours_hint')}")
+        try:
+            spans = parse_hours(values.get("hours", ""))
+        except HoursLineError as exc:
+            return await again(exc.said(t))
 
         def work(s: Session, ctx: Context) -> Enrolled:
             acting = self.acting(s, ctx)

@@ -5,6 +5,7 @@ another hospital's administrator is refused."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from alliance.codes import DEPARTMENT, DEPARTMENT_VERSION, RULE
 from alliance.directory.commands import PersonName, practitioner, practitioner_role
+from tests.accounts import portal as sign_in
 
 CARDIOLOGY = {"system": DEPARTMENT, "version": DEPARTMENT_VERSION, "code": "03.04"}
 
@@ -71,3 +73,38 @@ def test_an_administrator_enrols_a_specialist_through_the_api(
         "/fhir/PractitionerRole", params={"specialty": f"{DEPARTMENT}|03.04", "practitioner": pid}
     ).json()
     assert [e["resource"]["id"] for e in found["entry"]] == [made.json()["id"]]
+
+
+def test_the_link_page_refuses_in_words_and_changes_nothing(app: Any) -> None:
+    """The administrators' link page: another hospital's account is not found, hours it does
+    not understand and another hospital's department are said in Chinese, and a refusal
+    leaves the account unlinked."""
+    admin = TestClient(app)
+    csrf = sign_in(admin, "admin.subei")
+    assert admin.get("/admin/staff/dr.xinyuan.people/practitioner").status_code == 404
+    made = admin.post(
+        "/admin/staff",
+        data={
+            "csrf": csrf,
+            "username": "sp.subei.qian",
+            "display_name": "钱",
+            "role": "specialist",
+        },
+    )
+    assert made.status_code == 200, made.text
+    form = {"csrf": csrf, "name": "钱立", "department": "subei-cardiology"}
+    bad_hours = admin.post(
+        "/admin/staff/sp.subei.qian/practitioner",
+        data={**form, "title": "chief-physician", "hours": "每天 08:00-12:00"},
+    )
+    assert bad_hours.status_code == 422
+    assert "“每天”不是星期几" in bad_hours.text and 'value="钱立"' in bad_hours.text
+    elsewhere = admin.post(
+        "/admin/staff/sp.subei.qian/practitioner",
+        data={**form, "department": "xy-people-cardiology", "title": "chief-physician"},
+    )
+    assert elsewhere.status_code == 422
+    assert "本院没有该科室" in elsewhere.text, elsewhere.text
+    staff = admin.get("/admin/staff").text
+    row = re.search(r"<tr><td>sp\.subei\.qian</td>.*?</tr>", staff, re.S)
+    assert row is not None and "已关联" not in row.group(0)
