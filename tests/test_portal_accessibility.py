@@ -60,7 +60,12 @@ PAGES = {
     ],
     "sp.subei": ["/worklist", "/consults"],
     "auditor": ["/audit", "/dashboard"],
-    "admin.xinyuan.people": ["/admin/staff", "/admin/departments", "/admin/calendar"],
+    "admin.xinyuan.people": [
+        "/admin/staff",
+        "/admin/staff/dr.xinyuan.people/practitioner",
+        "/admin/departments",
+        "/admin/calendar",
+    ],
 }
 
 
