@@ -429,6 +429,14 @@ def post_message(acting: OperationContext, task_id: str, text: str, signature: s
         raise Invalid(
             "a message says something", expression=["Communication.payload"], rule="message-empty"
         )
+    return message_on(acting, task_id, [{"contentString": text.strip()}], signature)
+
+
+def message_on(
+    acting: OperationContext, task_id: str, payload: Sequence[Resource], signature: str
+) -> Version:
+    """A message on a referral (FHIR R4 Communication basedOn its ServiceRequest, about its
+    patient) with `payload`, sent now and signed `姓名 · 医院`."""
     task = acting.read("Task", task_id).resource()
     return acting.create(
         {
@@ -438,7 +446,7 @@ def post_message(acting: OperationContext, task_id: str, text: str, signature: s
             "subject": task["for"],
             "sent": instant(clock.now()),
             "sender": {"display": signature},
-            "payload": [{"contentString": text.strip()}],
+            "payload": list(payload),
         },
     )
 
@@ -456,15 +464,5 @@ def add_studies(
         raise Invalid(
             "choose the studies to add", expression=["Communication.payload"], rule="study-none"
         )
-    task = acting.read("Task", task_id).resource()
-    return acting.create(
-        {
-            "resourceType": "Communication",
-            "status": "completed",
-            "basedOn": [task["focus"]],
-            "subject": task["for"],
-            "sent": instant(clock.now()),
-            "sender": {"display": signature},
-            "payload": [{"contentReference": {"reference": f"ImagingStudy/{s}"}} for s in chosen],
-        },
-    )
+    carried = [{"contentReference": {"reference": f"ImagingStudy/{s}"}} for s in chosen]
+    return message_on(acting, task_id, carried, signature)
