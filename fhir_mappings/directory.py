@@ -11,6 +11,8 @@ from fhir.resources.R4B.practitionerrole import PractitionerRole
 from alliance.codes import PRACTITIONER_HOSPITAL
 from alliance.directory.service import (
     check_patient,
+    check_practitioner,
+    check_practitioner_role,
     managing_hospital,
     prepare_patient,
     reference_id,
@@ -104,6 +106,7 @@ def definitions() -> list[ResourceDefinition]:
             ],
             "Doctors of the alliance; their professional title is a qualification.",
             interactions=_NO_DELETE,
+            on_write=check_practitioner,
             access="directory",
             organization_of=_staff_of,
         ),
@@ -132,6 +135,7 @@ def definitions() -> list[ResourceDefinition]:
             ],
             "A practitioner's role at a hospital: department, specialty and role.",
             access="directory",
+            on_write=check_practitioner_role,
             organization_of=_role_hospital,
         ),
         ResourceDefinition(

@@ -1,38 +1,29 @@
-"""A hospital administrator's pages: departments, the consult calendar, staff accounts."""
+"""A hospital administrator's pages: departments and the consult calendar (staff accounts:
+portal.staff)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
-from alliance.codes import (
-    DEPARTMENT,
-    DEPARTMENT_CODES,
-)
-from alliance.directory.commands import open_department, set_department_open
+from alliance.codes import DEPARTMENT_CODES
+from alliance.directory.commands import department_code, open_department, set_department_open
 from alliance.errors import AllianceError, Forbidden, NotFound
 from alliance.fhir.types import Version
 from alliance.numbers import whole_number
 from alliance.security import sessions
 from alliance.security.access import Principal
 from alliance.security.guard import Context, Interaction
-from alliance.security.models import User
-from alliance.security.service import (
-    create_user,
-    manageable_roles,
-    reset_password,
-    set_locked,
-    set_role,
-)
 from portal.i18n import rule_words, translator
 from portal.shell import Page, Shell, correctable
-from portal.views import HoursLineError, hours_line, parse_hours_line
+from portal.views import HoursLineError, hours_line, parse_hours
+
+T = TypeVar("T")
 
 
 class AdminPages(Shell):
@@ -48,35 +39,7 @@ class AdminPages(Shell):
         hospital = self.claims(session).hospital_id
 
         def work(s: Session, ctx: Context) -> list[dict[str, Any]]:
-            found = self._search(
-                s,
-                ctx,
-                "Organization",
-                [("partof", f"Organization/{hospital}"), ("_count", "200")],
-                200,
-            )
-            rows = []
-            for v in found.matches:
-                org = v.resource()
-                coding: dict[str, Any] = next(
-                    (
-                        c
-                        for t in org.get("type") or []
-                        for c in t.get("coding") or []
-                        if c.get("system") == DEPARTMENT
-                    ),
-                    {},
-                )
-                rows.append(
-                    {
-                        "id": v.id,
-                        "name": org.get("name"),
-                        "active": org.get("active", True),
-                        "code": coding.get("code", ""),
-                        "display": coding.get("display", ""),
-                    }
-                )
-            return rows
+            return self._department_rows(s, ctx, hospital)
 
         rows = await self.run(
             request,
@@ -107,6 +70,26 @@ class AdminPages(Shell):
             422 if error else 200,
         )
 
+    def _department_rows(self, s: Session, ctx: Context, hospital: str) -> list[dict[str, Any]]:
+        """The hospital's departments: id, name, whether open, and their national code."""
+        found = self._search(
+            s, ctx, "Organization", [("partof", f"Organization/{hospital}"), ("_count", "200")], 200
+        )
+        rows = []
+        for v in found.matches:
+            org = v.resource()
+            coding = department_code(org) or {}
+            rows.append(
+                {
+                    "id": v.id,
+                    "name": org.get("name"),
+                    "active": org.get("active", True),
+                    "code": coding.get("code", ""),
+                    "display": coding.get("display", ""),
+                }
+            )
+        return rows
+
     async def department_create(
         self, request: Request, session: sessions.WebSession, form: FormData
     ) -> Page | Response:
@@ -117,23 +100,16 @@ class AdminPages(Shell):
             return await self.departments(
                 request, session, error=translator(session.lang)("required"), values=typed
             )
-        try:
-            await self.run(
-                request,
-                session,
-                Interaction("create", "Organization"),
-                lambda s, ctx: open_department(
-                    self.acting(s, ctx), name=name, code=code, display=display
-                ),
-                check=self._admins_only,
-            )
-        except AllianceError as exc:
-            if not correctable(exc):
-                raise
-            return await self.departments(
-                request, session, error=rule_words(exc, session.lang), values=typed
-            )
-        return RedirectResponse("/admin/departments", 303)
+        return await self.administer(
+            request,
+            session,
+            Interaction("create", "Organization"),
+            lambda s, ctx: open_department(
+                self.acting(s, ctx), name=name, code=code, display=display
+            ),
+            lambda error, _status: self.departments(request, session, error=error, values=typed),
+            "/admin/departments",
+        )
 
     async def department_action(
         self,
@@ -227,21 +203,14 @@ class AdminPages(Shell):
             change(service)
             return self.acting(s, ctx).update(service)
 
-        try:
-            await self.run(
-                request,
-                session,
-                Interaction("update", "HealthcareService"),
-                work,
-                check=self._admins_only,
-            )
-        except AllianceError as exc:
-            if not correctable(exc):
-                raise
-            return await self.calendar(
-                request, session, error=rule_words(exc, session.lang), values=typed
-            )
-        return RedirectResponse("/admin/calendar", 303)
+        return await self.administer(
+            request,
+            session,
+            Interaction("update", "HealthcareService"),
+            work,
+            lambda error, _status: self.calendar(request, session, error=error, values=typed),
+            "/admin/calendar",
+        )
 
     async def closure_add(
         self, request: Request, session: sessions.WebSession, form: FormData
@@ -266,19 +235,12 @@ class AdminPages(Shell):
         """Weekly hours, one span per line as people write them (`周一至周五 08:00-12:00`,
         portal.views.parse_hours_line). The calendar's own checks (teleconsult rules) refuse
         what does not make sense."""
-        spans = []
         typed = {"hours": str(form.get("hours", ""))}
-        for line in typed["hours"].splitlines():
-            if not line.strip():
-                continue
-            try:
-                spans.append(parse_hours_line(line))
-            except HoursLineError as exc:
-                t = translator(session.lang)
-                said = t(exc.key).format(**exc.values)
-                return await self.calendar(
-                    request, session, error=f"{line}: {said} {t('hours_hint')}", values=typed
-                )
+        try:
+            spans = parse_hours(typed["hours"])
+        except HoursLineError as exc:
+            said = exc.said(translator(session.lang))
+            return await self.calendar(request, session, error=said, values=typed)
 
         def replace(service: dict[str, Any]) -> None:
             service["availableTime"] = spans
@@ -303,120 +265,25 @@ class AdminPages(Shell):
         if "administer" not in principal.capabilities:
             raise Forbidden("hospital administrators only")
 
-    async def staff(
+    async def administer(
         self,
         request: Request,
         session: sessions.WebSession,
-        new_password: str | None = None,
-        error: str | None = None,
-        values: dict[str, str] | None = None,
-        error_status: int = 422,
-    ) -> Page:
-        hospital = self.claims(session).hospital_id
-
-        def work(s: Session, _ctx: Context) -> list[dict[str, Any]]:
-            users = s.scalars(
-                select(User).where(User.hospital_id == hospital).order_by(User.username)
-            )
-            return [
-                {
-                    "username": u.username,
-                    "display_name": u.display_name,
-                    "role_name": u.role_name,
-                    "active": u.active,
-                }
-                for u in users
-            ]
-
-        def listed(s: Session, ctx: Context) -> tuple[list[dict[str, Any]], list[str]]:
-            return work(s, ctx), manageable_roles(s, ctx.principal)
-
-        users, roles = await self.run(
-            request, session, Interaction("search", query="staff"), listed, check=self._admins_only
-        )
-        return Page(
-            "staff.html",
-            {
-                "users": users,
-                "roles": roles,
-                "new_password": new_password,
-                "error": error,
-                "form": values or {},
-                "hospital_name": self._hospital_name(hospital),
-            },
-            error_status if error else 200,
-        )
-
-    async def staff_create(
-        self, request: Request, session: sessions.WebSession, form: FormData
+        interaction: Interaction,
+        work: Callable[[Session, Context], T],
+        again: Callable[[str, int], Awaitable[Page]],
+        then: str | Callable[[T], Awaitable[Page | Response]],
     ) -> Page | Response:
-        hospital = self.claims(session).hospital_id
-        values = {k: str(v).strip() for k, v in form.items() if isinstance(v, str)}
-        role = values.get("role", "county-doctor")
-
-        def work(s: Session, ctx: Context) -> str:
-            create_user(
-                session=s,
-                by=ctx.principal,
-                username=values.get("username", ""),
-                hospital_id=hospital,
-                role=role,
-                password=None,
-                display_name=values.get("display_name") or None,
-            )
-            return reset_password(session=s, by=ctx.principal, username=values.get("username", ""))
-
+        """Do an administrator's change (hospital administrators only): done, on to `then` (an
+        address, or what to show with the result); refused for a reason the person can
+        correct, the form `again` saying why in their language (with the refusal's status),
+        as portal.referrals.ReferralPages.act_on_referral does for a referral's page."""
         try:
-            password = await self.run(
-                request,
-                session,
-                Interaction("create", f"User/{values.get('username')}", type="security"),
-                work,
-                check=self._admins_only,
-            )
+            done = await self.run(request, session, interaction, work, check=self._admins_only)
         except AllianceError as exc:
-            # A refusal naming its rule (a role this administrator does not give) is said on
-            # the form, with what was typed; any other 403 is the plain refusal page.
             if not correctable(exc):
                 raise
-            return await self.staff(
-                request,
-                session,
-                error=rule_words(exc, session.lang),
-                values=values,
-                error_status=exc.status,
-            )
-        return await self.staff(request, session, new_password=password)
-
-    async def staff_action(
-        self,
-        request: Request,
-        session: sessions.WebSession,
-        form: FormData,
-        username: str,
-        action: str,
-    ) -> Page | Response:
-        new_role = str(form.get("role", "")) if form is not None else ""
-
-        def work(s: Session, ctx: Context) -> str | None:
-            # Which accounts an administrator manages is the service's rule (check_manage).
-            if action in ("lock", "unlock"):
-                set_locked(session=s, by=ctx.principal, username=username, locked=action == "lock")
-                return None
-            if action == "reset":
-                return reset_password(session=s, by=ctx.principal, username=username)
-            if action == "role":
-                set_role(session=s, by=ctx.principal, username=username, role=new_role)
-                return None
-            raise NotFound(action)
-
-        result = await self.run(
-            request,
-            session,
-            Interaction("update", f"User/{username}", type="security"),
-            work,
-            check=self._admins_only,
-        )
-        if result:
-            return await self.staff(request, session, new_password=result)
-        return RedirectResponse("/admin/staff", 303)
+            return await again(rule_words(exc, session.lang), exc.status)
+        if isinstance(then, str):
+            return RedirectResponse(then, 303)
+        return await then(done)

@@ -256,6 +256,27 @@ WORDS: dict[str, tuple[str, str]] = {
         "mon tue wed thu fri 08:00-12:00; in the time zone above",
     ),
     "new_department": ("新建科室", "New department"),
+    "add_studies": ("补充影像（转诊发出后上传的检查）", "Add images (studies uploaded since)"),
+    "add_to_referral": ("添加到本次转诊", "Add to this referral"),
+    "studies_added": ("（补充了影像检查）", "(added imaging studies)"),
+    "practitioner": ("执业医师", "Practitioner"),
+    "link_practitioner": ("关联医师、科室及职称", "Link to a doctor, department and title"),
+    "linked": ("已关联（修改）", "Linked (change)"),
+    "already_linked": (
+        "该账号已关联医师；再次保存将以新的科室及职称重新关联。",
+        "This account is linked to a doctor; saving again links it anew with this department "
+        "and title.",
+    ),
+    "professional_title": ("职称", "Professional title"),
+    "consult_weekly_hours": (
+        "每周会诊时间（专家填写，每行一段）",
+        "Weekly consult hours (specialists; one span per line)",
+    ),
+    "consult_weekly_hours_hint": (
+        "例如 周二、周四 14:00-17:00；按本院时区；留空则不接受远程会诊预约",
+        "Such as 周二、周四 14:00-17:00, in this hospital's time zone; leave empty if the "
+        "doctor takes no teleconsults",
+    ),
     "inactive": ("已停用", "closed"),
     "close_dept": ("停用", "Close"),
     "open_dept": ("启用", "Reopen"),

@@ -21,6 +21,7 @@ from alliance.security.guard import Context, Interaction, Touched
 from alliance.security.service import person_name
 from portal.i18n import rule_words, translator
 from portal.shell import Page, Shell, T, correctable, when
+from portal.studies import referral_studies
 from portal.views import (
     destination,
     doc_view,
@@ -28,15 +29,12 @@ from portal.views import (
     local_time,
     patient_view,
     person_line,
-    study_view,
 )
 from referral import commands
-from referral.service import category_of
-from referral.workflow import OPEN_STATES
+from referral.service import carried, category_of
+from referral.workflow import SENT_OPEN
 from teleconsult.presentation import VIRTUAL_SERVICE
 
-#: The states of a referral sent and not yet ended (the worklist by default).
-SENT_OPEN = [state for state in OPEN_STATES if state != "draft"]
 #: FHIR R4 request-priority, most urgent first.
 PRIORITY_RANK = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
 #: How each move is offered: (word, button style); a move not listed resumes from on-hold.
@@ -177,6 +175,7 @@ class ReferralPages(Shell):
                 "request_resource": None,
                 "documents": [],
                 "studies": [],
+                "addable": [],
                 "outputs": [],
                 "messages": [],
             }
@@ -205,8 +204,6 @@ class ReferralPages(Shell):
                         continue
                     if rtype == "DocumentReference":
                         data["documents"].append(doc_view(res))
-                    elif rtype == "ImagingStudy":
-                        data["studies"].append(study_view(res))
                 msgs = self._search(
                     s,
                     ctx,
@@ -221,9 +218,13 @@ class ReferralPages(Shell):
                         "text": " ".join(
                             p.get("contentString", "") for p in m.resource().get("payload") or []
                         ),
+                        "added": bool(carried(m.resource())),
                     }
                     for m in msgs.matches
                 ]
+                data["studies"], data["addable"] = referral_studies(
+                    self.store, s, ctx, task, sr, [m.resource() for m in msgs.matches]
+                )
             except NotFound:
                 pass
             appointments = self._search(
@@ -416,6 +417,33 @@ class ReferralPages(Shell):
             lambda tid: f"/referrals/{tid}",
         )
 
+    @staticmethod
+    def _signature(s: Session, ctx: Context, hospital: str) -> str:
+        """How the doctors sign on a referral: `姓名 · 医院`."""
+        return f"{person_name(s, ctx.principal.subject) or ctx.principal.username} · {hospital}"
+
+    async def add_referral_studies(
+        self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
+    ) -> Page | Response:
+        """Images uploaded after the referral was sent, added to it while it is open
+        (referral.commands.add_studies): the referral's grant then covers them."""
+        chosen = [v for k, v in form.multi_items() if k == "study" and isinstance(v, str)]
+        hospital = self._hospital_name(self.claims(session).hospital_id)
+
+        def work(s: Session, ctx: Context) -> Version:
+            signature = self._signature(s, ctx, hospital)
+            return commands.add_studies(self.acting(s, ctx), task_id, chosen, signature)
+
+        return await self.act_on_referral(
+            request,
+            session,
+            task_id,
+            Interaction("create", "Communication"),
+            work,
+            lambda v: [Touched(f"Communication/{v.id}", v.patient_id)],
+            lambda _v: f"/referrals/{task_id}",
+        )
+
     async def referral_message(
         self, request: Request, session: sessions.WebSession, form: FormData, task_id: str
     ) -> Response:
@@ -423,8 +451,7 @@ class ReferralPages(Shell):
         hospital = self._hospital_name(self.claims(session).hospital_id)
 
         def work(s: Session, ctx: Context) -> Version:
-            name = person_name(s, ctx.principal.subject) or ctx.principal.username
-            signature = f"{name} · {hospital}"
+            signature = self._signature(s, ctx, hospital)
             return commands.post_message(self.acting(s, ctx), task_id, text, signature)
 
         if text:

@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from portal.admin import AdminPages
 from portal.audit import AuditPages
 from portal.auth import AuthPages
 from portal.imaging import ImagingPages
@@ -14,6 +13,7 @@ from portal.notices import NoticePages
 from portal.patients import PatientPages
 from portal.requests import RequestPages
 from portal.shell import HERE
+from portal.staff import StaffPages
 from portal.teleconsults import ConsultPages
 
 
@@ -24,7 +24,7 @@ class Portal(
     ConsultPages,
     ImagingPages,
     AuditPages,
-    AdminPages,
+    StaffPages,
     NoticePages,
 ):
     """Every section's pages (one module each, on the shared `portal.shell.Shell`); the pages
@@ -59,6 +59,11 @@ class Portal(
         )
         r.add_api_route(
             "/referrals/{task_id}/message", page(self.referral_message, post=True), methods=["POST"]
+        )
+        r.add_api_route(
+            "/referrals/{task_id}/studies",
+            page(self.add_referral_studies, post=True),
+            methods=["POST"],
         )
         r.add_api_route(
             "/referrals/{task_id}/down", page(self.send_down, post=True), methods=["POST"]
@@ -110,6 +115,14 @@ class Portal(
         )
         r.add_api_route("/admin/staff", page(self.staff), methods=["GET"])
         r.add_api_route("/admin/staff", page(self.staff_create, post=True), methods=["POST"])
+        r.add_api_route(
+            "/admin/staff/{username}/practitioner", page(self.practitioner_form), methods=["GET"]
+        )
+        r.add_api_route(
+            "/admin/staff/{username}/practitioner",
+            page(self.practitioner_link, post=True),
+            methods=["POST"],
+        )
         r.add_api_route(
             "/admin/staff/{username}/{action}", page(self.staff_action, post=True), methods=["POST"]
         )

@@ -232,6 +232,27 @@ class HoursLineError(ValueError):
         super().__init__(english)
         self.key = key
         self.values = values
+        #: The line as typed (set by parse_hours).
+        self.line = ""
+
+    def said(self, t: Callable[[str], str]) -> str:
+        """The line and what is wrong with it in the user's words, with how to write hours."""
+        return f"{self.line}: {t(self.key).format(**self.values)} {t('hours_hint')}"
+
+
+def parse_hours(text: str) -> list[dict[str, Any]]:
+    """Weekly hours, one span per line as people write them (parse_hours_line), blank lines
+    skipped. Raises HoursLineError naming the first line not understood."""
+    spans = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            spans.append(parse_hours_line(line))
+        except HoursLineError as exc:
+            exc.line = line
+            raise
+    return spans
 
 
 def parse_hours_line(line: str) -> dict[str, Any]:

@@ -429,6 +429,14 @@ def post_message(acting: OperationContext, task_id: str, text: str, signature: s
         raise Invalid(
             "a message says something", expression=["Communication.payload"], rule="message-empty"
         )
+    return message_on(acting, task_id, [{"contentString": text.strip()}], signature)
+
+
+def message_on(
+    acting: OperationContext, task_id: str, payload: Sequence[Resource], signature: str
+) -> Version:
+    """A message on a referral (FHIR R4 Communication basedOn its ServiceRequest, about its
+    patient) with `payload`, sent now and signed `姓名 · 医院`."""
     task = acting.read("Task", task_id).resource()
     return acting.create(
         {
@@ -438,6 +446,23 @@ def post_message(acting: OperationContext, task_id: str, text: str, signature: s
             "subject": task["for"],
             "sent": instant(clock.now()),
             "sender": {"display": signature},
-            "payload": [{"contentString": text.strip()}],
+            "payload": list(payload),
         },
     )
+
+
+def add_studies(
+    acting: OperationContext, task_id: str, study_ids: Sequence[str], signature: str
+) -> Version:
+    """Images uploaded after a referral was sent, added to it while it is open: a message on
+    the referral (FHIR R4 Communication basedOn its ServiceRequest) carrying each ImagingStudy
+    as a payload contentReference, signed as the doctors sign. The referral rules
+    (referral.service.check_communication, after_communication) refuse it once the referral
+    has ended and open the studies to the hospital asked under the referral's own grant."""
+    chosen = list(dict.fromkeys(s.strip() for s in study_ids if s.strip()))
+    if not chosen:
+        raise Invalid(
+            "choose the studies to add", expression=["Communication.payload"], rule="study-none"
+        )
+    carried = [{"contentReference": {"reference": f"ImagingStudy/{s}"}} for s in chosen]
+    return message_on(acting, task_id, carried, signature)

@@ -40,10 +40,10 @@ from alliance.fhir.values import date_range, instant
 from alliance.notify.models import Event
 from alliance.notify.outbox import ADMINISTER, Recipient, record
 from alliance.records import keeper_of, reference_id, stamp_keeper
-from alliance.security.access import TRIAGE, shareable, visibility
+from alliance.security.access import FULL, TRIAGE, shareable, visibility
 from alliance.security.service import close_grants, end_grants, open_grant
 from referral.models import Referral
-from referral.workflow import AWAITING_DECISION, FINAL_STATES, check_move
+from referral.workflow import AWAITING_DECISION, FINAL_STATES, SENT_OPEN, check_move
 
 CATEGORIES = ("up-referral", "down-referral", "teleconsult")
 LOINC = "http://loinc.org"
@@ -507,7 +507,24 @@ class ReferralRules:
             if ref.count("/") == 1:
                 rtype, rid = ref.split("/")
                 shared.append((rtype, rid))
-        return shared
+        return shared + self.added_records(ctx, row)
+
+    def added_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
+        """What the sending hospital added to the referral after sending it (images uploaded
+        later, referral.commands.add_studies): the records its messages on the request carry."""
+        found = ctx.store.search(
+            "Communication",
+            [("based-on", f"ServiceRequest/{row.service_request_id}")],
+            session=ctx.session,
+            default_count=1000,
+            max_count=1000,
+        )
+        return [
+            pair
+            for v in found.matches
+            if keeper_of(v.resource()) == row.placer_org
+            for pair in carried(v.resource())
+        ]
 
     def shared_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
         """What acceptance (and a teleconsult's booking, teleconsult.service) opens: the
@@ -605,20 +622,30 @@ class ReferralRules:
                 "messages are exchanged between the two hospitals of a referral",
                 rule="message-parties",
             )
+        if previous is None and carried(message) and row.status not in SENT_OPEN:
+            raise Invalid(
+                f"the referral is {row.status}: records are added to a referral once it is sent "
+                "and while it is open",
+                expression=["Communication.payload"],
+                rule="referral-records-closed",
+            )
         if previous is None and row.status in ("rejected", "cancelled"):
             raise Invalid(
                 f"the referral is {row.status}: its messages ended with it",
                 expression=["Communication.basedOn"],
                 rule="message-referral-closed",
             )
-        self.check_shared(
-            ctx,
-            [
-                (f"Communication.payload[{i}].contentReference", p["contentReference"])
-                for i, p in enumerate(message.get("payload") or [])
-                if isinstance(p, dict) and "contentReference" in p
-            ],
-        )
+        for i, p in enumerate(message.get("payload") or []):
+            if not isinstance(p, dict) or "contentReference" not in p:
+                continue
+            where = f"Communication.payload[{i}].contentReference"
+            found = self._shared_record(ctx, ctx.actor, p["contentReference"], where)
+            if found.patient_id not in (None, row.patient_id):
+                raise Invalid(
+                    f"{found.resource_type}/{found.id} is about another patient",
+                    expression=[where],
+                    rule="referral-other-patient",
+                )
         return []
 
     def after_communication(
@@ -649,6 +676,22 @@ class ReferralRules:
             shared_by=keeper_of(message),
             valid_until=until,
         )
+        if carried(message):
+            # Records a message carries join what the referral shares, at the level it shares
+            # now: for triage while the hospital asked decides (acceptance opens them in full,
+            # `added_records`), in full after; they close and end with the referral.
+            deciding = other == row.owner_org and row.status in AWAITING_DECISION
+            open_grant(
+                session=ctx.session,
+                patient_id=row.patient_id,
+                hospital_id=other,
+                reason=f"ServiceRequest/{sr_id}",
+                resources=carried(message),
+                actor=actor_of(ctx.actor),
+                shared_by=keeper_of(message),
+                valid_until=until,
+                level=TRIAGE if deciding else FULL,
+            )
         record(
             ctx.session,
             "message-posted",
@@ -696,6 +739,18 @@ def record_overdue(session: Session, *, task_ids: Sequence[str] | None = None) -
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def carried(message: Resource) -> list[tuple[str, str]]:
+    """The records a message carries (FHIR R4 Communication.payload.contentReference), as
+    (type, id)."""
+    pairs = []
+    for p in message.get("payload") or []:
+        ref = (p.get("contentReference") or {}).get("reference", "") if isinstance(p, dict) else ""
+        if isinstance(ref, str) and ref.count("/") == 1:
+            rtype, rid = ref.split("/")
+            pairs.append((rtype, rid))
+    return pairs
 
 
 def category_of(sr: Resource) -> str | None:

@@ -13,6 +13,8 @@ from alliance.errors import Conflict, Forbidden
 
 OPEN_STATES = ("draft", "requested", "received", "accepted", "in-progress", "on-hold")
 FINAL_STATES = ("rejected", "completed", "failed", "cancelled")
+#: A referral sent and not ended (a worklist's default; records can still be added to it).
+SENT_OPEN = tuple(state for state in OPEN_STATES if state != "draft")
 #: States in which the owner has not decided yet: these can be overdue.
 AWAITING_DECISION = ("requested", "received")
 

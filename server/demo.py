@@ -7,6 +7,7 @@ Idempotent: every record has a stable id and is created only when it is missing.
 from __future__ import annotations
 
 from collections import Counter
+from datetime import date
 from typing import Any
 
 from sqlalchemy import text as sql
@@ -19,20 +20,18 @@ from alliance.codes import (
     HOSPITAL_MRN,
     LANGUAGE_EXTENSION,
     ORGANIZATION_KIND,
-    PRACTITIONER_HOSPITAL,
-    PROFESSIONAL_TITLE,
-    PROFESSIONAL_TITLES,
     RESIDENT_ID,
 )
 from alliance.config import Settings
 from alliance.db import Database
-from alliance.directory.commands import department
+from alliance.directory.commands import PersonName, department, practitioner, practitioner_role
 from alliance.directory.identity import check_character
 from alliance.errors import NotFound
 from alliance.fhir.store import FhirStore
 from alliance.security.service import OPERATOR, create_user, get_user
 from fhir_mappings import build_registry
-from teleconsult.calendars import TEMPLATE_EXTENSION, TIME_ZONE_EXTENSION
+from teleconsult.calendars import TIME_ZONE_EXTENSION
+from teleconsult.commands import consult_schedule
 
 Resource = dict[str, Any]
 
@@ -322,67 +321,21 @@ def demo_resources() -> list[tuple[str, str, Resource]]:
     for pid, hid, slug, title, text, family, given, others in PRACTITIONERS:
         names = [_name(text, "zh-Hans", family, given)]
         names += [{**_name(o["text"], o["lang"]), "use": "usual"} for o in others]
-        out.append(
-            (
-                "Practitioner",
-                pid,
-                {
-                    "resourceType": "Practitioner",
-                    "extension": [
-                        {"url": PRACTITIONER_HOSPITAL, "valueReference": _ref("Organization", hid)}
-                    ],
-                    "active": True,
-                    "name": names,
-                    "qualification": [
-                        {
-                            "code": {
-                                "coding": [
-                                    {
-                                        "system": PROFESSIONAL_TITLE,
-                                        "code": title,
-                                        "display": PROFESSIONAL_TITLES[title],
-                                    }
-                                ]
-                            }
-                        }
-                    ],
-                },
-            )
-        )
+        doctor = practitioner(hid, name=PersonName(text), title=title)
+        doctor["name"] = names  # with the family and given parts, and the other scripts
+        out.append(("Practitioner", pid, doctor))
         code, display = dept_codes[(hid, slug)]
+        specialty = {
+            "system": DEPARTMENT,
+            "version": DEPARTMENT_VERSION,
+            "code": code,
+            "display": display,
+        }
         out.append(
             (
                 "PractitionerRole",
                 f"{pid}-role",
-                {
-                    "resourceType": "PractitionerRole",
-                    "active": True,
-                    "practitioner": _ref("Practitioner", pid),
-                    "organization": _ref("Organization", hid),
-                    "code": [
-                        {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/practitioner-role",
-                                    "code": "doctor",
-                                    "display": "Doctor",
-                                }
-                            ]
-                        }
-                    ],
-                    "specialty": [
-                        {
-                            "coding": [
-                                {
-                                    "system": DEPARTMENT,
-                                    "version": DEPARTMENT_VERSION,
-                                    "code": code,
-                                    "display": display,
-                                }
-                            ]
-                        }
-                    ],
-                },
+                practitioner_role(hid, practitioner_id=pid, specialty=specialty),
             )
         )
     for n, (pid, hid, address, birth, seq, gender, names, family, given) in enumerate(PATIENTS):
@@ -479,29 +432,19 @@ def teleconsult_calendars() -> list[tuple[str, str, Resource]]:
             )
         )
     for pid, sessions in CONSULT_TEMPLATES:
+        spans = [
+            {
+                "daysOfWeek": days.split(),
+                "availableStartTime": f"{start}:00",
+                "availableEndTime": f"{end}:00",
+            }
+            for days, start, end in sessions
+        ]
         out.append(
             (
                 "Schedule",
                 f"{pid}-consult",
-                {
-                    "resourceType": "Schedule",
-                    "extension": [
-                        {
-                            "url": TEMPLATE_EXTENSION,
-                            "extension": [
-                                *({"url": "daysOfWeek", "valueCode": d} for d in days.split()),
-                                {"url": "availableStartTime", "valueTime": f"{start}:00"},
-                                {"url": "availableEndTime", "valueTime": f"{end}:00"},
-                                {"url": "slotMinutes", "valuePositiveInt": 30},
-                            ],
-                        }
-                        for days, start, end in sessions
-                    ],
-                    "active": True,
-                    "actor": [_ref("PractitionerRole", f"{pid}-role")],
-                    "planningHorizon": {"start": "2026-11-01"},
-                    "comment": "远程会诊",
-                },
+                consult_schedule(f"{pid}-role", spans, start=date(2026, 11, 1)),
             )
         )
     return out

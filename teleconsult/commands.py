@@ -6,10 +6,14 @@ the `$find` / `$book` operations (teleconsult.operations)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import date
+
 from alliance.errors import Forbidden
 from alliance.fhir.registry import OperationContext, Resource
 from alliance.fhir.types import Version
 from referral.commands import CONSULT_NOTE, LOINC, Diagnosis
+from teleconsult.calendars import TEMPLATE_EXTENSION
 
 
 def answer_consult(acting: OperationContext, appointment_id: str) -> Version:
@@ -58,3 +62,39 @@ def sign_opinion(
         report["conclusionCode"] = [diagnosis.concept()]
     draft = acting.create(report)
     return acting.update({**draft.resource(), "status": "final"})
+
+
+def consult_schedule(
+    role_id: str, hours: Sequence[Resource], *, start: date, slot_minutes: int = 30
+) -> Resource:
+    """A specialist's consult Schedule (FHIR R4 Schedule, actor their PractitionerRole): the
+    weekly hours they take consults (each as a HealthcareService availableTime: daysOfWeek,
+    availableStartTime, availableEndTime) as the alliance's consult templates, cut into
+    `slot_minutes` slots from `start` on; teleconsult.calendars checks it."""
+    return {
+        "resourceType": "Schedule",
+        "extension": [
+            {
+                "url": TEMPLATE_EXTENSION,
+                "extension": [
+                    *({"url": "daysOfWeek", "valueCode": d} for d in span["daysOfWeek"]),
+                    {"url": "availableStartTime", "valueTime": span["availableStartTime"]},
+                    {"url": "availableEndTime", "valueTime": span["availableEndTime"]},
+                    {"url": "slotMinutes", "valuePositiveInt": slot_minutes},
+                ],
+            }
+            for span in hours
+        ],
+        "active": True,
+        "actor": [{"reference": f"PractitionerRole/{role_id}"}],
+        "planningHorizon": {"start": start.isoformat()},
+        "comment": "远程会诊",
+    }
+
+
+def open_consult_schedule(
+    acting: OperationContext, role_id: str, hours: Sequence[Resource], *, start: date
+) -> Version:
+    """A specialist starts taking teleconsults: their consult Schedule, made by their
+    hospital's administrator, so requests for their department are offered their times."""
+    return acting.create(consult_schedule(role_id, hours, start=start))

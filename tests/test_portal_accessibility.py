@@ -4,15 +4,20 @@ tests/.axe, which git ignores) and is given to each page by the test."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pydicom
 import pytest
 
-from tests.conftest import LiveServer, skip_or_fail
+from tests.conftest import LiveServer, bearer, skip_or_fail
+from tests.imaging_data import AYGUL, ct_series, multipart, stow_headers
+from tests.referrals import create, record_consent, request_body, task_body
 from tests.test_portal_browser import browser, sign_in  # noqa: F401  (the fixture)
 
 AXE_DIR = Path(__file__).parent / ".axe"
@@ -55,8 +60,43 @@ PAGES = {
     ],
     "sp.subei": ["/worklist", "/consults", "/notices", "/notices/settings"],
     "auditor": ["/audit", "/dashboard"],
-    "admin.xinyuan.people": ["/admin/staff", "/admin/departments", "/admin/calendar"],
+    "admin.xinyuan.people": [
+        "/admin/staff",
+        "/admin/staff/dr.xinyuan.people/practitioner",
+        "/admin/departments",
+        "/admin/calendar",
+    ],
 }
+
+
+def accepted_referral_with_a_study(server: LiveServer) -> tuple[str, str]:
+    """A referral of 阿依古丽 to 苏北人民医院 with a CT study, accepted, and a study uploaded
+    since (so the county doctor's page offers to add it): (Task id, the referral's study UID)."""
+
+    def client(username: str) -> httpx.Client:
+        return httpx.Client(base_url=server.url, headers=bearer(server.settings, username))
+
+    def stored(county: httpx.Client) -> str:
+        slices = ct_series(2, patient_id=AYGUL)
+        done = county.post("/dicomweb/studies", content=multipart(slices), headers=stow_headers())
+        assert done.status_code == 200, done.text
+        return str(pydicom.dcmread(io.BytesIO(slices[0])).StudyInstanceUID)
+
+    with client("dr.xinyuan.people") as county, client("sp.subei") as city:
+        uid = stored(county)
+        record_consent(county, "demo-aygul", ("subei",))
+        sr = create(
+            county,
+            request_body(
+                "demo-aygul", performer="subei-cardiology", supporting=[f"ImagingStudy/{uid}"]
+            ),
+        )
+        task = create(county, task_body(sr, "subei"))
+        received = city.get(f"/fhir/Task/{task['id']}").json()
+        accepted = city.put(f"/fhir/Task/{task['id']}", json={**received, "status": "accepted"})
+        assert accepted.status_code == 200, accepted.text
+        stored(county)
+    return task["id"], uid
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -74,16 +114,27 @@ def test_the_main_pages_have_no_serious_accessibility_violation(
     assert {v["id"] for v in violations(control, axe_script)} == {"label", "image-alt"}
     control.close()
 
+    task_id, uid = accepted_referral_with_a_study(live_server)
+    pages = {
+        **PAGES,
+        "dr.xinyuan.people": [*PAGES["dr.xinyuan.people"], f"/referrals/{task_id}"],
+        "sp.subei": [*PAGES["sp.subei"], f"/referrals/{task_id}", f"/viewer/{uid}"],
+    }
     found: dict[str, list[dict[str, Any]]] = {}
+    county = sign_in(browser, live_server, "dr.xinyuan.people")
+    county.goto(f"{live_server.url}/referrals/{task_id}")
+    assert county.locator("input[name=study]").count() == 1  # the control is scanned too
+    county.close()
     login = browser.new_page()
     login.goto(f"{live_server.url}/login")
     found["/login"] = violations(login, axe_script)
     login.close()
-    for username, paths in PAGES.items():
+    for username, paths in pages.items():
         page = sign_in(browser, live_server, username)
         for path in paths:
-            page.goto(f"{live_server.url}{path}")
-            found[path] = violations(page, axe_script)
+            assert page.goto(f"{live_server.url}{path}").status == 200, path
+            page.wait_for_load_state("networkidle")
+            found[f"{username} {path}"] = violations(page, axe_script)
         page.close()
     bad = {path: v for path, v in found.items() if v}
     assert bad == {}, json.dumps(bad, ensure_ascii=False, indent=1)

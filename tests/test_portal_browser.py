@@ -310,3 +310,62 @@ def test_an_administrator_in_the_browser(browser: Any, live_server: LiveServer) 
     )
     assert rows == ["周一至周五 09:30-13:30", "周六 10:00-12:00"]
     shot(admin, "e3-calendar")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_new_specialist_enrolled_by_the_administrator_is_booked(
+    browser: Any, live_server: LiveServer, tmp_path: Path
+) -> None:
+    """The administrator of 苏北人民医院 makes an account for a new cardiologist, links it to
+    a doctor in 心血管内科 with the title 主任医师 and their consult hours; a county doctor then
+    finds that specialist's times on the booking page and books one."""
+    admin = sign_in(browser, live_server, "admin.subei")
+    admin.goto(f"{live_server.url}/admin/staff")
+    admin.fill("#new-username", "sp.subei.zhao")
+    admin.fill("#new-name", "赵心宁")
+    admin.select_option("#new-role", "specialist")
+    admin.click("form[action='/admin/staff'] button[type=submit]")
+    password = admin.inner_text("#new-password")
+    admin.click("a[href='/admin/staff/sp.subei.zhao/practitioner']")
+    admin.wait_for_url("**/admin/staff/sp.subei.zhao/practitioner")
+    assert admin.input_value("#doctor-name") == "赵心宁"
+    admin.select_option("#doctor-department", "subei-cardiology")
+    admin.select_option("#doctor-title", label="主任医师")
+    admin.fill("#doctor-hours", "周一至周五 10:00-12:00")
+    shot(admin, "e4-link-practitioner")
+    admin.click("main form.card button[type=submit]")
+    admin.wait_for_url("**/admin/staff")
+    row = admin.inner_text("main table tr:has-text('sp.subei.zhao')")
+    assert "已关联" in row and "专科医生" in row, row
+
+    county = sign_in(browser, live_server, "dr.xinyuan.people")
+    form_photo = tmp_path / "consent.png"
+    form_photo.write_bytes(PNG)
+    county.goto(f"{live_server.url}/teleconsults/new?patient=demo-aygul")
+    county.set_input_files("#consent_form", str(form_photo))
+    county.select_option("#target", "subei-cardiology")
+    county.fill("#diagnosis", "I21.900 急性心肌梗死")
+    county.fill("#summary", "胸痛3天，请心内科专家会诊。")
+    county.click("main button[type=submit]")
+    county.wait_for_url("**/teleconsults/*/times")
+    task_id = county.url.split("/")[-2]
+    mine = county.locator("ul.times li", has_text="赵心宁 主任医师")
+    assert mine.count() > 0, county.inner_text("main")
+    shot(county, "e5-new-specialist-times")
+    mine.first.locator("button").click()
+    county.wait_for_selector("text=确认预约")
+    assert "赵心宁 主任医师" in county.inner_text("main")
+    county.click("main form button[type=submit]")
+    county.wait_for_url(f"**/referrals/{task_id}")
+    assert "进入视频会诊" in county.inner_text("main")
+    shot(county, "e6-booked-with-new-specialist")
+
+    # The consult is the new specialist's: it is on their calendar once they sign in.
+    specialist = browser.new_page(viewport={"width": 1280, "height": 720})
+    specialist.goto(f"{live_server.url}/login")
+    specialist.fill("#username", "sp.subei.zhao")
+    specialist.fill("#password", password)
+    specialist.click("button[type=submit]")
+    specialist.wait_for_load_state("networkidle")
+    specialist.goto(f"{live_server.url}/consults")
+    assert "进入视频会诊" in specialist.inner_text("main")

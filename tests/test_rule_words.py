@@ -29,6 +29,7 @@ CODE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 PASSED_ON = {
     ("teleconsult/common.py", "rule"),  # refuse(...) raising its kind with the rule it was given
     ("alliance/directory/service.py", "exc.rule"),  # an IdentityNumberError's rule, as Invalid
+    ("alliance/fhir/store.py", "issues[0].rule"),  # the first structural issue's (_issue's)
 }
 #: A message that starts with "[code]" is a rule written by hand, out of the catalogue's sight.
 HAND_WRITTEN = re.compile(r"^\[[a-z][a-z0-9-]*\] ")
@@ -114,6 +115,39 @@ def test_a_refusal_names_its_rule_in_the_operation_outcome(
         "/fhir/Patient", content=b"{", headers={"Content-Type": "application/fhir+json"}
     )
     assert bad.status_code == 400 and "details" not in bad.json()["issue"][0]
+
+
+def test_an_invalid_fhir_body_names_its_structural_rule(
+    as_user: Callable[[str], TestClient],
+) -> None:
+    """The base model's checks (FHIR R4 JSON) name their rule like the domains' rules do: an
+    element the type does not define, a required one missing, a wrong type, a bad format."""
+    fhir = as_user("dr.xinyuan.people")
+    valid = patient("王建国", number=identity_number(birth="19800315", seq=11))
+    bodies = {
+        "unknown": ({**valid, "nickname": "老王"}, "Patient.nickname"),
+        "type": ({**valid, "active": "maybe"}, "Patient.active"),
+        "list": ({**valid, "name": "王建国"}, "Patient.name"),
+        "format": ({**valid, "birthDate": "1980-13-45"}, "Patient.birthDate"),
+    }
+    said = {}
+    for why, (body, where) in bodies.items():
+        r = fhir.post("/fhir/Patient", json=body)
+        issue = r.json()["issue"][0]
+        assert issue["expression"] == [where] and issue["diagnostics"].startswith("[fhir-")
+        said[why] = (r.status_code, issue["code"], issue["details"]["coding"][0]["code"])
+    missing = {"resourceType": "Communication", "subject": {"reference": "Patient/demo-aygul"}}
+    r = fhir.post("/fhir/Communication", json=missing)
+    issue = r.json()["issue"][0]
+    said["missing"] = (r.status_code, issue["code"], issue["details"]["coding"][0]["code"])
+    assert said == {
+        "unknown": (400, "structure", "fhir-unknown-element"),
+        "type": (400, "value", "fhir-type"),
+        "list": (400, "value", "fhir-type"),
+        "format": (400, "value", "fhir-value"),
+        "missing": (400, "required", "fhir-required"),
+    }
+    assert all(c["system"] == RULE for c in issue["details"]["coding"])
 
 
 def _patient_form(csrf: str, **values: str) -> dict[str, str]:

@@ -7,7 +7,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alliance.codes import RESIDENT_ID
+from alliance.codes import (
+    DEPARTMENT,
+    PRACTITIONER_HOSPITAL,
+    PROFESSIONAL_TITLE,
+    PROFESSIONAL_TITLES,
+    RESIDENT_ID,
+)
 from alliance.directory.identity import (
     IdentityNumber,
     IdentityNumberError,
@@ -15,7 +21,7 @@ from alliance.directory.identity import (
 )
 from alliance.directory.models import PatientIdentity
 from alliance.errors import Conflict, Invalid, Issue
-from alliance.fhir.models import ResourceRow
+from alliance.fhir.models import ResourceRow, TokenIndex
 from alliance.fhir.registry import WriteContext
 from alliance.fhir.values import parse_reference
 
@@ -157,3 +163,69 @@ def _keep_identity(session: Session, patient_id: str, hospital: str, number: str
         )
     else:
         row.organization_id, row.identity_number = hospital, number
+
+
+def check_practitioner(
+    ctx: WriteContext, practitioner: Resource, previous: Resource | None
+) -> list[Issue]:
+    """A Practitioner's professional title (职称) is one the alliance knows
+    (alliance.codes.PROFESSIONAL_TITLES), so bookings can rank and show it."""
+    for i, qualification in enumerate(practitioner.get("qualification") or []):
+        for coding in (qualification.get("code") or {}).get("coding") or []:
+            if coding.get("system") == PROFESSIONAL_TITLE and coding.get("code") not in (
+                PROFESSIONAL_TITLES
+            ):
+                raise Invalid(
+                    f"{coding.get('code')!r} is not a professional title: one of "
+                    f"{', '.join(PROFESSIONAL_TITLES)}",
+                    rule="practitioner-title",
+                    expression=[f"Practitioner.qualification[{i}].code"],
+                )
+    return []
+
+
+def check_practitioner_role(
+    ctx: WriteContext, role: Resource, previous: Resource | None
+) -> list[Issue]:
+    """A PractitionerRole (FHIR R4 practitionerrole.html) places a doctor at a hospital (its
+    organization): its practitioner (when named) is on that hospital's staff, and each
+    department specialty (诊疗科目 code) is one of that hospital's departments, so consult
+    requests for the department find the doctor."""
+    # The organization is the writer's own hospital: alliance.security.access.check_write.
+    hospital = reference_id(role.get("organization"), "Organization")
+    doctor = reference_id(role.get("practitioner"), "Practitioner")
+    if "practitioner" in role:
+        staff = ctx.session.get(ResourceRow, ("Practitioner", doctor)) if doctor else None
+        if staff is None or staff.deleted or staff.organization_id != hospital:
+            raise Invalid(
+                f"the practitioner is not on the staff of Organization/{hospital} "
+                f"({PRACTITIONER_HOSPITAL})",
+                rule="role-practitioner",
+                expression=["PractitionerRole.practitioner"],
+            )
+    departments = set(
+        ctx.session.scalars(
+            select(TokenIndex.code).where(
+                TokenIndex.resource_type == "Organization",
+                TokenIndex.param == "type",
+                TokenIndex.system == DEPARTMENT,
+                TokenIndex.resource_id.in_(
+                    select(ResourceRow.id).where(
+                        ResourceRow.resource_type == "Organization",
+                        ResourceRow.organization_id == hospital,
+                        ResourceRow.id != hospital,
+                        ResourceRow.deleted.is_(False),
+                    )
+                ),
+            )
+        )
+    )
+    for i, specialty in enumerate(role.get("specialty") or []):
+        for coding in specialty.get("coding") or []:
+            if coding.get("system") == DEPARTMENT and coding.get("code") not in departments:
+                raise Invalid(
+                    f"Organization/{hospital} has no department {coding.get('code')!r}",
+                    rule="role-department",
+                    expression=[f"PractitionerRole.specialty[{i}]"],
+                )
+    return []

@@ -572,22 +572,44 @@ def _now(previous: datetime | None) -> datetime:
 
 
 def validate(definition: ResourceDefinition, resource: Resource) -> None:
-    """Base FHIR validation by the fhir.resources model; failures name the element path."""
+    """Base FHIR validation by the fhir.resources model; each failure names the element path
+    and the structural rule broken (`structural_rule`), so clients and the portal read it as
+    they read the domains' rules (issue.details.coding)."""
     try:
         definition.model.model_validate(resource)
     except ValidationError as exc:
+        errors = exc.errors()
         issues = [
-            Issue(
-                f"{_path(definition.type, err['loc'])}: {err['msg']}",
-                "required" if err["type"] == "missing" else "structure",
-                "error",
-                [_path(definition.type, err["loc"])],
-            )
-            for err in exc.errors()
+            structural_issue(err["type"], _path(definition.type, err["loc"]), err["msg"])
+            for err in errors
         ]
-        raise BadRequest(issues[0].diagnostics, issues=issues) from None
+        first = errors[0]
+        raise BadRequest(
+            f"{_path(definition.type, first['loc'])}: {first['msg']}",
+            rule=issues[0].rule,
+            issues=issues,
+        ) from None
     except (ValueError, TypeError) as exc:
-        raise BadRequest(f"{definition.type} is not valid: {exc}") from None
+        raise BadRequest(f"{definition.type} is not valid: {exc}", rule="fhir-value") from None
+
+
+def structural_issue(error_type: str, where: str, message: str) -> Issue:
+    """A structural failure (pydantic's error type) as the rule it breaks, with its FHIR R4
+    issue type (IssueType value set): an element the resource type does not define
+    (`fhir-unknown-element`, structure), a required element missing (`fhir-required`,
+    required), a value of the wrong JSON type (`fhir-type`, value) or not in its type's format
+    (`fhir-value`, value: a date, a pattern, one of a choice's elements)."""
+    if error_type == "extra_forbidden":
+        return _issue(where, message, code="structure", rule="fhir-unknown-element")
+    if error_type.split(".")[-1] == "missing":  # pydantic's, and fhir.resources' own
+        return _issue(where, message, code="required", rule="fhir-required")
+    if error_type.endswith(("_type", "_parsing")):
+        return _issue(where, message, code="value", rule="fhir-type")
+    return _issue(where, message, code="value", rule="fhir-value")
+
+
+def _issue(where: str, message: str, *, code: str, rule: str) -> Issue:
+    return Issue(f"[{rule}] {where}: {message}", code, "error", [where], rule)
 
 
 def _path(resource_type: str, loc: tuple[int | str, ...]) -> str:

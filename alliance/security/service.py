@@ -313,6 +313,26 @@ def set_role(*, session: Session, by: Manager, username: str, role: str) -> User
     return user
 
 
+def link_practitioner(
+    *, session: Session, by: Manager, username: str, practitioner_id: str
+) -> User:
+    """Link an account to the Practitioner it acts as (its tokens' fhirUser, SMART App Launch
+    2.0): one on the staff of the account's hospital. The account's tokens and sessions (made
+    without the link) end, so it signs in again as that practitioner."""
+    user = _managed_user(session, by, username)
+    row = session.get(ResourceRow, ("Practitioner", practitioner_id))
+    if row is None or row.deleted or row.organization_id != user.hospital_id:
+        raise Invalid(
+            f"Practitioner/{practitioner_id} is not on the staff of this account's hospital",
+            rule="account-practitioner",
+        )
+    if user.practitioner_id != practitioner_id:
+        user.practitioner_id = practitioner_id
+        session.flush()
+        revoke_tokens(session=session, account=user)
+    return user
+
+
 def reset_password(
     *, session: Session, by: Manager, username: str, password: str | None = None
 ) -> str:
