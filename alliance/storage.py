@@ -209,6 +209,13 @@ class BlobStore(ABC):
             return b"".join(chunks)
 
     @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes of the blob from byte `offset` (a file seek, an S3 ranged GET, RFC
+        9110 14.1.2), without reading the rest; `NotFound` if there is no blob, `Unavailable`
+        if it holds fewer bytes than asked for (the range came from an index that no longer
+        describes it)."""
+
+    @abstractmethod
     def size(self, key: str) -> int:
         """The blob's size in bytes; `NotFound` if there is none."""
 
@@ -371,6 +378,19 @@ class FileBlobStore(BlobStore):
 
         return BlobChunks(chunks(), handle.close)
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        _check_range(offset, length)
+        path = self._path(key)
+        try:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read(length)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"blob {key!r} not found") from None
+        except OSError as exc:
+            raise Unavailable(f"blob store cannot read {key!r}: {exc}") from exc
+        return _whole_range(key, data, length)
+
     def size(self, key: str) -> int:
         found = _regular_size(self._path(key))
         if found is None:
@@ -474,6 +494,17 @@ class FileBlobStore(BlobStore):
                 os.unlink(name)
         except OSError as exc:
             raise Unavailable(f"blob store cannot take a write: {exc.strerror}") from None
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise Invalid("a blob range needs a non-negative offset and length")
+
+
+def _whole_range(key: str, data: bytes, length: int) -> bytes:
+    if len(data) != length:
+        raise Unavailable(f"blob {key!r} holds {len(data)} of the {length} bytes asked for")
+    return data
 
 
 def _regular_size(path: Path) -> int | None:
@@ -675,6 +706,20 @@ class S3BlobStore(BlobStore):
             response.release_conn()
 
         return BlobChunks(chunks(), release)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        validate_key(key)
+        _check_range(offset, length)
+        if length == 0:
+            return b""
+        with self._errors("read", key):
+            response = self._client.get_object(self._bucket, key, offset=offset, length=length)
+            try:
+                data = response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        return _whole_range(key, bytes(data), length)
 
     def size(self, key: str) -> int:
         found = self._stat_size(validate_key(key))

@@ -283,6 +283,7 @@ class Imaging:
                 sha256=item.blob.sha256,
                 size_bytes=item.blob.size,
                 metadata_z=dicom.compress_json(p.metadata_json()),
+                frame_ranges=dicom.ranges_json(p.frame_ranges),
                 created=now,
             )
         )
