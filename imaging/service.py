@@ -197,20 +197,35 @@ class Imaging:
         for uid in sorted({s.parsed.study_uid for s in staged}):
             study_lock(session, uid)
         now = clock.now()
+        # Which of the batch's instances are indexed already: one query, not one per instance;
+        # kept up to date as this batch adds its own (the same instance may come twice).
+        uids = sorted({s.parsed.sop_instance_uid for s in staged})
+        known: dict[str, Instance] = {}
+        for start in range(0, len(uids), 1000):
+            chunk = uids[start : start + 1000]
+            for row in session.scalars(
+                select(Instance).where(Instance.sop_instance_uid.in_(chunk))
+            ):
+                known[row.sop_instance_uid] = row
         outcomes = []
         for item in staged:
             try:
-                outcomes.append(self._index_one(session, item, hospital_id, now))
+                outcomes.append(self._index_one(session, item, hospital_id, now, known))
             except Rejected as exc:
                 outcomes.append(Outcome.rejected(exc, item))
         session.flush()
         return outcomes
 
     def _index_one(
-        self, session: Session, item: Staged, hospital_id: str, now: datetime
+        self,
+        session: Session,
+        item: Staged,
+        hospital_id: str,
+        now: datetime,
+        known: dict[str, Instance],
     ) -> Outcome:
         p = item.parsed
-        existing = session.get(Instance, p.sop_instance_uid)
+        existing = known.get(p.sop_instance_uid)
         if existing is not None:
             if existing.sha256 != item.blob.sha256:
                 raise Rejected(
@@ -246,6 +261,7 @@ class Imaging:
             raise Rejected(
                 dicom.PROCESSING_FAILURE, "the stored bytes vanished before indexing; send again"
             )
+        parents_added = study is None or series is None
         if study is None:
             study = self._new_study(session, p, hospital_id, now)
         elif study.patient_id is None:
@@ -266,27 +282,28 @@ class Imaging:
             )
             session.add(series)
             study.number_of_series += 1
-        # No ORM relationships link the tables, so flush parents before their children.
-        session.flush()
-        session.add(
-            Instance(
-                sop_instance_uid=p.sop_instance_uid,
-                series_uid=p.series_uid,
-                study_uid=p.study_uid,
-                sop_class_uid=p.sop_class_uid,
-                instance_number=p.instance_number,
-                transfer_syntax_uid=p.transfer_syntax,
-                rows=p.rows,
-                columns=p.columns,
-                number_of_frames=p.number_of_frames,
-                blob_key=item.blob.key,
-                sha256=item.blob.sha256,
-                size_bytes=item.blob.size,
-                metadata_z=dicom.compress_json(p.metadata_json()),
-                frame_ranges=dicom.ranges_json(p.frame_ranges),
-                created=now,
-            )
+        if parents_added:
+            # No ORM relationships link the tables, so flush parents before their children.
+            session.flush()
+        instance = Instance(
+            sop_instance_uid=p.sop_instance_uid,
+            series_uid=p.series_uid,
+            study_uid=p.study_uid,
+            sop_class_uid=p.sop_class_uid,
+            instance_number=p.instance_number,
+            transfer_syntax_uid=p.transfer_syntax,
+            rows=p.rows,
+            columns=p.columns,
+            number_of_frames=p.number_of_frames,
+            blob_key=item.blob.key,
+            sha256=item.blob.sha256,
+            size_bytes=item.blob.size,
+            metadata_z=dicom.compress_json(p.metadata_json()),
+            frame_ranges=dicom.ranges_json(p.frame_ranges),
+            created=now,
         )
+        session.add(instance)
+        known[p.sop_instance_uid] = instance
         series.number_of_instances += 1
         series.size_bytes += item.blob.size
         series.metadata_gz = None
@@ -298,7 +315,6 @@ class Imaging:
             study.modalities = "\\".join(
                 sorted(filter(None, [*study.modalities.split("\\"), p.modality]))
             )
-        session.flush()
         return Outcome(
             0,
             sop_class_uid=p.sop_class_uid,
