@@ -56,7 +56,7 @@ from alliance.errors import AllianceError, Invalid, NotFound, Unavailable
 from alliance.fhir.models import ResourceRow, TokenIndex
 from alliance.fhir.store import FhirStore
 from alliance.fhir.values import fold
-from alliance.storage import BlobStore, StoredBlob
+from alliance.storage import BlobStore, BlobWriter, StoredBlob
 from alliance.sweep import keys_in_use
 from imaging import dicom
 from imaging.access import IMAGING_STUDY
@@ -158,19 +158,7 @@ class Imaging:
         Raises `Rejected`; nothing is stored then. `expected_study` is the study of a STOW-RS
         request to `/studies/{study}` (PS3.18 10.5.1: instances of other studies fail).
         """
-        try:
-            with mapped(path) as buf:
-                structure = scan(buf)
-        except OSError as exc:
-            raise Rejected(
-                dicom.OUT_OF_RESOURCES, f"cannot read the received file: {exc}"
-            ) from None
-        parsed = dicom.parse(path, structure)
-        if expected_study is not None and parsed.study_uid != expected_study:
-            raise Rejected(
-                dicom.DOES_NOT_MATCH,
-                f"StudyInstanceUID {parsed.study_uid} differs from {expected_study} in the URL",
-            )
+        parsed = self._check(path, expected_study)
         try:
             with path.open("rb") as handle:
                 blob = self.blobs.put(handle, content_type="application/dicom")
@@ -185,6 +173,40 @@ class Imaging:
                 dicom.OUT_OF_RESOURCES, f"cannot read the received file: {exc}"
             ) from None
         return Staged(parsed, blob)
+
+    def stage_written(self, writer: BlobWriter, *, expected_study: str | None = None) -> Staged:
+        """`stage` for a file written straight into the blob store as it arrived (STOW-RS):
+        scanned and parsed where it was written, then committed under its SHA-256, computed
+        on the way in; it is never copied. Raises `Rejected`, and nothing is stored then."""
+        if writer.error is not None or writer.path is None:
+            log.warning("the blob store did not take an instance: %s", writer.error)
+            raise Rejected(dicom.OUT_OF_RESOURCES, STORE_REFUSED)
+        parsed = self._check(writer.path, expected_study)
+        try:
+            blob = writer.commit()
+        except AllianceError as exc:
+            log.warning(
+                "the blob store did not take SOP Instance %s: %s", parsed.sop_instance_uid, exc
+            )
+            raise Rejected(dicom.OUT_OF_RESOURCES, STORE_REFUSED) from None
+        return Staged(parsed, blob)
+
+    def _check(self, path: Path, expected_study: str | None) -> Parsed:
+        """Scan, parse and check the PS3.10 file at `path` (see `stage`)."""
+        try:
+            with mapped(path) as buf:
+                structure = scan(buf)
+        except OSError as exc:
+            raise Rejected(
+                dicom.OUT_OF_RESOURCES, f"cannot read the received file: {exc}"
+            ) from None
+        parsed = dicom.parse(path, structure)
+        if expected_study is not None and parsed.study_uid != expected_study:
+            raise Rejected(
+                dicom.DOES_NOT_MATCH,
+                f"StudyInstanceUID {parsed.study_uid} differs from {expected_study} in the URL",
+            )
+        return parsed
 
     # ---- step 2: index ------------------------------------------------------------------
 
