@@ -13,6 +13,8 @@ import gzip
 import hashlib
 import logging
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,12 +290,59 @@ def frame_bytes(blobs: BlobStore, key: str, ranges: list[tuple[int, int]]) -> by
     return b"".join(blobs.read_range(key, at, size) for at, size in ranges)
 
 
+class DecodedFrames:
+    """The frames last decoded for display, most recent last, up to `max_bytes` in all: a
+    viewer asks for the same image again with another window or size, and a series is paged
+    through back and forth; those renderings skip copying and decoding the instance. Keys are
+    (content-addressed blob key, frame number), whose pixels never change, so nothing here can
+    disagree with another worker's copy (ARCHITECTURE.md: no caches that must agree)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._frames: OrderedDict[tuple[str, int], pixels.Decoded] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> pixels.Decoded | None:
+        with self._lock:
+            found = self._frames.get(key)
+            if found is not None:
+                self._frames.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, int], decoded: pixels.Decoded) -> None:
+        if decoded.nbytes > self.max_bytes:
+            return
+        for array in (decoded.rgb, decoded.values):
+            if array is not None:
+                array.setflags(write=False)  # shared by every rendering of the frame
+        with self._lock:
+            old = self._frames.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._frames[key] = decoded
+            self._bytes += decoded.nbytes
+            while self._bytes > self.max_bytes:
+                _, dropped = self._frames.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+
+#: 32 MB: about fifteen 512x512 CT slices after the modality LUT.
+DECODED = DecodedFrames(32 * 1024 * 1024)
+
+
 def render(blobs: BlobStore, row: Instance, number: int, options: pixels.RenderOptions) -> bytes:
-    """One frame rendered as an image (PS3.18 10.4.1.1.5)."""
-    with local_copy(blobs, row.blob_key) as path:
-        ds = pixels.read(path)
-        pixels.check_frames(ds, [number])
-        return pixels.render(path, number, options)
+    """One frame rendered as an image (PS3.18 10.4.1.1.5), decoded once for as long as it
+    stays among the `DECODED` frames."""
+    key = (row.blob_key, number)
+    decoded = DECODED.get(key)
+    if decoded is None:
+        with local_copy(blobs, row.blob_key) as path:
+            ds = pixels.read(path)
+            pixels.check_frames(ds, [number])
+            decoded = pixels.decode_for_display(path, number)
+        DECODED.put(key, decoded)
+    return pixels.render_decoded(decoded, options)
 
 
 def thumbnail_source(rows: list[Instance], instance_uid: str | None) -> Instance:

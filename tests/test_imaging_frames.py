@@ -3,7 +3,7 @@ is exactly what pydicom cuts out of the whole file, native and encapsulated (one
 frame, several fragments per frame through the Basic Offset Table, one frame of several
 fragments), on a directory and on S3 (a real SeaweedFS); the blob store is asked for the
 frame's ranges and the instance is never read whole. Instances indexed before the ranges were
-recorded are still served, from the whole file."""
+recorded are still served, from the whole file. A frame rendered again is not decoded again."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
@@ -21,6 +22,7 @@ from sqlalchemy import update
 
 from alliance.config import Settings
 from alliance.storage import BlobStore
+from imaging import pixels, wado
 from imaging.models import Instance
 from server.app import create_app
 from tests.conftest import bearer
@@ -162,3 +164,51 @@ def test_instances_without_ranges_are_served_from_the_whole_file(
             assert len(spy.opened) == 1
     finally:
         services.db.dispose()
+
+
+def test_rendering_again_reuses_the_decoded_frame(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame is decoded once for display: rendering it again, with another window or as
+    PNG, reads nothing from the blob store and gives what a fresh decode gives."""
+    data = relabel("emri_small.dcm")
+    app = create_app(settings)
+    services = app.state.services
+    monkeypatch.setattr(wado, "DECODED", wado.DecodedFrames(1024 * 1024))
+    spy = Spy(monkeypatch, services.blobs)
+    try:
+        with TestClient(app, headers=bearer(settings, "dr.xinyuan.people")) as client:
+            r = client.post("/dicomweb/studies", content=multipart([data]), headers=stow_headers())
+            assert r.status_code == 200, r.text
+            ds = pydicom.dcmread(io.BytesIO(data))
+            url = (
+                f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                f"/instances/{ds.SOPInstanceUID}/frames/2/rendered"
+            )
+            asks = [
+                ({"Accept": "image/png"}, ""),
+                ({"Accept": "image/png"}, "?window=100,50"),
+                ({"Accept": "image/jpeg"}, "?viewport=32,32"),
+            ]
+            first = [client.get(url + q, headers=h).content for h, q in asks]
+            opened = len(spy.opened)
+            assert opened == 1  # decoded once, for all three
+            again = [client.get(url + q, headers=h).content for h, q in asks]
+            assert len(spy.opened) == opened and again == first
+            monkeypatch.setattr(wado, "DECODED", wado.DecodedFrames(1024 * 1024))
+            fresh = [client.get(url + q, headers=h).content for h, q in asks]
+            assert fresh == first and len(spy.opened) == opened + 1
+    finally:
+        services.db.dispose()
+
+
+def test_decoded_frames_stay_within_their_bytes() -> None:
+    cache = wado.DecodedFrames(3 * 8 * 100)
+    frame = [pixels.Decoded(None, np.zeros(100), None, False) for _ in range(4)]
+    for k, f in enumerate(frame):
+        cache.put((f"k{k}", 1), f)
+    assert cache.get(("k0", 1)) is None
+    assert [cache.get((f"k{k}", 1)) is frame[k] for k in (1, 2, 3)] == [True, True, True]
+    cache.get(("k1", 1))  # most recent now: k2 goes first
+    cache.put(("k4", 1), pixels.Decoded(None, np.zeros(100), None, False))
+    assert cache.get(("k2", 1)) is None and cache.get(("k1", 1)) is frame[1]
