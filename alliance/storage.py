@@ -186,7 +186,7 @@ class BlobWriter:
     so a refused blob can still be named by what it starts with.
     """
 
-    HEAD = 64 * 1024
+    HEAD = 16 * 1024
 
     def __init__(
         self,

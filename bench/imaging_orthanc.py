@@ -67,10 +67,23 @@ def free_port() -> int:
         return port
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (uvicorn's worker processes with `--workers N`)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            found += process_tree(int(child))
+    return found
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -126,7 +139,7 @@ def orthanc(tmp: Path) -> Iterator[dict[str, Any]]:
             "name": "orthanc",
             "label": f"Orthanc {version}",
             "base": f"http://127.0.0.1:{http_port}/dicom-web",
-            "pid": proc.pid,
+            "pids": [proc.pid],
             "token": None,
             "dicom": ("127.0.0.1", dicom_port, "ORTHANC"),
         }
@@ -135,7 +148,7 @@ def orthanc(tmp: Path) -> Iterator[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def alliance(tmp: Path, server_path: Path) -> Iterator[dict[str, Any]]:
+def alliance(tmp: Path, server_path: Path, workers: int) -> Iterator[dict[str, Any]]:
     http_port, dicom_port = free_port(), free_port()
     base_url = f"http://127.0.0.1:{http_port}"
     env = {
@@ -154,7 +167,7 @@ def alliance(tmp: Path, server_path: Path) -> Iterator[dict[str, Any]]:
     log = tmp / "alliance.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*cli, "serve", "--port", str(http_port)],
+            [*cli, "serve", "--port", str(http_port), "--workers", str(workers)],
             env=env,
             cwd=tmp,
             stdout=out,
@@ -164,14 +177,26 @@ def alliance(tmp: Path, server_path: Path) -> Iterator[dict[str, Any]]:
         wait_ready(f"{base_url}/healthz", proc, "the alliance server", log)
         yield {
             "name": "alliance",
-            "label": f"alliance ({server_path})",
+            "label": f"alliance ({server_path}, {workers} worker(s))",
             "base": f"{base_url}/dicomweb",
-            "pid": proc.pid,
+            "pids": alliance_pids(proc.pid, workers),
             "token": bearer_token(env),
             "dicom": ("127.0.0.1", dicom_port, "ALLIANCE"),
         }
     finally:
         stop(proc)
+
+
+def alliance_pids(pid: int, workers: int) -> list[int]:
+    """The server's processes: with several workers, the supervisor (which also runs the
+    C-STORE receiver) and every worker, once they are all up."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = process_tree(pid)
+        # The supervisor, its workers, and multiprocessing's resource tracker.
+        if workers == 1 or len(found) >= workers + 2 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def bearer_token(env: dict[str, str]) -> str:
@@ -203,7 +228,7 @@ def run_harness(server: dict[str, Any], args: argparse.Namespace, out: Path) -> 
         "--out",
         str(out),
         "--pid",
-        str(server["pid"]),
+        ",".join(str(p) for p in server["pids"]),
         "--label",
         server["label"],
         "--repeat",
@@ -219,7 +244,7 @@ def run_harness(server: dict[str, Any], args: argparse.Namespace, out: Path) -> 
     return found
 
 
-def settle(pid: int) -> float:
+def settle(pid: list[int]) -> float:
     """The server's CPU seconds once it has stopped working (work after a response, such as
     the alliance's refresh at the end of an association, counts)."""
     last = cpu_seconds(pid)
@@ -242,7 +267,7 @@ def c_store(server: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
         c for c in StoragePresentationContexts if c.abstract_syntax == harness.CTImageStorage
     ]
     ae.maximum_pdu_size = 0
-    cpu0 = settle(server["pid"])
+    cpu0 = settle(server["pids"])
     start = time.perf_counter()
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
@@ -254,7 +279,7 @@ def c_store(server: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
             failed += 1
     assoc.release()
     wall = time.perf_counter() - start
-    cpu = settle(server["pid"]) - cpu0
+    cpu = settle(server["pids"]) - cpu0
     if failed:
         raise SystemExit(f"C-STORE: {failed} of {len(datasets)} failed on {server['name']}")
     return {
@@ -278,7 +303,7 @@ def rss_stow(
         timeout=600.0,
         sync=True,
     )
-    watch = harness.ProcWatch([server["pid"]])
+    watch = harness.ProcWatch(server["pids"])
     found = harness.stow(ns, server["base"], study, args.concurrency, watch)
     cpu = found["server_cpu_s"]
     return {
@@ -330,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=20, help="requests per latency figure")
     parser.add_argument("--server-path", type=Path, default=ROOT, help="checkout to serve")
+    parser.add_argument("--workers", type=int, default=1, help="alliance serve --workers")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -345,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(name)
         (tmp / "a").mkdir()
         (tmp / "o").mkdir()
-        with alliance(tmp / "a", args.server_path.resolve()) as ours, orthanc(tmp / "o") as theirs:
+        with (
+            alliance(tmp / "a", args.server_path.resolve(), args.workers) as ours,
+            orthanc(tmp / "o") as theirs,
+        ):
             print(
-                f"servers: {ours['label']} pid {ours['pid']}, {theirs['label']} pid {theirs['pid']}"
+                f"servers: {ours['label']} pids {ours['pids']}, "
+                f"{theirs['label']} pids {theirs['pids']}"
             )
             cstore_blobs = harness.encode_study(
                 harness.synth_pixels(args.instances, 7), "CSTOREBENCH", "C-STORE", 3
