@@ -267,13 +267,19 @@ def c_store(server: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
         c for c in StoragePresentationContexts if c.abstract_syntax == harness.CTImageStorage
     ]
     ae.maximum_pdu_size = 0
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 300
     cpu0 = settle(server["pids"])
     start = time.perf_counter()
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
         raise SystemExit(f"C-STORE: {server['name']} refused the association")
-    failed = 0
+    failed, dropped = 0, 0
     for ds in datasets:
+        if not assoc.is_established:
+            # The peer ended the association (seen from Orthanc on a loaded machine): the
+            # figure is then not one association's; the count says so.
+            dropped += 1
+            assoc = ae.associate(host, port, ae_title=called)
         status = assoc.send_c_store(ds)
         if not status or status.Status != 0:
             failed += 1
@@ -288,6 +294,7 @@ def c_store(server: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
         "files_per_s": len(datasets) / wall,
         "server_cpu_s": cpu,
         "server_cpu_ms_per_file": cpu * 1000 / len(datasets),
+        "associations_dropped": dropped,
     }
 
 
@@ -391,7 +398,10 @@ def main(argv: list[str] | None = None) -> int:
                     # Fresh UIDs for each C-STORE: nothing is "already stored".
                     blobs = [_fresh_uids(b, r) for b in cstore_blobs]
                     found["cstore"] = c_store(server, blobs)
+                    print(f"C-STORE {server['name']}: {found['cstore']}")
                     results["rounds"][server["name"]].append(found)
+                    args.output.parent.mkdir(parents=True, exist_ok=True)
+                    args.output.write_text(json.dumps(results, indent=2))
                 results["load"].append(os.getloadavg()[0])
             big = harness.encode_study(
                 harness.synth_pixels(args.rss_instances, 11), "RSSBENCH", "RSS", 4
