@@ -287,7 +287,7 @@ def c_store(server: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
     wall = time.perf_counter() - start
     cpu = settle(server["pids"]) - cpu0
     if failed:
-        raise SystemExit(f"C-STORE: {failed} of {len(datasets)} failed on {server['name']}")
+        print(f"C-STORE: {failed} of {len(datasets)} failed on {server['name']}", file=sys.stderr)
     return {
         "files": len(datasets),
         "wall_s": wall,
@@ -295,6 +295,7 @@ def c_store(server: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
         "server_cpu_s": cpu,
         "server_cpu_ms_per_file": cpu * 1000 / len(datasets),
         "associations_dropped": dropped,
+        "failed": failed,
     }
 
 
