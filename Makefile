@@ -56,6 +56,7 @@ bench: install-dev
 	$(PY) bench/fhir_read.py
 	$(PY) bench/fhir_load.py
 	$(PY) bench/dicomweb_ingest.py
+	$(PY) bench/imaging_orthanc.py
 	$(PY) bench/teleconsult_find.py
 	$(PY) bench/notify_latency.py
 

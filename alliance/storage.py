@@ -174,6 +174,115 @@ class BlobChunks(Iterator[bytes]):
         self.close()
 
 
+class BlobWriter:
+    """A content-addressed blob written as its bytes arrive (a STOW-RS part): each chunk is
+    hashed and written once, to a local file (`path`) the caller may read after `finish`,
+    before `commit` makes it a blob under its SHA-256 or `discard` drops it. Made by
+    `BlobStore.writer`.
+
+    A write the store cannot take (disk full, read-only, over `max_bytes`) is kept as `error`
+    and later bytes are dropped, so the caller goes on reading its input and fails this blob
+    alone; `commit` then raises it. The first `HEAD` bytes are also kept in memory (`head`),
+    so a refused blob can still be named by what it starts with.
+    """
+
+    HEAD = 16 * 1024
+
+    def __init__(
+        self,
+        file: IO[bytes] | None,
+        path: Path | None,
+        publish: Callable[[BlobWriter], StoredBlob] | None,
+        *,
+        error: Exception | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        self.path = path
+        self.size = 0
+        self.head = bytearray()
+        self.error = error
+        self.max_bytes = max_bytes
+        self._file = file
+        self._publish = publish
+        self._digest = hashlib.sha256()
+        self._committed = False
+
+    @classmethod
+    def refused(cls, error: Exception) -> BlobWriter:
+        """A writer for a blob the store cannot take at all (it raises `error` on commit)."""
+        return cls(None, None, None, error=error)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def write(self, data: bytes) -> None:
+        if len(self.head) < self.HEAD:
+            self.head += data[: self.HEAD - len(self.head)]
+        self.size += len(data)
+        if self.error is not None:
+            return
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            self._fail(PayloadTooLarge(f"blob larger than the limit of {self.max_bytes} bytes"))
+            return
+        self._digest.update(data)
+        try:
+            assert self._file is not None
+            self._file.write(data)
+        except OSError as exc:
+            self._fail(Unavailable(f"blob store cannot write a temporary file: {exc}"))
+
+    def finish(self) -> None:
+        """All bytes are written: `path` holds them (unless there is an `error`), and the
+        file is closed (nothing stays open for writing while the blob waits for its commit)."""
+        if self.error is None and self._file is not None and not self._file.closed:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._fail(Unavailable(f"blob store cannot write a temporary file: {exc}"))
+
+    def commit(self) -> StoredBlob:
+        """Make the bytes a blob under `content_key(sha256)`; raise `error` if there is one."""
+        self.finish()
+        if self.error is not None:
+            self.discard()
+            raise self.error
+        assert self.path is not None and self._publish is not None
+        try:
+            with _os_errors("blob store cannot write a temporary file"):
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            stored = self._publish(self)
+        except BaseException:
+            self.discard()
+            raise
+        self._committed = True
+        return stored
+
+    def discard(self) -> None:
+        """Drop what was written (nothing once committed); idempotent."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self.path is not None and not self._committed:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.path = None
+
+    def _fail(self, error: Exception) -> None:
+        self.error = error
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.path = None
+
+
 class BlobStore(ABC):
     """Where blobs live. Callers depend on this, never on a backend.
 
@@ -200,6 +309,21 @@ class BlobStore(ABC):
         """
 
     @abstractmethod
+    def writer(
+        self,
+        *,
+        spool_prefix: str,
+        content_type: str = "application/octet-stream",
+        max_bytes: int | None = None,
+    ) -> BlobWriter:
+        """A `BlobWriter` for bytes that arrive in pieces, to be stored under their content
+        key: one pass over them (hashed as they are written), instead of spooling them and
+        then putting the spool. Where the backend keeps bytes outside the store until the
+        upload (S3), the local file is made in the temporary folder, its name starting with
+        `spool_prefix`; `content_type` is recorded where the backend keeps it. `Unavailable`
+        if the store cannot even begin a blob."""
+
+    @abstractmethod
     def open(self, key: str) -> BlobChunks:
         """The blob's bytes as chunks of up to `CHUNK_SIZE`; `NotFound` if there is none."""
 
@@ -207,6 +331,13 @@ class BlobStore(ABC):
         """The whole blob in memory: only for blobs known to be small."""
         with self.open(key) as chunks:
             return b"".join(chunks)
+
+    @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes of the blob from byte `offset` (a file seek, an S3 ranged GET, RFC
+        9110 14.1.2), without reading the rest; `NotFound` if there is no blob, `Unavailable`
+        if it holds fewer bytes than asked for (the range came from an index that no longer
+        describes it)."""
 
     @abstractmethod
     def size(self, key: str) -> int:
@@ -331,15 +462,7 @@ class FileBlobStore(BlobStore):
                     out.flush()
                     os.fsync(out.fileno())
             if target is None:
-                target = self._path(content_key(digest))
-                if _regular_size(target) == size:
-                    # Same name, same size: same SHA-256, so the very same bytes are there.
-                    # Touched, so a sweep of old orphans does not take them from under us.
-                    tmp.unlink()
-                    with _os_errors(f"blob store cannot touch {target}"):
-                        os.utime(target)
-                    return StoredBlob(content_key(digest), size, digest)
-                self._makedirs(target.parent)
+                return self._place(tmp, size, digest)
             try:
                 os.replace(tmp, target)
             except IsADirectoryError as exc:
@@ -352,6 +475,46 @@ class FileBlobStore(BlobStore):
                 tmp.unlink()
             raise
         return StoredBlob(key if key is not None else content_key(digest), size, digest)
+
+    def _place(self, tmp: Path, size: int, digest: str) -> StoredBlob:
+        """Move a synced temporary file to its content key (or drop it when those bytes are
+        there already)."""
+        key = content_key(digest)
+        target = self._path(key)
+        if _regular_size(target) == size:
+            # Same name, same size: same SHA-256, so the very same bytes are there.
+            # Touched, so a sweep of old orphans does not take them from under us.
+            tmp.unlink()
+            with _os_errors(f"blob store cannot touch {target}"):
+                os.utime(target)
+            return StoredBlob(key, size, digest)
+        self._makedirs(target.parent)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise Unavailable(f"blob store cannot move a blob into {target}: {exc}") from exc
+        _fsync_dir(target.parent)
+        return StoredBlob(key, size, digest)
+
+    def writer(
+        self,
+        *,
+        spool_prefix: str,
+        content_type: str = "application/octet-stream",
+        max_bytes: int | None = None,
+    ) -> BlobWriter:
+        # Written where a put stages (`sha256/`, hidden name): the commit is a rename, and a
+        # crash leaves a `.put-*.tmp` that `remove_partials` takes.
+        staging = self._root / CONTENT_PREFIX
+        self._makedirs(staging)
+        with _os_errors(f"blob store cannot create a temporary file in {staging}"):
+            fd, name = tempfile.mkstemp(prefix=".put-", suffix=".tmp", dir=staging)
+
+        def publish(w: BlobWriter) -> StoredBlob:
+            assert w.path is not None
+            return self._place(w.path, w.size, w.sha256)
+
+        return BlobWriter(os.fdopen(fd, "wb"), Path(name), publish, max_bytes=max_bytes)
 
     def open(self, key: str) -> BlobChunks:
         path = self._path(key)
@@ -370,6 +533,19 @@ class FileBlobStore(BlobStore):
                 raise Unavailable(f"blob store cannot read {key!r}: {exc}") from exc
 
         return BlobChunks(chunks(), handle.close)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        _check_range(offset, length)
+        path = self._path(key)
+        try:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read(length)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"blob {key!r} not found") from None
+        except OSError as exc:
+            raise Unavailable(f"blob store cannot read {key!r}: {exc}") from exc
+        return _whole_range(key, data, length)
 
     def size(self, key: str) -> int:
         found = _regular_size(self._path(key))
@@ -474,6 +650,17 @@ class FileBlobStore(BlobStore):
                 os.unlink(name)
         except OSError as exc:
             raise Unavailable(f"blob store cannot take a write: {exc.strerror}") from None
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise Invalid("a blob range needs a non-negative offset and length")
+
+
+def _whole_range(key: str, data: bytes, length: int) -> bytes:
+    if len(data) != length:
+        raise Unavailable(f"blob {key!r} holds {len(data)} of the {length} bytes asked for")
+    return data
 
 
 def _regular_size(path: Path) -> int | None:
@@ -631,34 +818,63 @@ class S3BlobStore(BlobStore):
             validate_key(key)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, mode="w+b") as spool:
             size, digest = _drain(stream, spool, max_bytes)
-            final_key = key if key is not None else content_key(digest)
-            if key is None and self._stat_size(final_key) == size:
-                # Copied onto itself (server side, no bytes sent) so its age restarts: a sweep
-                # of old orphans does not take it from under the upload that wants it now.
-                with self._errors("refresh"):
-                    self._client.copy_object(
-                        self._bucket,
-                        final_key,
-                        CopySource(self._bucket, final_key),
-                        metadata={"sha256": digest},
-                        metadata_directive=REPLACE,
-                    )
-                return StoredBlob(final_key, size, digest)
-            spool.seek(0)
-            with self._errors("upload"):
-                self._client.put_object(
+            # Typeshed's SpooledTemporaryFile is an IO[bytes] but not a BinaryIO.
+            return self._upload(cast(BinaryIO, spool), size, digest, key, content_type)
+
+    def writer(
+        self,
+        *,
+        spool_prefix: str,
+        content_type: str = "application/octet-stream",
+        max_bytes: int | None = None,
+    ) -> BlobWriter:
+        try:
+            fd, name = tempfile.mkstemp(prefix=spool_prefix, suffix=".dcm")
+        except OSError as exc:
+            raise Unavailable(f"cannot create a temporary file: {exc}") from exc
+        path = Path(name)
+
+        def publish(w: BlobWriter) -> StoredBlob:
+            try:
+                with path.open("rb") as handle:
+                    return self._upload(handle, w.size, w.sha256, None, content_type)
+            finally:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+        return BlobWriter(os.fdopen(fd, "wb"), path, publish, max_bytes=max_bytes)
+
+    def _upload(
+        self, spool: BinaryIO, size: int, digest: str, key: str | None, content_type: str
+    ) -> StoredBlob:
+        """Upload `size` bytes with this SHA-256 (under `key`, or their content key)."""
+        final_key = key if key is not None else content_key(digest)
+        if key is None and self._stat_size(final_key) == size:
+            # Copied onto itself (server side, no bytes sent) so its age restarts: a sweep
+            # of old orphans does not take it from under the upload that wants it now.
+            with self._errors("refresh"):
+                self._client.copy_object(
                     self._bucket,
                     final_key,
-                    # Typeshed's SpooledTemporaryFile is an IO[bytes] but not a BinaryIO.
-                    cast(BinaryIO, spool),
-                    length=size,
-                    content_type=content_type,
-                    # Lets an operator or a sweeper check an object without reading its key.
+                    CopySource(self._bucket, final_key),
                     metadata={"sha256": digest},
-                    # One part in flight: memory stays at one part (5 MiB) however large the blob;
-                    # minio's default of 3 holds ~30 MiB per concurrent upload.
-                    num_parallel_uploads=1,
+                    metadata_directive=REPLACE,
                 )
+            return StoredBlob(final_key, size, digest)
+        spool.seek(0)
+        with self._errors("upload"):
+            self._client.put_object(
+                self._bucket,
+                final_key,
+                spool,
+                length=size,
+                content_type=content_type,
+                # Lets an operator or a sweeper check an object without reading its key.
+                metadata={"sha256": digest},
+                # One part in flight: memory stays at one part (5 MiB) however large the
+                # blob; minio's default of 3 holds ~30 MiB per concurrent upload.
+                num_parallel_uploads=1,
+            )
         return StoredBlob(final_key, size, digest)
 
     def open(self, key: str) -> BlobChunks:
@@ -675,6 +891,20 @@ class S3BlobStore(BlobStore):
             response.release_conn()
 
         return BlobChunks(chunks(), release)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        validate_key(key)
+        _check_range(offset, length)
+        if length == 0:
+            return b""
+        with self._errors("read", key):
+            response = self._client.get_object(self._bucket, key, offset=offset, length=length)
+            try:
+                data = response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        return _whole_range(key, bytes(data), length)
 
     def size(self, key: str) -> int:
         found = self._stat_size(validate_key(key))

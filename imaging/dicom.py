@@ -12,9 +12,11 @@ write instead ("GB2312", "UTF-8", lower case), which are read as the standard te
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
+import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +125,10 @@ class Parsed:
     number_of_frames: int | None
     #: DICOM JSON (PS3.18 F.2) with BASE_MARK standing for the DICOMweb base in BulkDataURIs.
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Where each frame's bytes are in the file, as stored: per frame, its (offset, length)
+    #: ranges (one for native pixels, one per fragment when encapsulated); None when a frame
+    #: cannot be cut out of the file as it is (see `frame_ranges`).
+    frame_ranges: list[list[tuple[int, int]]] | None = None
 
     def metadata_json(self) -> bytes:
         return json.dumps(self.metadata, ensure_ascii=False, separators=(",", ":")).encode()
@@ -158,7 +164,9 @@ def parse(path: Path, structure: Structure, *, bulk_base: str = BASE_MARK) -> Pa
     except Exception as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"the file cannot be parsed: {exc}") from None
     try:
-        return _derive(ds, structure, bulk_base)
+        parsed = _derive(ds, structure, bulk_base)
+        parsed.frame_ranges = frame_ranges(ds, structure, path)
+        return parsed
     except Rejected:
         raise
     except RecursionError:
@@ -278,6 +286,72 @@ def _check_pixels(ds: Dataset, structure: Structure) -> None:
                 f"encapsulated PixelData holds {structure.fragments} fragment(s) "
                 f"for {frames} frame(s)",
             )
+
+
+def frame_ranges(
+    ds: Dataset, structure: Structure, path: Path
+) -> list[list[tuple[int, int]]] | None:
+    """The byte ranges of each frame in the file, as stored (PS3.5 8.1.1 native, A.4
+    encapsulated), from what the structural scan located: WADO-RS then reads a frame with a
+    file seek or a ranged GET instead of the whole instance (PS3.18 10.4.1.1.3).
+
+    Native little-endian pixels of whole bytes: frame k is the k-th run of
+    Rows x Columns x SamplesPerPixel x BitsAllocated/8 bytes. Encapsulated: one frame of all
+    fragments; one fragment per frame; or the fragments the Basic Offset Table assigns to each
+    frame. None for what needs more than cutting (bit-packed or YBR 4:2:2 native pixels,
+    big-endian, several frames per fragment set by an Extended Offset Table or by markers):
+    those are served from the whole file, as before.
+    """
+    if structure.pixel_offset is None:
+        return None
+    frames = _int(ds, "NumberOfFrames") or 1
+    if structure.pixel_length is not None:
+        bits = _int(ds, "BitsAllocated") or 0
+        photometric = _text(ds, "PhotometricInterpretation") or ""
+        if (
+            structure.transfer_syntax not in (IMPLICIT_VR_LE, EXPLICIT_VR_LE)
+            or bits % 8
+            or photometric in ("YBR_FULL_422", "YBR_PARTIAL_422")
+        ):
+            return None
+        size = (_int(ds, "Rows") or 0) * (_int(ds, "Columns") or 0)
+        size *= (_int(ds, "SamplesPerPixel") or 1) * bits // 8
+        start = structure.pixel_offset
+        return [[(start + k * size, size)] for k in range(frames)]
+    fragments = structure.items[1:]
+    if not fragments:
+        return None
+    if frames == 1:
+        return [list(fragments)]
+    if len(fragments) == frames:
+        return [[f] for f in fragments]
+    table_at, table_size = structure.items[0]
+    if table_size != 4 * frames or "ExtendedOffsetTable" in ds:
+        return None
+    with path.open("rb") as handle:
+        handle.seek(table_at)
+        table = struct.unpack(f"<{frames}L", handle.read(table_size))
+    # Offsets count from the first fragment's item tag, 8 bytes before its value.
+    first = fragments[0][0] - 8
+    starts = {at - 8 - first: i for i, (at, _size) in enumerate(fragments)}
+    if table[0] != 0 or any(b <= a for a, b in itertools.pairwise(table)):
+        return None
+    if any(offset not in starts for offset in table):
+        return None
+    bounds = [starts[o] for o in table] + [len(fragments)]
+    return [list(fragments[bounds[k] : bounds[k + 1]]) for k in range(frames)]
+
+
+def ranges_json(ranges: list[list[tuple[int, int]]] | None) -> str | None:
+    """Frame ranges as kept on the instance row (`Instance.frame_ranges`)."""
+    return None if ranges is None else json.dumps(ranges, separators=(",", ":"))
+
+
+def ranges_of(text: str | None) -> list[list[tuple[int, int]]] | None:
+    """The frame ranges an instance row keeps, or None when it keeps none."""
+    if text is None:
+        return None
+    return [[(int(at), int(size)) for at, size in frame] for frame in json.loads(text)]
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:

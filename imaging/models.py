@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from alliance.db import Base, UTCDateTime
@@ -122,6 +122,11 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     #: zlib of this instance's DICOM JSON (bulk data as BulkDataURI, see imaging.dicom).
     metadata_z: Mapped[bytes] = mapped_column(LargeBinary)
+    #: Where each frame's bytes are in the blob, as JSON: per frame, a list of
+    #: [offset, length] (imaging.dicom.frame_ranges). NULL when a frame cannot be cut out of
+    #: the file, and for instances indexed before it was recorded: those frames are served
+    #: from the whole file.
+    frame_ranges: Mapped[str | None] = mapped_column(Text)
     created: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (

@@ -190,26 +190,54 @@ def render_options(
     return RenderOptions(media_type, window, viewport, quality)
 
 
-def render(path: Path, number: int, options: RenderOptions) -> bytes:
-    """Frame `number` as a JPEG or PNG for display: modality LUT, then the VOI window asked
-    for (or the instance's own, or its full range), MONOCHROME1 inverted, then the viewport."""
+@dataclass(frozen=True)
+class Decoded:
+    """A frame decoded for display, before the choices of a request (window, viewport,
+    format): color as 8-bit RGB, or grayscale after the modality LUT (PS3.3 C.11.1) with the
+    instance's own window and whether it is MONOCHROME1."""
+
+    rgb: np.ndarray | None
+    values: np.ndarray | None
+    own_window: tuple[float, float, str] | None
+    inverted: bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in (self.rgb, self.values) if a is not None))
+
+
+def decode_for_display(path: Path, number: int) -> Decoded:
+    """Frame `number` of the file at `path`, decoded once for any number of renderings."""
     header = pydicom.dcmread(str(path), stop_before_pixels=True)
     arr = _decode(path, number - 1)
     samples = int(header.get("SamplesPerPixel", 1))
     photometric = str(header.get("PhotometricInterpretation", ""))
     if samples == 1 and photometric == "PALETTE COLOR":
         full = pydicom.dcmread(str(path))
-        arr = apply_color_lut(arr, full)
-        image = Image.fromarray(_to_uint8_color(arr), "RGB")
-    elif samples == 1:
+        return Decoded(_to_uint8_color(apply_color_lut(arr, full)), None, None, False)
+    if samples == 1:
         values = np.asarray(apply_modality_lut(arr, header), dtype=np.float64)
-        window = options.window or _own_window(header)
-        gray = _window(values, window)
-        if photometric == "MONOCHROME1":
+        return Decoded(None, values, _own_window(header), photometric == "MONOCHROME1")
+    return Decoded(_to_uint8_color(arr), None, None, False)
+
+
+def render(path: Path, number: int, options: RenderOptions) -> bytes:
+    """Frame `number` as a JPEG or PNG for display (see `render_decoded`)."""
+    return render_decoded(decode_for_display(path, number), options)
+
+
+def render_decoded(decoded: Decoded, options: RenderOptions) -> bytes:
+    """A decoded frame as a JPEG or PNG for display: the VOI window asked for (or the
+    instance's own, or its full range) over the modality LUT's values, MONOCHROME1 inverted,
+    then the viewport (PS3.18 8.3.5.1)."""
+    if decoded.values is not None:
+        gray = _window(decoded.values, options.window or decoded.own_window)
+        if decoded.inverted:
             gray = 255 - gray
         image = Image.fromarray(gray, "L")
     else:
-        image = Image.fromarray(_to_uint8_color(arr), "RGB")
+        assert decoded.rgb is not None
+        image = Image.fromarray(decoded.rgb, "RGB")
     image = _viewport(image, options.viewport)
     out = io.BytesIO()
     if options.media_type == "image/png":

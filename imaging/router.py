@@ -52,7 +52,14 @@ from imaging import pixels, qido, wado
 from imaging.access import find_instances, find_study, visible_studies
 from imaging.models import Instance, Study
 from imaging.service import Imaging, Outcome, Staged
-from imaging.stow import StowFailed, may_store, stage_part, staged_key, stow_json
+from imaging.stow import (
+    StowFailed,
+    may_store,
+    part_writer,
+    stage_part,
+    staged_key,
+    stow_json,
+)
 from imaging.web import (
     MediaRange,
     MultipartReader,
@@ -319,7 +326,12 @@ class DicomwebApi:
         boundary = ctype.param("boundary")
         if not boundary:
             raise BadRequest("the multipart Content-Type names no boundary")
-        return MultipartReader(boundary, max_parts=self.settings.max_stow_parts), body
+        reader = MultipartReader(
+            boundary,
+            max_parts=self.settings.max_stow_parts,
+            sink=lambda: part_writer(self.imaging),
+        )
+        return reader, body
 
     async def _receive(
         self,

@@ -121,10 +121,15 @@ class ReceivedDataSet:
 
 
 #: Largest PDU read from a peer. pynetdicom reads a PDU whole, of whatever length its header
-#: declares; the receiver's Maximum Length Received (PS3.8 D.1, 16 KiB here) bounds what a
-#: P-DATA-TF may hold, and an A-ASSOCIATE-RQ with every presentation context and a user
+#: declares; the receiver's Maximum Length Received (PS3.8 D.1, `RECEIVE_PDU_BYTES`) bounds
+#: what a P-DATA-TF may hold, and an A-ASSOCIATE-RQ with every presentation context and a user
 #: identity fits well within this.
 MAX_PDU_BYTES = 1024 * 1024
+#: The Maximum Length Received this receiver proposes (PS3.8 D.1.1): a sender cuts each data
+#: set into P-DATA-TF PDUs of at most this. pynetdicom's default of 16 KiB turns a 512x512 CT
+#: slice into 33 PDUs, each decoded and dispatched in Python; 256 KiB makes it 3, for one PDU
+#: held per association.
+RECEIVE_PDU_BYTES = 256 * 1024
 
 
 class _BoundedSocket(AssociationSocket):
@@ -192,6 +197,7 @@ class StorageSCP:
             self.ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(VERIFICATION)
         self.ae.maximum_associations = 16
+        self.ae.maximum_pdu_size = RECEIVE_PDU_BYTES
         self._server: ThreadedAssociationServer | None = None
         # Studies touched per association, to refresh when it ends; lives only as long as the
         # association, which belongs to this process anyway.

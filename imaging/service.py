@@ -58,7 +58,7 @@ from alliance.fhir.store import FhirStore
 from alliance.fhir.values import fold
 from alliance.notify.outbox import Recipient, record
 from alliance.security.access import granted_to
-from alliance.storage import BlobStore, StoredBlob
+from alliance.storage import BlobStore, BlobWriter, StoredBlob
 from alliance.sweep import keys_in_use
 from imaging import dicom
 from imaging.access import IMAGING_STUDY
@@ -160,19 +160,7 @@ class Imaging:
         Raises `Rejected`; nothing is stored then. `expected_study` is the study of a STOW-RS
         request to `/studies/{study}` (PS3.18 10.5.1: instances of other studies fail).
         """
-        try:
-            with mapped(path) as buf:
-                structure = scan(buf)
-        except OSError as exc:
-            raise Rejected(
-                dicom.OUT_OF_RESOURCES, f"cannot read the received file: {exc}"
-            ) from None
-        parsed = dicom.parse(path, structure)
-        if expected_study is not None and parsed.study_uid != expected_study:
-            raise Rejected(
-                dicom.DOES_NOT_MATCH,
-                f"StudyInstanceUID {parsed.study_uid} differs from {expected_study} in the URL",
-            )
+        parsed = self._check(path, expected_study)
         try:
             with path.open("rb") as handle:
                 blob = self.blobs.put(handle, content_type="application/dicom")
@@ -188,6 +176,40 @@ class Imaging:
             ) from None
         return Staged(parsed, blob)
 
+    def stage_written(self, writer: BlobWriter, *, expected_study: str | None = None) -> Staged:
+        """`stage` for a file written straight into the blob store as it arrived (STOW-RS):
+        scanned and parsed where it was written, then committed under its SHA-256, computed
+        on the way in; it is never copied. Raises `Rejected`, and nothing is stored then."""
+        if writer.error is not None or writer.path is None:
+            log.warning("the blob store did not take an instance: %s", writer.error)
+            raise Rejected(dicom.OUT_OF_RESOURCES, STORE_REFUSED)
+        parsed = self._check(writer.path, expected_study)
+        try:
+            blob = writer.commit()
+        except AllianceError as exc:
+            log.warning(
+                "the blob store did not take SOP Instance %s: %s", parsed.sop_instance_uid, exc
+            )
+            raise Rejected(dicom.OUT_OF_RESOURCES, STORE_REFUSED) from None
+        return Staged(parsed, blob)
+
+    def _check(self, path: Path, expected_study: str | None) -> Parsed:
+        """Scan, parse and check the PS3.10 file at `path` (see `stage`)."""
+        try:
+            with mapped(path) as buf:
+                structure = scan(buf)
+        except OSError as exc:
+            raise Rejected(
+                dicom.OUT_OF_RESOURCES, f"cannot read the received file: {exc}"
+            ) from None
+        parsed = dicom.parse(path, structure)
+        if expected_study is not None and parsed.study_uid != expected_study:
+            raise Rejected(
+                dicom.DOES_NOT_MATCH,
+                f"StudyInstanceUID {parsed.study_uid} differs from {expected_study} in the URL",
+            )
+        return parsed
+
     # ---- step 2: index ------------------------------------------------------------------
 
     def index(self, session: Session, staged: list[Staged], *, hospital_id: str) -> list[Outcome]:
@@ -199,20 +221,35 @@ class Imaging:
         for uid in sorted({s.parsed.study_uid for s in staged}):
             study_lock(session, uid)
         now = clock.now()
+        # Which of the batch's instances are indexed already: one query, not one per instance;
+        # kept up to date as this batch adds its own (the same instance may come twice).
+        uids = sorted({s.parsed.sop_instance_uid for s in staged})
+        known: dict[str, Instance] = {}
+        for start in range(0, len(uids), 1000):
+            chunk = uids[start : start + 1000]
+            for row in session.scalars(
+                select(Instance).where(Instance.sop_instance_uid.in_(chunk))
+            ):
+                known[row.sop_instance_uid] = row
         outcomes = []
         for item in staged:
             try:
-                outcomes.append(self._index_one(session, item, hospital_id, now))
+                outcomes.append(self._index_one(session, item, hospital_id, now, known))
             except Rejected as exc:
                 outcomes.append(Outcome.rejected(exc, item))
         session.flush()
         return outcomes
 
     def _index_one(
-        self, session: Session, item: Staged, hospital_id: str, now: datetime
+        self,
+        session: Session,
+        item: Staged,
+        hospital_id: str,
+        now: datetime,
+        known: dict[str, Instance],
     ) -> Outcome:
         p = item.parsed
-        existing = session.get(Instance, p.sop_instance_uid)
+        existing = known.get(p.sop_instance_uid)
         if existing is not None:
             if existing.sha256 != item.blob.sha256:
                 raise Rejected(
@@ -248,6 +285,7 @@ class Imaging:
             raise Rejected(
                 dicom.PROCESSING_FAILURE, "the stored bytes vanished before indexing; send again"
             )
+        parents_added = study is None or series is None
         if study is None:
             study = self._new_study(session, p, hospital_id, now)
         elif study.patient_id is None:
@@ -268,26 +306,28 @@ class Imaging:
             )
             session.add(series)
             study.number_of_series += 1
-        # No ORM relationships link the tables, so flush parents before their children.
-        session.flush()
-        session.add(
-            Instance(
-                sop_instance_uid=p.sop_instance_uid,
-                series_uid=p.series_uid,
-                study_uid=p.study_uid,
-                sop_class_uid=p.sop_class_uid,
-                instance_number=p.instance_number,
-                transfer_syntax_uid=p.transfer_syntax,
-                rows=p.rows,
-                columns=p.columns,
-                number_of_frames=p.number_of_frames,
-                blob_key=item.blob.key,
-                sha256=item.blob.sha256,
-                size_bytes=item.blob.size,
-                metadata_z=dicom.compress_json(p.metadata_json()),
-                created=now,
-            )
+        if parents_added:
+            # No ORM relationships link the tables, so flush parents before their children.
+            session.flush()
+        instance = Instance(
+            sop_instance_uid=p.sop_instance_uid,
+            series_uid=p.series_uid,
+            study_uid=p.study_uid,
+            sop_class_uid=p.sop_class_uid,
+            instance_number=p.instance_number,
+            transfer_syntax_uid=p.transfer_syntax,
+            rows=p.rows,
+            columns=p.columns,
+            number_of_frames=p.number_of_frames,
+            blob_key=item.blob.key,
+            sha256=item.blob.sha256,
+            size_bytes=item.blob.size,
+            metadata_z=dicom.compress_json(p.metadata_json()),
+            frame_ranges=dicom.ranges_json(p.frame_ranges),
+            created=now,
         )
+        session.add(instance)
+        known[p.sop_instance_uid] = instance
         series.number_of_instances += 1
         series.size_bytes += item.blob.size
         series.metadata_gz = None
@@ -299,7 +339,6 @@ class Imaging:
             study.modalities = "\\".join(
                 sorted(filter(None, [*study.modalities.split("\\"), p.modality]))
             )
-        session.flush()
         return Outcome(
             0,
             sop_class_uid=p.sop_class_uid,

@@ -3,17 +3,22 @@ response body (the ReferencedSOPSequence and FailedSOPSequence of PS3.18 10.5.3)
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
-from pydicom.filereader import read_file_meta_info
+from pydicom.filereader import _read_file_meta_info, read_file_meta_info, read_preamble
 
-from alliance.errors import Conflict, Forbidden
+from alliance.errors import AllianceError, Conflict, Forbidden
 from alliance.security.access import Principal
+from alliance.storage import BlobWriter
+from alliance.sweep import SPOOL_PREFIXES
 from imaging import dicom
 from imaging.dicom import Rejected
 from imaging.service import Imaging, Outcome, Staged
 from imaging.web import Part
+
+DICOM = "application/dicom"
 
 
 class StowFailed(Conflict):
@@ -44,15 +49,30 @@ def staged_key(staged: Staged) -> tuple[str | None, str | None]:
     return staged.parsed.study_uid, staged.blob.key
 
 
-def stage_part(imaging: Imaging, part: Part, study: str | None) -> Staged | Outcome:
-    """Check and store one part of the body; its spooled file is discarded either way."""
+def part_writer(imaging: Imaging) -> BlobWriter:
+    """Where a part of the body goes as it arrives: straight into the blob store, hashed on
+    the way (one pass over its bytes); a store that cannot begin a blob fails that part alone,
+    with 0xA700 once the part is read."""
     try:
-        ctype = part.content_type or "application/dicom"
-        if ctype != "application/dicom":
+        return imaging.blobs.writer(spool_prefix=SPOOL_PREFIXES[0], content_type=DICOM)
+    except AllianceError as exc:
+        return BlobWriter.refused(exc)
+
+
+def stage_part(imaging: Imaging, part: Part, study: str | None) -> Staged | Outcome:
+    """Check and store one part of the body; what is not stored of it is discarded."""
+    try:
+        ctype = part.content_type or DICOM
+        if ctype != DICOM:
             return Outcome(dicom.CANNOT_UNDERSTAND, f"a part of type {ctype} is not DICOM")
+        if isinstance(part.sink, BlobWriter):
+            return imaging.stage_written(part.sink, expected_study=study)
+        if part.path is None:
+            raise Rejected(dicom.OUT_OF_RESOURCES, "the part could not be received")
         return imaging.stage(part.path, expected_study=study)
     except Rejected as exc:
-        sop_class, sop_instance = _uids_of(part.path)
+        head = part.sink.head if isinstance(part.sink, BlobWriter) else None
+        sop_class, sop_instance = _uids_of(bytes(head) if head is not None else part.path)
         return Outcome.rejected(exc, sop_class_uid=sop_class, sop_instance_uid=sop_instance)
     finally:
         part.discard()
@@ -96,11 +116,18 @@ def _sop_item(o: Outcome) -> dict[str, Any]:
     return item
 
 
-def _uids_of(path: Path) -> tuple[str | None, str | None]:
-    """SOP Class and Instance UIDs of a refused file, from its file meta if readable, so the
-    FailedSOPSequence can name it."""
+def _uids_of(source: Path | bytes | None) -> tuple[str | None, str | None]:
+    """SOP Class and Instance UIDs of a refused file (or of its first bytes), from its file
+    meta if readable, so the FailedSOPSequence can name it."""
     try:
-        meta = read_file_meta_info(str(path))
+        if isinstance(source, bytes):
+            handle = io.BytesIO(source)
+            read_preamble(handle, False)
+            meta = _read_file_meta_info(handle)
+        elif source is not None:
+            meta = read_file_meta_info(str(source))
+        else:
+            return None, None
     except Exception:
         return None, None
     found = [

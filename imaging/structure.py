@@ -17,7 +17,7 @@ import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.datadict import dictionary_VR
@@ -61,6 +61,9 @@ class Structure:
     pixel_vr: str = "OW"
     #: Number of fragments of encapsulated pixel data, the Basic Offset Table not counted.
     fragments: int | None = None
+    #: (offset of the value, length) of each item of encapsulated pixel data, the Basic Offset
+    #: Table first: where each fragment's bytes are, so a frame is read without the rest.
+    items: list[tuple[int, int]] = field(default_factory=list)
     elements: int = 0
 
 
@@ -175,7 +178,7 @@ class _Scanner:
             found.pixel_length = length
             return self._fits(pos, length, end)
         # Encapsulated (PS3.5 A.4): items (the Basic Offset Table, then fragments), then the
-        # sequence delimiter; fragments are only counted here, never read.
+        # sequence delimiter; fragments are only located here, never read.
         items = 0
         while True:
             tag = self._tag(pos, end)
@@ -185,6 +188,7 @@ class _Scanner:
                 break
             if tag != _ITEM or size == _UNDEFINED:
                 raise Rejected(CANNOT_UNDERSTAND, "encapsulated pixel data holds a non-fragment")
+            found.items.append((pos, size))
             pos = self._fits(pos, size, end)
             items += 1
         found.fragments = max(items - 1, 0)

@@ -13,6 +13,8 @@ import gzip
 import hashlib
 import logging
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,8 +245,27 @@ def instances_body(
 def frames(
     blobs: BlobStore, row: Instance, numbers: list[int], decode: bool, part_type: str
 ) -> Parts:
-    """The frames asked for, decoded to uncompressed or as stored (PS3.18 10.4.1.1.3)."""
-    stored = row.transfer_syntax_uid
+    """The frames asked for, decoded to uncompressed or as stored (PS3.18 10.4.1.1.3).
+
+    A frame sent as stored (or native, which is its own uncompressed form) is read from the
+    byte ranges recorded at ingest: a file seek or an S3 ranged GET of that frame alone. Only
+    what must be decoded, and instances indexed before the ranges were recorded, are read from
+    a local copy of the whole file.
+    """
+    syntax = row.transfer_syntax_uid
+    ranges = dicom.ranges_of(row.frame_ranges)
+    if ranges is not None and (not decode or syntax in pixels.UNCOMPRESSED):
+        bad = [n for n in numbers if n < 1 or n > len(ranges)]
+        if bad:
+            raise NotFound(
+                f"frame {bad[0]} does not exist; the instance has {len(ranges)} frame(s)"
+            )
+        if decode:
+            ctype = f"application/octet-stream; transfer-syntax={dicom.EXPLICIT_VR_LE}"
+        else:
+            ctype = f"{part_type}; transfer-syntax={syntax}"
+        with stored(row.blob_key):
+            return [(ctype, frame_bytes(blobs, row.blob_key, ranges[n - 1])) for n in numbers]
     with local_copy(blobs, row.blob_key) as path:
         ds = pixels.read(path)
         pixels.check_frames(ds, numbers)
@@ -253,23 +274,75 @@ def frames(
             if decode:
                 data = (
                     pixels.stored_frame(ds, path, n)
-                    if stored in pixels.UNCOMPRESSED
+                    if syntax in pixels.UNCOMPRESSED
                     else pixels.decoded_frame(path, n)
                 )
                 ctype = f"application/octet-stream; transfer-syntax={dicom.EXPLICIT_VR_LE}"
             else:
                 data = pixels.stored_frame(ds, path, n)
-                ctype = f"{part_type}; transfer-syntax={stored}"
+                ctype = f"{part_type}; transfer-syntax={syntax}"
             parts.append((ctype, data))
         return parts
 
 
+def frame_bytes(blobs: BlobStore, key: str, ranges: list[tuple[int, int]]) -> bytes:
+    """One frame's bytes: each of its ranges read from the blob, joined."""
+    return b"".join(blobs.read_range(key, at, size) for at, size in ranges)
+
+
+class DecodedFrames:
+    """The frames last decoded for display, most recent last, up to `max_bytes` in all: a
+    viewer asks for the same image again with another window or size, and a series is paged
+    through back and forth; those renderings skip copying and decoding the instance. Keys are
+    (content-addressed blob key, frame number), whose pixels never change, so nothing here can
+    disagree with another worker's copy (ARCHITECTURE.md: no caches that must agree)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._frames: OrderedDict[tuple[str, int], pixels.Decoded] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> pixels.Decoded | None:
+        with self._lock:
+            found = self._frames.get(key)
+            if found is not None:
+                self._frames.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, int], decoded: pixels.Decoded) -> None:
+        if decoded.nbytes > self.max_bytes:
+            return
+        for array in (decoded.rgb, decoded.values):
+            if array is not None:
+                array.setflags(write=False)  # shared by every rendering of the frame
+        with self._lock:
+            old = self._frames.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._frames[key] = decoded
+            self._bytes += decoded.nbytes
+            while self._bytes > self.max_bytes:
+                _, dropped = self._frames.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+
+#: 32 MB: about fifteen 512x512 CT slices after the modality LUT.
+DECODED = DecodedFrames(32 * 1024 * 1024)
+
+
 def render(blobs: BlobStore, row: Instance, number: int, options: pixels.RenderOptions) -> bytes:
-    """One frame rendered as an image (PS3.18 10.4.1.1.5)."""
-    with local_copy(blobs, row.blob_key) as path:
-        ds = pixels.read(path)
-        pixels.check_frames(ds, [number])
-        return pixels.render(path, number, options)
+    """One frame rendered as an image (PS3.18 10.4.1.1.5), decoded once for as long as it
+    stays among the `DECODED` frames."""
+    key = (row.blob_key, number)
+    decoded = DECODED.get(key)
+    if decoded is None:
+        with local_copy(blobs, row.blob_key) as path:
+            ds = pixels.read(path)
+            pixels.check_frames(ds, [number])
+            decoded = pixels.decode_for_display(path, number)
+        DECODED.put(key, decoded)
+    return pixels.render_decoded(decoded, options)
 
 
 def thumbnail_source(rows: list[Instance], instance_uid: str | None) -> Instance:

@@ -1,7 +1,8 @@
 """HTTP details of DICOMweb that are not routing: Accept negotiation (RFC 9110 12.5.1 with the
 `type` and `transfer-syntax` parameters of PS3.18 8.7), a streaming multipart/related reader
-for STOW-RS bodies (RFC 2387; a part is spooled to a temporary file as it arrives, so a study
-of any size is never held in memory), and multipart/related response framing.
+for STOW-RS bodies (RFC 2387; a part is written to disk as it arrives, into a temporary file
+or straight into the blob store, so a study of any size is never held in memory), and
+multipart/related response framing.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
@@ -70,11 +71,49 @@ def parse_accept(header: str | None) -> list[MediaRange]:
 # ---- multipart/related request bodies ------------------------------------------------------
 
 
+class Sink(Protocol):
+    """Where a part's bytes go as they arrive: a spool file, or straight into the blob store
+    (`alliance.storage.BlobWriter`)."""
+
+    path: Path | None
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class SpoolFile:
+    """A part spooled to a temporary file of its own."""
+
+    def __init__(self) -> None:
+        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIXES[0], suffix=".dcm")
+        self._file: IO[bytes] = os.fdopen(fd, "wb")
+        self.path: Path | None = Path(name)
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def finish(self) -> None:
+        self._file.close()
+
+    def discard(self) -> None:
+        self._file.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
 @dataclass
 class Part:
     headers: dict[str, str]
-    path: Path
+    sink: Sink
     size: int
+
+    @property
+    def path(self) -> Path | None:
+        return self.sink.path
 
     @property
     def content_type(self) -> str | None:
@@ -82,8 +121,7 @@ class Part:
         return parse_media_type(value).type if value else None
 
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        self.sink.discard()
 
 
 class MultipartReader:
@@ -95,13 +133,20 @@ class MultipartReader:
     `discard` removes the one still being written.
     """
 
-    def __init__(self, boundary: str, *, max_parts: int, max_part_headers: int = 32) -> None:
+    def __init__(
+        self,
+        boundary: str,
+        *,
+        max_parts: int,
+        max_part_headers: int = 32,
+        sink: Callable[[], Sink] = SpoolFile,
+    ) -> None:
         if not boundary or len(boundary) > 70:
             raise BadRequest("a multipart body needs a boundary of 1 to 70 characters")
         self.max_parts = max_parts
+        self._new_sink = sink
         self._done: list[Part] = []
-        self._file: IO[bytes] | None = None
-        self._path: Path | None = None
+        self._sink: Sink | None = None
         self._size = 0
         self._headers: dict[str, str] = {}
         self._field = bytearray()
@@ -125,15 +170,14 @@ class MultipartReader:
         if self.parts_seen >= self.max_parts:
             raise PayloadTooLarge(f"a STOW-RS request holds at most {self.max_parts} parts")
         self._headers = {}
-        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIXES[0], suffix=".dcm")
-        self._file = os.fdopen(fd, "wb")
-        self._path = Path(name)
         self._size = 0
         self.parts_seen += 1
 
     def _data(self, data: bytes, start: int, end: int) -> None:
-        assert self._file is not None
-        self._file.write(data[start:end])
+        # Made at the part's first byte, not at its boundary: between parts nothing is open.
+        if self._sink is None:
+            self._sink = self._new_sink()
+        self._sink.write(data[start:end])
         self._size += end - start
 
     def _header_end(self) -> None:
@@ -143,10 +187,11 @@ class MultipartReader:
         self._value.clear()
 
     def _end(self) -> None:
-        assert self._file is not None and self._path is not None
-        self._file.close()
-        self._done.append(Part(self._headers, self._path, self._size))
-        self._file, self._path = None, None
+        if self._sink is None:
+            self._sink = self._new_sink()
+        self._sink.finish()
+        self._done.append(Part(self._headers, self._sink, self._size))
+        self._sink = None
 
     def _on_end(self) -> None:
         self.ended = True
@@ -169,12 +214,9 @@ class MultipartReader:
         for part in self._done:
             part.discard()
         self._done = []
-        if self._file is not None:
-            self._file.close()
-        if self._path is not None:
-            with contextlib.suppress(OSError):
-                self._path.unlink()
-        self._file, self._path = None, None
+        if self._sink is not None:
+            self._sink.discard()
+        self._sink = None
 
 
 # ---- multipart/related responses -----------------------------------------------------------

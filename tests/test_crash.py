@@ -41,7 +41,13 @@ from sqlalchemy import func, select
 
 from alliance.config import Settings, get_settings
 from alliance.db import Database
-from alliance.storage import BlobStore, FileBlobStore, content_key, open_blob_store
+from alliance.storage import (
+    CONTENT_PREFIX,
+    BlobStore,
+    FileBlobStore,
+    content_key,
+    open_blob_store,
+)
 from alliance.sweep import SPOOL_PREFIXES
 from imaging.models import Instance, Series, Study
 from imaging.service import BLOB_REFERENCES
@@ -138,12 +144,16 @@ class Paused:
         self.release.wait(WAIT_S)
         yield body[cut:]
 
-    def spooled(self, spool: Path) -> bool:
-        """Whether the server holds the half-sent part in a spool file. The file is written
-        through a buffer (8 KiB), so the parts are 32 KiB and 4 KiB of the half is enough to
-        tell it from the parts of other requests, which differ within their first bytes."""
+    def spooled(self, spool: Path, store: Path) -> bool:
+        """Whether the server holds the half-sent part in a file: a spool file in the
+        temporary folder (S3), or the blob being written in the directory store's staging
+        folder, `sha256/.put-*.tmp` (a part goes straight into a directory store). The file is
+        written through a buffer (8 KiB), so the parts are 32 KiB and 4 KiB of the half is
+        enough to tell it from the parts of other requests, which differ within their first
+        bytes."""
         part = self.parts[PAUSED_PARTS]
-        for path in spool.glob(f"{SPOOL_PREFIXES[0]}*"):
+        found = [*spool.glob(f"{SPOOL_PREFIXES[0]}*"), *store.glob(".put-*.tmp")]
+        for path in found:
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
@@ -300,7 +310,8 @@ def test_kill_9_in_the_middle_of_stow(
                 lambda: all(blobs.exists(k) for k in orphans),
                 proc,
             )
-            _until("the half-sent part is spooled", lambda: paused.spooled(spool), proc)
+            staging = tmp_path / "blobs" / CONTENT_PREFIX
+            _until("the half-sent part is spooled", lambda: paused.spooled(spool, staging), proc)
             _until("two requests are answered", lambda: acked.responses >= 2, proc)
             proc.kill()
             proc.wait()
@@ -310,7 +321,7 @@ def test_kill_9_in_the_middle_of_stow(
         # What the kill left: blobs no row references, and the paused part's spool file.
         assert acked.unexpected == []
         assert orphans <= _stored_keys(blobs) - _referenced(db)
-        assert paused.spooled(spool)
+        assert paused.spooled(spool, staging)
         assert acked.responses < CLIENTS * REQUESTS, "the kill came after every request"
     finally:
         db.dispose()

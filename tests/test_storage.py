@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,50 @@ def test_missing_key_is_not_found(store: BlobStore) -> None:
             store.read(missing)
         with pytest.raises(NotFound):
             store.size(missing)
+
+
+def test_read_range_reads_only_the_range(store: BlobStore) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 17)
+    key = store.put(io.BytesIO(data)).key
+    for offset, length in [(0, 1), (5, 100), (CHUNK_SIZE - 3, 9), (len(data) - 17, 17), (7, 0)]:
+        assert store.read_range(key, offset, length) == data[offset : offset + length]
+    with pytest.raises(Unavailable):
+        store.read_range(key, len(data) - 10, 11)  # the index says more than the blob holds
+    with pytest.raises(NotFound):
+        store.read_range("missing/blob", 0, 1)
+    with pytest.raises(Invalid):
+        store.read_range(key, -1, 1)
+
+
+def test_writer_stores_what_it_was_given_in_pieces(store: BlobStore, tmp_path: Path) -> None:
+    data = os.urandom(2 * CHUNK_SIZE + 5)
+    before = set(store.list_keys())
+    writer = store.writer(spool_prefix="alliance-stow-")
+    for start in range(0, len(data), 70_000):
+        writer.write(data[start : start + 70_000])
+    writer.finish()
+    assert writer.path is not None and writer.path.read_bytes() == data
+    assert bytes(writer.head) == data[: writer.HEAD]
+    stored = writer.commit()
+    writer.discard()  # after the commit: nothing to drop
+    assert stored.sha256 == hashlib.sha256(data).hexdigest() and stored.size == len(data)
+    assert store.read(stored.key) == data
+    assert set(store.list_keys()) == before | {stored.key}
+    # The same bytes again: a cheap success under the same key.
+    again = store.writer(spool_prefix="alliance-stow-")
+    again.write(data)
+    assert again.commit() == stored
+    # Discarded, or over its limit: nothing is stored and nothing is left behind.
+    dropped = store.writer(spool_prefix="alliance-stow-")
+    dropped.write(b"not stored")
+    dropped.finish()
+    dropped.discard()
+    over = store.writer(spool_prefix="alliance-stow-", max_bytes=4)
+    over.write(b"12345")
+    with pytest.raises(PayloadTooLarge):
+        over.commit()
+    assert set(store.list_keys()) == before | {stored.key}
+    assert store.remove_partials(datetime.now(UTC) + timedelta(days=1), dry_run=True) == []
 
 
 @pytest.mark.parametrize(
