@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
@@ -18,8 +17,8 @@ from alliance.directory.commands import Enrolled, PersonName, enrol_practitioner
 from alliance.errors import NotFound
 from alliance.security import sessions
 from alliance.security.guard import Context, Interaction
-from alliance.security.models import User
 from alliance.security.service import (
+    accounts,
     create_user,
     get_user,
     link_practitioner,
@@ -48,18 +47,15 @@ class StaffPages(AdminPages):
         hospital = self.claims(session).hospital_id
 
         def work(s: Session, _ctx: Context) -> list[dict[str, Any]]:
-            users = s.scalars(
-                select(User).where(User.hospital_id == hospital).order_by(User.username)
-            )
             return [
                 {
-                    "username": u.username,
-                    "display_name": u.display_name,
-                    "role_name": u.role_name,
-                    "active": u.active,
-                    "practitioner_id": u.practitioner_id,
+                    "username": a.username,
+                    "display_name": a.display_name,
+                    "role_name": a.role,
+                    "active": a.active,
+                    "practitioner_id": a.practitioner_id,
                 }
-                for u in users
+                for a in accounts(s, hospital)
             ]
 
         def listed(s: Session, ctx: Context) -> tuple[list[dict[str, Any]], list[str]]:

@@ -236,15 +236,24 @@ class Account:
     display_name: str
     hospital_id: str
     role: str
+    active: bool
+    practitioner_id: str | None
 
 
 def accounts(session: Session, hospital_id: str | None = None) -> list[Account]:
     """The people with accounts (of one hospital, or the alliance), by hospital and name:
     what an administrator lists and an auditor picks a user from."""
-    query = select(User.username, User.display_name, User.hospital_id, User.role_name)
+    query = select(
+        User.username,
+        User.display_name,
+        User.hospital_id,
+        User.role_name,
+        User.active,
+        User.practitioner_id,
+    )
     if hospital_id is not None:
         query = query.where(User.hospital_id == hospital_id)
-    rows = session.execute(query.order_by(User.hospital_id, User.display_name))
+    rows = session.execute(query.order_by(User.hospital_id, User.display_name, User.username))
     return [Account(*row) for row in rows]
 
 
