@@ -166,7 +166,7 @@ def _recordable_event(event: AuditInput) -> AuditInput:
     limit = FIELD_LIMITS
     made = copy.copy(event)
     made.subtype = recordable(event.subtype, 64) or ""
-    made.actor = _recordable_actor(event.actor) if event.actor is not None else None
+    made.actor = _recordable_actor_of(event.actor)
     made.client_address = recordable(event.client_address, limit["client_address"])
     made.entity = recordable(event.entity, limit["entity"])
     made.patient_id = recordable(event.patient_id, limit["patient_id"])
@@ -180,10 +180,21 @@ def _recordable_event(event: AuditInput) -> AuditInput:
     return made
 
 
+def _recordable_actor_of(actor: AuditActor | None) -> AuditActor | None:
+    """The actor made recordable: the same few accounts act again and again (every event of
+    a search, every request of a client), so each is made once and kept (`_recordable_actor`)
+    - unless a field is too long (a user name typed at a failed login): kept, it would hold
+    what an unauthenticated caller sent."""
+    if actor is None:
+        return None
+    fields = ("username", "hospital_id", "role", "practitioner_id")
+    if any(len(getattr(actor, f) or "") > FIELD_LIMITS[f] for f in fields):
+        return _recordable_actor.__wrapped__(actor)
+    return _recordable_actor(actor)
+
+
 @lru_cache(maxsize=1024)
 def _recordable_actor(actor: AuditActor) -> AuditActor:
-    """The actor made recordable: the same few accounts act again and again (one per batch
-    of a request's events, or of many requests), so each is made once."""
     limit = FIELD_LIMITS
     return dataclasses.replace(
         actor,
