@@ -162,6 +162,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             pool_pre_ping=False,
             pool_size=max(pool_size, SQLITE_POOL_SIZE),
             max_overflow=pool_size,
+            # The connection used last is taken first: its page cache is the warmest (each
+            # connection keeps its own, dropped when another connection has written).
+            pool_use_lifo=True,
         )
         _configure_sqlite(engine)
         return engine
