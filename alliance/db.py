@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import select
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
 
 from alliance.errors import Conflict, Unavailable
@@ -114,18 +115,62 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def _hung_up(dbapi_conn: Any) -> bool:
+    """Whether the server has closed this idle PostgreSQL connection (a backend terminated,
+    the server restarted): its socket is readable while no query is outstanding. A server
+    says nothing on an idle connection unless it is ending it (FATAL, then end of file); this
+    application LISTENs for nothing. One poll(2) that does not wait, instead of a round trip
+    to the server (`pool_pre_ping`) at every checkout."""
+    if getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
+        return True
+    try:
+        fd = dbapi_conn.pgconn.socket
+    except Exception:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+def _replace_hung_up(engine: Engine) -> None:
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        if _hung_up(dbapi_conn):
+            # The pool discards it and checks out another (a new connection if need be).
+            raise DisconnectionError("the database server closed this connection")
+
+
+#: Connections an SQLite engine keeps open: one per thread that may hold a unit of work at
+#: once (Starlette's thread pool has 40), so none is closed and opened again under load
+#: (opening one sets its PRAGMAs). They are file handles, not server processes.
+SQLITE_POOL_SIZE = 40
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for `url` (`sqlite:///...` or `postgresql+psycopg://...`)."""
+    """An engine for `url` (`sqlite:///...` or `postgresql+psycopg://...`).
+
+    A PostgreSQL connection that the server closed while it sat in the pool is replaced when
+    it is next checked out (`_hung_up`); one that fails while in use fails that unit of work
+    (503), and SQLAlchemy then discards the pool's other connections of that moment."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=False
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_pre_ping=False,
+            pool_size=max(pool_size, SQLITE_POOL_SIZE),
+            max_overflow=pool_size,
+            # The connection used last is taken first: its page cache is the warmest (each
+            # connection keeps its own, dropped when another connection has written).
+            pool_use_lifo=True,
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+    _replace_hung_up(engine)
+    return engine
 
 
 class Database:

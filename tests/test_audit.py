@@ -25,7 +25,16 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from alliance.audit.models import AuditRecord
-from alliance.audit.service import VerifyResult, verify
+from alliance.audit.service import (
+    SERVER_NAME,
+    AuditActor,
+    AuditInput,
+    VerifyResult,
+    append,
+    build_event,
+    canonical,
+    verify,
+)
 from alliance.config import Settings
 from alliance.db import Database, WriteAttempted
 from alliance.security.models import User
@@ -85,6 +94,39 @@ def test_a_search_records_one_event_per_patient(as_user: Callable[[str], TestCli
     }
     query = next(e for e in searches[0]["entity"] if e["role"]["code"] == "24")["query"]
     assert "organization=xy-people" in base64.b64decode(query).decode()
+
+
+def test_a_batch_stores_each_event_as_its_canonical_json(settings: Settings) -> None:
+    """The chain writes what callers of one batch share (agents, source) once; each row's
+    content is still exactly canonical(build_event(...)) of its own event, whoever asked."""
+    doctor = AuditActor("dr.xinyuan.people", "xy-people", "county-doctor", "prac-1")
+    events = [
+        AuditInput("rest", "search", "E", "0", doctor, "10.0.0.1", f"Patient/p{i}", f"p{i}")
+        for i in range(3)
+    ] + [
+        AuditInput("rest", "read", "R", "4", None, "10.0.0.2", "Task/t1", description="no\n"),
+        AuditInput(
+            "login", "login", "E", "0", AuditActor("x\x00" * 40), user_agent="ua\r", query="q"
+        ),
+        AuditInput("rest", "read", "R", "0", doctor, "10.0.0.1", "Patient/p1", "p1"),
+    ]
+    db = Database(settings.database_url)
+    try:
+        with db.transaction(write=True) as s:
+            last = append(s, events)
+        with db.transaction(read_only=True) as s:
+            rows = s.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.seq > last - len(events))
+                .order_by(AuditRecord.seq)
+            ).all()
+            assert [
+                canonical(build_event(e, event_id=r.id, recorded=r.recorded, server=SERVER_NAME))
+                for e, r in zip(events, rows, strict=True)
+            ] == [r.content for r in rows]
+            assert verify(s).ok
+    finally:
+        db.dispose()
 
 
 def test_a_write_and_its_audit_commit_together(as_user: Callable[[str], TestClient]) -> None:

@@ -10,6 +10,7 @@ from deletion, modification and overwriting).
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import hashlib
 import json
@@ -20,10 +21,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
-from typing import Any, Protocol
+from functools import lru_cache, partial
+from typing import Any, Protocol, cast
 
-from sqlalchemy import ColumnElement, false, func, insert, not_, or_, select
+from sqlalchemy import ColumnElement, Table, false, func, insert, not_, or_, select
 from sqlalchemy.orm import Session
 
 from alliance import clock, metrics, trace
@@ -150,6 +151,8 @@ def recordable(value: str | None, limit: int) -> str | None:
     decoding back.)"""
     if value is None:
         return None
+    if len(value) <= limit and _UNPRINTABLE.search(value) is None:
+        return value  # what nearly every value is: nothing to escape or cut
     text = _UNPRINTABLE.sub(_escape, value[: limit + 1])
     if len(text) > limit or len(value) > limit:
         text = text[: limit - 1] + CLAMPED
@@ -161,29 +164,44 @@ def _recordable_event(event: AuditInput) -> AuditInput:
     `recordable`): a request is audited whatever it carried (GB/T 22239-2019 8.1.4.3 a: audit
     covers every user and every interaction), and never makes the trail fail or bloat."""
     limit = FIELD_LIMITS
-    actor = event.actor
-    if actor is not None:
-        actor = dataclasses.replace(
-            actor,
-            username=recordable(actor.username, limit["username"]) or "",
-            hospital_id=recordable(actor.hospital_id, limit["hospital_id"]),
-            role=recordable(actor.role, limit["role"]),
-            practitioner_id=recordable(actor.practitioner_id, limit["practitioner_id"]),
-        )
+    made = copy.copy(event)
+    made.subtype = recordable(event.subtype, 64) or ""
+    made.actor = _recordable_actor_of(event.actor)
+    made.client_address = recordable(event.client_address, limit["client_address"])
+    made.entity = recordable(event.entity, limit["entity"])
+    made.patient_id = recordable(event.patient_id, limit["patient_id"])
+    made.query = recordable(event.query, limit["query"])
+    made.description = recordable(event.description, limit["description"])
+    made.user_agent = recordable(event.user_agent, limit["user_agent"])
+    made.request_id = recordable(event.request_id, limit["request_id"])
+    made.extra_entities = [
+        recordable(e, limit["entity"]) or "" for e in event.extra_entities[:MAX_EXTRA]
+    ]
+    return made
+
+
+def _recordable_actor_of(actor: AuditActor | None) -> AuditActor | None:
+    """The actor made recordable: the same few accounts act again and again (every event of
+    a search, every request of a client), so each is made once and kept (`_recordable_actor`)
+    - unless a field is too long (a user name typed at a failed login): kept, it would hold
+    what an unauthenticated caller sent."""
+    if actor is None:
+        return None
+    fields = ("username", "hospital_id", "role", "practitioner_id")
+    if any(len(getattr(actor, f) or "") > FIELD_LIMITS[f] for f in fields):
+        return _recordable_actor.__wrapped__(actor)
+    return _recordable_actor(actor)
+
+
+@lru_cache(maxsize=1024)
+def _recordable_actor(actor: AuditActor) -> AuditActor:
+    limit = FIELD_LIMITS
     return dataclasses.replace(
-        event,
-        subtype=recordable(event.subtype, 64) or "",
-        actor=actor,
-        client_address=recordable(event.client_address, limit["client_address"]),
-        entity=recordable(event.entity, limit["entity"]),
-        patient_id=recordable(event.patient_id, limit["patient_id"]),
-        query=recordable(event.query, limit["query"]),
-        description=recordable(event.description, limit["description"]),
-        user_agent=recordable(event.user_agent, limit["user_agent"]),
-        request_id=recordable(event.request_id, limit["request_id"]),
-        extra_entities=[
-            recordable(e, limit["entity"]) or "" for e in event.extra_entities[:MAX_EXTRA]
-        ],
+        actor,
+        username=recordable(actor.username, limit["username"]) or "",
+        hospital_id=recordable(actor.hospital_id, limit["hospital_id"]),
+        role=recordable(actor.role, limit["role"]),
+        practitioner_id=recordable(actor.practitioner_id, limit["practitioner_id"]),
     )
 
 
@@ -192,6 +210,19 @@ def build_event(
 ) -> dict[str, Any]:
     """The AuditEvent resource of `event`, with what came from the request made recordable."""
     event = _recordable_event(event)
+    agents = _agents(event.actor, event.client_address, event.user_agent, server)
+    return _resource(event, event_id, instant(recorded), agents, _source(server))
+
+
+def _resource(
+    event: AuditInput,
+    event_id: str,
+    recorded: str,
+    agents: list[dict[str, Any]],
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """The AuditEvent of a recordable `event`, with its agents and source as given (the parts
+    that every event of one caller shares; `_chain` makes them once per batch)."""
     system, code, display = EVENT_TYPES[event.type]
     subtype_system = RESTFUL if event.type == "rest" else DCM
     resource: dict[str, Any] = {
@@ -200,67 +231,13 @@ def build_event(
         "type": {"system": system, "code": code, "display": display},
         "subtype": [{"system": subtype_system, "code": event.subtype}],
         "action": event.action,
-        "recorded": instant(recorded),
+        "recorded": recorded,
         "outcome": event.outcome,
     }
     if event.description:
         resource["outcomeDesc"] = event.description
-    agents: list[dict[str, Any]] = []
-    user: dict[str, Any] = {
-        "type": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                    "code": "IRCP",
-                    "display": "information recipient",
-                }
-            ]
-        },
-        "requestor": True,
-    }
-    if event.actor is not None:
-        who: dict[str, Any] = {
-            "identifier": {"system": USER_SYSTEM, "value": event.actor.username},
-            "display": event.actor.username,
-        }
-        if event.actor.practitioner_id:
-            who["reference"] = f"Practitioner/{event.actor.practitioner_id}"
-        user["who"] = who
-        if event.actor.role:
-            user["role"] = [{"coding": [{"system": ROLE_SYSTEM, "code": event.actor.role}]}]
-        if event.actor.hospital_id:
-            user["extension"] = [
-                {
-                    "url": HOSPITAL_EXTENSION,
-                    "valueReference": {"reference": f"Organization/{event.actor.hospital_id}"},
-                }
-            ]
-    else:
-        user["who"] = {"display": "anonymous"}
-    if event.client_address:
-        user["network"] = {"address": event.client_address, "type": "2"}
-    if event.user_agent:
-        user["name"] = event.user_agent
-    agents.append(user)
-    agents.append(
-        {
-            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
-            "who": {"display": server},
-            "requestor": False,
-            "network": {"address": server, "type": "5"},
-        }
-    )
     resource["agent"] = agents
-    resource["source"] = {
-        "observer": {"display": server},
-        "type": [
-            {
-                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "code": "4",
-                "display": "Application Server",
-            }
-        ],
-    }
+    resource["source"] = source
     entities: list[dict[str, Any]] = []
     if event.patient_id:
         entities.append(
@@ -305,6 +282,68 @@ def build_event(
     return resource
 
 
+def _agents(
+    actor: AuditActor | None, client_address: str | None, user_agent: str | None, server: str
+) -> list[dict[str, Any]]:
+    """The agents of an event (BALP): the user who asked, from where and with what, and this
+    server as the source role."""
+    user: dict[str, Any] = {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                    "code": "IRCP",
+                    "display": "information recipient",
+                }
+            ]
+        },
+        "requestor": True,
+    }
+    if actor is not None:
+        who: dict[str, Any] = {
+            "identifier": {"system": USER_SYSTEM, "value": actor.username},
+            "display": actor.username,
+        }
+        if actor.practitioner_id:
+            who["reference"] = f"Practitioner/{actor.practitioner_id}"
+        user["who"] = who
+        if actor.role:
+            user["role"] = [{"coding": [{"system": ROLE_SYSTEM, "code": actor.role}]}]
+        if actor.hospital_id:
+            user["extension"] = [
+                {
+                    "url": HOSPITAL_EXTENSION,
+                    "valueReference": {"reference": f"Organization/{actor.hospital_id}"},
+                }
+            ]
+    else:
+        user["who"] = {"display": "anonymous"}
+    if client_address:
+        user["network"] = {"address": client_address, "type": "2"}
+    if user_agent:
+        user["name"] = user_agent
+    server_agent = {
+        "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+        "who": {"display": server},
+        "requestor": False,
+        "network": {"address": server, "type": "5"},
+    }
+    return [user, server_agent]
+
+
+def _source(server: str) -> dict[str, Any]:
+    return {
+        "observer": {"display": server},
+        "type": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4",
+                "display": "Application Server",
+            }
+        ],
+    }
+
+
 def _entity_type(code: str, display: str) -> dict[str, str]:
     return {
         "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
@@ -322,7 +361,26 @@ def _object_role(code: str, display: str) -> dict[str, str]:
 
 
 def canonical(resource: dict[str, Any]) -> str:
-    return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The resource as the chain hashes it: JSON, keys sorted, no spaces, not ASCII-escaped."""
+    return _json(resource)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical_with(resource: dict[str, Any], written: dict[str, str]) -> str:
+    """`canonical(resource)`, with the values of the top-level keys in `written` given already
+    as canonical JSON (the same text, made once for many events): keys sorted as
+    `json.dumps(sort_keys=True)` sorts them."""
+    return (
+        "{"
+        + ",".join(
+            f'"{key}":{written[key] if key in written else _json(value)}'
+            for key, value in sorted(resource.items())
+        )
+        + "}"
+    )
 
 
 def chain_hash(seq: int, prev_hash: str, content: str) -> str:
@@ -366,9 +424,11 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
     return _chain(session, stamped(events), server)
 
 
-#: The end of the chain, and the insert of its new links: built once, not per append.
+#: The end of the chain, and the insert of its new links: built once, not per append. The
+#: insert is of the table (Core), executed with a list of rows: one executemany of one
+#: compiled statement, without the ORM's bulk-insert bookkeeping per row.
 _LAST_LINK = select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-_INSERT_LINKS = insert(AuditRecord)
+_INSERT_LINKS = insert(cast(Table, AuditRecord.__table__))
 
 
 def _chain(session: Session, events: list[AuditInput], server: str) -> int:
@@ -376,11 +436,23 @@ def _chain(session: Session, events: list[AuditInput], server: str) -> int:
     last = session.execute(_LAST_LINK).first()
     seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
     recorded = clock.now()
+    when = instant(recorded)
+    source = _source(server)
+    # What the events of one caller share (the agents; the source) is made and written as
+    # JSON once per batch: a search writes one event per patient found, all alike but one.
+    shared: dict[tuple[Any, ...], tuple[list[dict[str, Any]], str]] = {}
+    done = {"source": _json(source)}
     rows: list[dict[str, Any]] = []
     for event in events:
         seq += 1
-        resource = build_event(event, event_id=str(uuid.uuid4()), recorded=recorded, server=server)
-        content = canonical(resource)
+        event = _recordable_event(event)
+        key = (event.actor, event.client_address, event.user_agent)
+        agents = shared.get(key)
+        if agents is None:
+            made = _agents(event.actor, event.client_address, event.user_agent, server)
+            agents = shared[key] = (made, _json(made))
+        resource = _resource(event, str(uuid.uuid4()), when, agents[0], source)
+        content = _canonical_with(resource, {**done, "agent": agents[1]})
         digest = chain_hash(seq, prev, content)
         rows.append(
             {

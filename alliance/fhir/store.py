@@ -11,10 +11,22 @@ import json
 import re
 import uuid
 from datetime import datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, and_, delete, func, select, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.orm import Session
 
 from alliance import clock
@@ -51,6 +63,10 @@ class FhirStore:
         self.registry = registry
         self.base_url = base_url
         self.server_url = server_url
+        #: The read statements built (see `_read_query`), by type and access condition.
+        self._read_queries: dict[
+            tuple[str, int, int], tuple[object, object, Select[*tuple[Any, ...]]]
+        ] = {}
 
     # ---- reads ------------------------------------------------------------------------
 
@@ -65,7 +81,8 @@ class FhirStore:
     ) -> Version:
         """Read (FHIR R4 http.html#read). With an `actor`, the type's read hook runs (it may
         move the resource, as a Task's owner opening it does) and its presenter applies."""
-        result = self._read(session, resource_type, resource_id, visible)
+        known: dict[tuple[str, str], bool] = {}
+        result = self._read(session, resource_type, resource_id, visible, known)
         definition = self.registry.get(resource_type)
         if actor is not None and definition.on_read is not None:
             result = definition.on_read(WriteContext(session, self, actor), result)
@@ -73,7 +90,7 @@ class FhirStore:
             definition.present(session, [result])
         if actor is not None and definition.present_to is not None:
             definition.present_to(session, actor, [result])
-        _redact(visible, session, [result])
+        _redact(visible, session, [result], known)
         return result
 
     def _read(
@@ -82,13 +99,43 @@ class FhirStore:
         resource_type: str,
         resource_id: str,
         visible: Visibility | None,
+        known: dict[tuple[str, str], bool] | None = None,
     ) -> Version:
+        """The current version, if `visible`; in `known`, whether it is opened whole (asked
+        by the same query, for `Reach.redact`)."""
         definition = self.registry.get(resource_type)
         if definition.provider is not None:
             return definition.provider.read(
                 session, resource_id, _condition(visible, resource_type)
             )
-        query = (
+        found = session.execute(
+            self._read_query(resource_type, visible), {"read_id": resource_id}
+        ).first()
+        if found is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        result = Version.of(found[1], found[0])
+        if result.deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted")
+        if known is not None and visible is not None:
+            known[(resource_type, resource_id)] = bool(found[2])
+        return result
+
+    def _read_query(
+        self, resource_type: str, visible: Visibility | None
+    ) -> Select[*tuple[Any, ...]]:
+        """The read of one resource by id (a bound parameter), within `visible`, and whether
+        it is opened whole. Built once per type and access condition: the access rules hand
+        out the same condition object for every request of a hospital and role
+        (alliance.security.access.clinical_reach), so the statement is kept, keyed by the
+        conditions' identity and holding them (an identity is never taken for another
+        object's), and SQLAlchemy neither rebuilds it nor recomputes its cache key."""
+        condition = visible(resource_type) if visible is not None else None
+        whole = visible.full(resource_type) if visible is not None else None
+        key = (resource_type, id(condition), id(whole))
+        kept = self._read_queries.get(key)
+        if kept is not None and kept[0] is condition and kept[1] is whole:
+            return kept[2]
+        query: Select[*tuple[Any, ...]] = (
             select(ResourceRow.patient_id, ResourceVersion)
             .join(
                 ResourceVersion,
@@ -98,17 +145,16 @@ class FhirStore:
                     ResourceVersion.version == ResourceRow.version,
                 ),
             )
-            .where(ResourceRow.resource_type == resource_type, ResourceRow.id == resource_id)
+            .where(
+                ResourceRow.resource_type == resource_type, ResourceRow.id == bindparam("read_id")
+            )
         )
-        if visible is not None:
-            query = query.where(visible(resource_type))
-        found = session.execute(query).first()
-        if found is None:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        result = Version.of(found[1], found[0])
-        if result.deleted:
-            raise Gone(f"{resource_type}/{resource_id} was deleted")
-        return result
+        if condition is not None and whole is not None:
+            query = query.where(condition).add_columns(case((whole, True), else_=False))
+        if len(self._read_queries) >= _KEPT_QUERIES:
+            self._read_queries.clear()  # conditions that are not kept (a caller of its own)
+        self._read_queries[key] = (condition, whole, query)
+        return query
 
     def vread(
         self,
@@ -233,11 +279,15 @@ class FhirStore:
                 ResourceVersion.version == ResourceRow.version,
             ),
         ).add_columns(ResourceVersion)
-        found = [(row[0], row[1]) for row in session.execute(page)]
-        more = len(found) > spec.count
-        found = found[: spec.count]
-        rows = [r for r, _ in found]
-        matches = [Version.of(v, r.patient_id) for r, v in found]
+        if visible is not None:
+            page = page.add_columns(case((visible.full(resource_type), True), else_=False))
+        fetched = list(session.execute(page))
+        more = len(fetched) > spec.count
+        fetched = fetched[: spec.count]
+        rows = [row[0] for row in fetched]
+        matches = [Version.of(row[1], row[0].patient_id) for row in fetched]
+        # Whether each match is opened whole, asked by the page query (for `Reach.redact`).
+        known = {(resource_type, row[0].id): bool(row[2]) for row in fetched if len(row) > 2}
         next_page: tuple[str, str] | None = None
         if more:
             next_page = (
@@ -248,7 +298,7 @@ class FhirStore:
         included = self._included(session, spec, rows, visible) if spec.includes else []
         for version_list in (matches, included):
             self._present(session, version_list, actor)
-            _redact(visible, session, version_list)
+            _redact(visible, session, version_list, known)
         return SearchResult(spec, matches, included, total, next_page)
 
     def _present(
@@ -556,9 +606,18 @@ class FhirStore:
             )
 
 
-def _redact(visible: Visibility | None, session: Session, versions: list[Version]) -> None:
+def _redact(
+    visible: Visibility | None,
+    session: Session,
+    versions: list[Version],
+    known: dict[tuple[str, str], bool] | None = None,
+) -> None:
     if visible is not None:
-        visible.redact(session, versions)
+        visible.redact(session, versions, known)
+
+
+#: Most read statements `FhirStore` keeps (types x hospitals x roles is far fewer).
+_KEPT_QUERIES = 1024
 
 
 def _condition(visible: Visibility | None, resource_type: str) -> ColumnElement[bool]:

@@ -9,7 +9,7 @@ types without importing each other: the package's import graph has no cycle (`.i
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -282,7 +282,15 @@ class Visibility(Protocol):
 
     def full(self, resource_type: str) -> ColumnElement[bool]: ...
 
-    def redact(self, session: Session, versions: list[Version]) -> None: ...
+    def redact(
+        self,
+        session: Session,
+        versions: list[Version],
+        known: Mapping[tuple[str, str], bool] | None = None,
+    ) -> None:
+        """`known`: of (type, id), whether it is opened whole, as the query that found it
+        already asked (`full` selected as a column); the rest is asked here."""
+        ...
 
     def may_read(self, resource_type: str) -> bool:
         """Whether the caller's token may read this type at all (`_include` brings in only

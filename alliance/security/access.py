@@ -20,12 +20,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select, true
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    false,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import Session
 
 from alliance import clock
@@ -122,15 +134,28 @@ SUBSETTED = {
 _KEPT_EXTENSIONS = frozenset({RECORD_KEEPER, RECORD_PATIENT})
 
 
-def _opened(hospital_id: str, at: datetime, levels: tuple[str, ...]) -> Select[str]:
-    """The grant rows in force at `at` that open records to `hospital_id`, at these levels."""
+def _now() -> datetime:
+    return clock.now()
+
+
+def _at(at: datetime | None) -> datetime | BindParameter[datetime]:
+    """`at`, or when None the instant each statement runs: a parameter whose value is asked
+    of alliance.clock at execution, so a condition built once serves every request."""
+    if at is not None:
+        return at
+    return bindparam("access_now", callable_=_now, unique=True)
+
+
+def _opened(hospital_id: str, at: datetime | None, levels: tuple[str, ...]) -> Select[str]:
+    """The grant rows in force at `at` (None: when the statement runs) that open records to
+    `hospital_id`, at these levels."""
     return (
         select(AccessGrantResource.resource_id)
         .join(AccessGrant, AccessGrant.id == AccessGrantResource.grant_id)
         .where(
             AccessGrant.hospital_id == hospital_id,
-            AccessGrant.valid_from <= at,
-            or_(AccessGrant.valid_until.is_(None), AccessGrant.valid_until > at),
+            AccessGrant.valid_from <= _at(at),
+            or_(AccessGrant.valid_until.is_(None), AccessGrant.valid_until > _at(at)),
             AccessGrant.closed_at.is_(None),
             AccessGrant.level.in_(levels),
         )
@@ -155,10 +180,10 @@ def granted_to(resource_type: str, resource_id: str, at: datetime) -> Select[str
 
 
 def granted_ids(
-    hospital_id: str, resource_type: str, at: datetime, *, triage: bool = False
+    hospital_id: str, resource_type: str, at: datetime | None, *, triage: bool = False
 ) -> ColumnElement[bool]:
     """ResourceRow ids of `resource_type` opened to `hospital_id` by a grant in force at `at`
-    (full grants only, or triage grants too)."""
+    (None: when the statement runs), full grants only or triage grants too."""
     levels = (FULL, TRIAGE) if triage else (FULL,)
     opened = _opened(hospital_id, at, levels)
     return ResourceRow.id.in_(opened.where(AccessGrantResource.resource_type == resource_type))
@@ -173,13 +198,19 @@ def opened_in_full(hospital_id: str, at: datetime) -> ColumnElement[bool]:
     return exists(opened)
 
 
+#: The conditions that do not depend on who asks, made once (so that a statement built on
+#: them can be recognised and kept, see `clinical_reach`).
+_ALL: ColumnElement[bool] = true()
+_NONE: ColumnElement[bool] = false()
+
+
 def visible(principal: Actor, definition: ResourceDefinition) -> ColumnElement[bool]:
     """The condition on `ResourceRow` for what `principal` may read of this type."""
     caps = principal.capabilities
     if definition.access == "directory":
-        return true()
+        return _ALL
     if definition.access == "audit":
-        return true() if "audit" in caps else false()
+        return _ALL if "audit" in caps else _NONE
     return clinical_reach(principal, definition.type, triage=True)
 
 
@@ -195,15 +226,22 @@ def clinical_reach(
     principal: Actor, resource_type: str, *, triage: bool = False
 ) -> ColumnElement[bool]:
     """Clinical records of `resource_type` within reach: owned by the principal's hospital,
-    about a patient it keeps, or opened to it by a grant in force (full grants, or triage ones
-    too when `triage`)."""
+    about a patient it keeps, or opened to it by a grant in force when the statement runs
+    (full grants, or triage ones too when `triage`).
+
+    The condition depends only on the hospital, the role's capabilities, the type and the
+    level, so it is built once per hospital and type (`_reach`) and the same object is handed
+    to every request: SQLAlchemy then finds the statements built on it in its compiled cache
+    without rebuilding them, and the store keeps whole statements built on it
+    (alliance.fhir.store)."""
     if "clinical" not in principal.capabilities:
-        return false()
-    hospital = principal.hospital_id
-    return or_(
-        kept_by(hospital),
-        granted_ids(hospital, resource_type, clock.now(), triage=triage),
-    )
+        return _NONE
+    return _reach(principal.hospital_id, resource_type, triage)
+
+
+@lru_cache(maxsize=4096)
+def _reach(hospital_id: str, resource_type: str, triage: bool) -> ColumnElement[bool]:
+    return or_(kept_by(hospital_id), granted_ids(hospital_id, resource_type, None, triage=triage))
 
 
 def shareable(
@@ -288,23 +326,33 @@ class Reach:
         scopes = list(self.principal.scopes)
         return allows(scopes, resource_type, "r") or allows(scopes, resource_type, "s")
 
-    def redact(self, session: Session, versions: list[Version]) -> None:
+    def redact(
+        self,
+        session: Session,
+        versions: list[Version],
+        known: Mapping[tuple[str, str], bool] | None = None,
+    ) -> None:
         """Cut the versions seen only through a triage grant down to their triage subset.
-        One query per clinical type asks which of them are within full reach."""
+        `known` tells, of (type, id), whether it is within full reach, as the query that found
+        it already asked (`full` as a column); one query per clinical type asks of the rest."""
+        known = known or {}
         by_type: dict[str, list[Version]] = {}
         for v in versions:
             if v.content is not None and self.lookup(v.resource_type).access == "clinical":
                 by_type.setdefault(v.resource_type, []).append(v)
         for rtype, group in by_type.items():
-            whole = set(
-                session.scalars(
-                    select(ResourceRow.id).where(
-                        ResourceRow.resource_type == rtype,
-                        ResourceRow.id.in_({v.id for v in group}),
-                        self.full(rtype),
+            whole = {v.id for v in group if known.get((rtype, v.id))}
+            unknown = {v.id for v in group if (rtype, v.id) not in known}
+            if unknown:
+                whole |= set(
+                    session.scalars(
+                        select(ResourceRow.id).where(
+                            ResourceRow.resource_type == rtype,
+                            ResourceRow.id.in_(unknown),
+                            self.full(rtype),
+                        )
                     )
                 )
-            )
             elements = TRIAGE_ELEMENTS.get(rtype, frozenset())
             for v in group:
                 if v.id not in whole:

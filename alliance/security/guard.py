@@ -50,7 +50,7 @@ from alliance.fhir.types import Visibility
 from alliance.security import sessions
 from alliance.security.access import Principal, check_write, visibility
 from alliance.security.service import principal_for
-from alliance.security.tokens import TokenClaims, missing_token, verify_token
+from alliance.security.tokens import TokenClaims, VerifiedTokens, missing_token
 
 log = logging.getLogger("alliance.audit")
 T = TypeVar("T")
@@ -114,6 +114,7 @@ class Guard:
         self.settings = settings
         self.registry = registry
         self.trail = GroupCommit(db)
+        self.tokens = VerifiedTokens()
 
     def claims(self, request: HTTPConnection) -> TokenClaims:
         """The caller's token: a bearer token, or the portal's session cookie (same-origin
@@ -122,7 +123,7 @@ class Guard:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            return verify_token(self.settings, token.strip())
+            return self.tokens.verify(self.settings, token.strip())
         session = sessions.decode(self.settings, request.cookies.get(sessions.COOKIE))
         if session is None:
             raise missing_token()
@@ -131,7 +132,7 @@ class Guard:
             request.headers.get(sessions.CSRF_HEADER, ""), session.csrf
         ):
             raise Forbidden("the request lacks the session's CSRF token")
-        return verify_token(self.settings, session.token)
+        return self.tokens.verify(self.settings, session.token)
 
     async def run(
         self,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from alliance import clock
@@ -501,40 +501,61 @@ def token_claims(account: User | Client, requested_scope: str) -> TokenClaims:
     )
 
 
+#: Of the account a token speaks for: whether it may act, its token epoch, its role and the
+#: role's capabilities. Built once, the subject a bound parameter (SQLAlchemy's compiled cache
+#: then finds it without building or keying a statement per request).
+_USER_ACCOUNT = (
+    select(User.active, User.token_epoch, User.role_name, Role.capabilities)
+    .join(Role, Role.name == User.role_name)
+    .where(User.id == bindparam("subject"))
+)
+_CLIENT_ACCOUNT = (
+    select(Client.active, Client.token_epoch, Client.role_name, Role.capabilities)
+    .join(Role, Role.name == Client.role_name)
+    .where(Client.client_id == bindparam("subject"))
+)
+#: Principals made, by token id, each with what it was made of (see `principal_for`).
+_principals: dict[str, tuple[TokenClaims, str, str, Principal]] = {}
+#: Most principals kept by one process; past it the cache starts again.
+_KEPT_PRINCIPALS = 4096
+
+
 def principal_for(session: Session, claims: TokenClaims) -> Principal:
-    """The principal a verified token speaks for. The account is looked up on every request
-    (one query), so a lock, a logout, a password reset or a role change - each moves the
-    account's token epoch on - ends its tokens and portal sessions at once, not when they
-    expire. Failed logins (throttled) never do."""
+    """The principal a verified token speaks for. The account is read on every request (one
+    query, made once), so a lock, a logout, a password reset or a role change - each moves
+    the account's token epoch on - ends its tokens and portal sessions at once, in every
+    worker, not when they expire. Failed logins (throttled) never do.
+
+    What is made of the account and the token (the role's capabilities, the token's scopes
+    parsed) is kept per token, and served again only while the account still reads the same
+    (same epoch, same role and capabilities): nothing kept outlives a revocation, since the
+    epoch is checked against the database first, on every request."""
     account: Any  # a Row of (active, token_epoch, role, capabilities), or None
-    if claims.kind == "client":
-        account = session.execute(
-            select(Client.active, Client.token_epoch, Client.role_name, Role.capabilities)
-            .join(Role, Role.name == Client.role_name)
-            .where(Client.client_id == claims.subject)
-        ).first()
-    else:
-        account = session.execute(
-            select(User.active, User.token_epoch, User.role_name, Role.capabilities)
-            .join(Role, Role.name == User.role_name)
-            .where(User.id == claims.subject)
-        ).first()
+    query = _CLIENT_ACCOUNT if claims.kind == "client" else _USER_ACCOUNT
+    account = session.execute(query, {"subject": claims.subject}).first()
     if account is None or not account[0]:
         raise invalid_token("the token's account is locked or no longer exists")
     if account[1] != claims.epoch:
         raise invalid_token("the token was revoked (logout, password reset, lock or new role)")
-    role_name, caps = account[2], frozenset(account[3].split())
-    return Principal(
+    role_name, caps = account[2], account[3]
+    kept = _principals.get(claims.token_id)
+    if kept is not None and kept[0] == claims and kept[1] == role_name and kept[2] == caps:
+        return kept[3]
+    principal = Principal(
         subject=claims.subject,
         username=claims.username,
         kind=claims.kind,
         hospital_id=claims.hospital_id,
         role=role_name,
-        capabilities=caps,
+        capabilities=frozenset(caps.split()),
         scopes=tuple(parse_scopes(claims.scope)),
         practitioner_id=claims.practitioner_id,
         token_id=claims.token_id,
     )
+    if len(_principals) >= _KEPT_PRINCIPALS:
+        _principals.clear()
+    _principals[claims.token_id] = (claims, role_name, caps, principal)
+    return principal
 
 
 # ---- access grants ---------------------------------------------------------------------------

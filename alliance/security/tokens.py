@@ -6,6 +6,7 @@ keys chosen by `kid`. Clocks of the issuer and of a verifier may differ by up to
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,8 @@ class TokenClaims:
     epoch: int = 0
     #: When it was issued (`iat`, epoch seconds), as verified; 0 for claims not yet issued.
     issued_at: float = 0.0
+    #: When it expires (`exp`, epoch seconds), as verified; 0 for claims not yet issued.
+    expires_at: float = 0.0
 
 
 def invalid_token(message: str) -> Unauthorized:
@@ -122,7 +125,41 @@ def verify_token(settings: Settings, token: str) -> TokenClaims:
         token_id=str(payload["jti"]),
         epoch=_epoch(payload.get("epoch", 0)),
         issued_at=float(payload["iat"]),
+        expires_at=float(payload["exp"]),
     )
+
+
+class VerifiedTokens:
+    """The tokens this process has verified, so that a client sending the same token on each
+    request has its signature, issuer, audience and claims checked once, not every time.
+
+    Only what the token itself says is kept (a token is immutable: the same text verifies to
+    the same claims), and its expiry is checked again at each use, with the same leeway. Whether
+    the account may still use it (its token epoch: revocation) is not a property of the token,
+    and is asked of the database on every request (service.principal_for)."""
+
+    #: Most tokens kept; past it the cache starts again.
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._verified: dict[str, tuple[Settings, TokenClaims]] = {}
+
+    def verify(self, settings: Settings, token: str) -> TokenClaims:
+        """`verify_token`, answered from the tokens verified before (with the same settings:
+        keys, issuer, audience) while they last."""
+        kept = self._verified.get(token)
+        if kept is not None and kept[0] is settings:
+            claims = kept[1]
+        else:
+            claims = verify_token(settings, token)
+            if len(self._verified) >= self.SIZE:
+                self._verified.clear()
+            self._verified[token] = (settings, claims)
+        # PyJWT's rule for exp (with the leeway): expired once now >= exp + leeway.
+        if time.time() >= claims.expires_at + LEEWAY_SECONDS:
+            self._verified.pop(token, None)
+            raise invalid_token("the token has expired")
+        return claims
 
 
 def _epoch(value: object) -> int:
