@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     #: Whether `alliance serve` delivers notifications itself (the outbox worker, issue 14);
     #: off when `alliance worker` processes deliver them instead.
     notify_worker: bool = True
+    #: How long `alliance serve`, told to stop (SIGTERM), gives the requests under way before
+    #: cancelling them (uvicorn's timeout_graceful_shutdown).
+    shutdown_grace_seconds: int = Field(default=30, ge=1)
     #: The URL prefixes a Subscription's rest-hook may name, comma-separated
     #: (`https://his.xy-people.example/fhir-notify,https://10.20.0.5/`). Empty: any http(s)
     #: endpoint, for a demo; set it in production, or a partner's token can make the server

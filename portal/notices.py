@@ -51,7 +51,8 @@ from portal.shell import Page, Shell, correctable, when
 from portal.views import person_line
 
 #: A stream ends after this long and the browser reconnects (with Last-Event-ID): no
-#: connection is held for ever through proxies, and a server stopping is never kept waiting.
+#: connection is held for ever through proxies, and a server stopping waits at most
+#: ALLIANCE_SHUTDOWN_GRACE_SECONDS for it.
 STREAM_SECONDS = 120.0
 #: How often an open stream checks that its session still holds (revocation), and sends a
 #: comment to keep idle proxies from closing it.

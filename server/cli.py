@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
         # uvicorn's N worker processes could not all listen on the DICOM port.
         _start_scp(settings, settings.dicom_host, settings.dicom_port, block=False)
     try:
-        _run_uvicorn(args)
+        _run_uvicorn(args, settings)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -94,7 +94,7 @@ def _metrics_folder(workers: int) -> str | None:
     return made
 
 
-def _run_uvicorn(args: argparse.Namespace) -> None:
+def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
     from server.logs import logging_config
@@ -109,6 +109,11 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
         proxy_headers=False,
         log_config=logging_config(),
         access_log=False,
+        # On SIGTERM uvicorn stops taking connections and waits for the requests under way;
+        # a live notice stream would hold it for minutes. After this long what is left is
+        # cancelled: a STOW part cut off is not stored (the client sends it again), a stream
+        # reconnects with Last-Event-ID and loses nothing.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 

@@ -212,7 +212,14 @@ class LiveServer:
             database_url=database_url, storage_url=storage_url, base_url=self.url, demo=True
         )
         self.app = create_app(self.settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        # A browser's open notice stream would hold a graceful stop until join() gives up.
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

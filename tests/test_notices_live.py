@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import queue
 import re
+import signal
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 
+from alliance.config import Settings
 from alliance.notify.outbox import last_event_number
 from server.app import Services
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, serving
 from tests.notices import send
 from tests.referrals import PNG
 from tests.test_portal_browser import browser, shot, sign_in
@@ -24,7 +27,7 @@ from tests.test_portal_browser import browser, shot, sign_in
 __all__ = ["browser"]  # the Chromium fixture, shared with the portal's browser tests
 
 
-def portal_client(server: LiveServer, username: str) -> tuple[httpx.Client, str]:
+def portal_client(server: LiveServer | SimpleNamespace, username: str) -> tuple[httpx.Client, str]:
     """An HTTP client signed in to the portal; with the session's CSRF token."""
     client = httpx.Client(base_url=server.url, timeout=10)
     login = client.get("/login")
@@ -68,6 +71,8 @@ class Stream:
                         elif line == "" and data:
                             self.events.put((kind, number, json.loads(data)))
                             kind, number, data = "message", "", ""
+            except httpx.TransportError:
+                pass  # the server went away mid-stream: the stream is closed
             finally:
                 self.opened.set()
                 self.events.put(("closed", "", None))
@@ -157,3 +162,19 @@ def test_the_specialist_sees_a_new_referral_within_2_seconds(
     shot(specialist, "n1-live-notice")
     county.close()
     specialist.close()
+
+
+def test_a_stopping_server_is_not_held_by_an_open_stream(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`alliance serve` told to stop (SIGTERM) with a notice stream open stops after its grace
+    (ALLIANCE_SHUTDOWN_GRACE_SECONDS), not when the stream would have ended (STREAM_SECONDS,
+    two minutes): uvicorn waits for the requests under way, and a stream is one."""
+    log = tmp_path / "serve.log"
+    with serving(settings, log, ALLIANCE_SHUTDOWN_GRACE_SECONDS="1") as (url, proc):
+        client, _csrf = portal_client(SimpleNamespace(url=url), "sp.subei")
+        stream = Stream(client, {}, None)
+        assert stream.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == -signal.SIGTERM
+        assert stream.next(timeout=10)[0] == "closed"
