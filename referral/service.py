@@ -493,7 +493,7 @@ class ReferralRules:
             ],
             patient_id=row.patient_id,
             task_id=row.task_id,
-            actor=ctx.actor.username if ctx.actor is not None else None,
+            actor=ctx.actor,
         )
 
     def triage_records(self, ctx: WriteContext, row: Referral) -> list[tuple[str, str]]:
@@ -699,7 +699,7 @@ class ReferralRules:
             recipients=[Recipient(other)],
             patient_id=row.patient_id,
             task_id=row.task_id,
-            actor=ctx.actor.username if ctx.actor is not None else None,
+            actor=ctx.actor,
         )
 
 

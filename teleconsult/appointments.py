@@ -219,7 +219,7 @@ class AppointmentRules:
             "consult-booked",
             booking,
             ("Appointment", version.id),
-            actor=ctx.actor.username if ctx.actor is not None else None,
+            actor=ctx.actor,
         )
 
     def appointment_writers(self, appt: Resource) -> set[str | None]:

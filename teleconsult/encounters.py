@@ -139,5 +139,5 @@ class EncounterRules:
                 "consult-started",
                 booking,
                 ("Encounter", version.id),
-                actor=ctx.actor.username if ctx.actor is not None else None,
+                actor=ctx.actor,
             )

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from alliance import clock
 from alliance.notify.models import Event
-from alliance.notify.outbox import Recipient, record
+from alliance.notify.outbox import Acting, Recipient, record
 from teleconsult.models import Booking
 
 #: Reminders before a booked consult starts (issue 14: 24 hours and 15 minutes before), by the
@@ -34,7 +34,7 @@ def record_consult_event(
     booking: Booking,
     focus: tuple[str, str],
     *,
-    actor: str | None,
+    actor: Acting | None,
     key: str | None = None,
 ) -> None:
     """Record `kind` about `focus` of the consult `booking` in the caller's transaction."""

@@ -455,7 +455,7 @@ class OpinionRules:
             ],
             patient_id=row.patient_id,
             task_id=row.task_id,
-            actor=acting(ctx).username,
+            actor=acting(ctx),
         )
 
     def _attest(

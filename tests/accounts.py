@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -35,7 +36,7 @@ def read(client: TestClient, token: str, path: str = PATIENT) -> int:
     return status
 
 
-def portal(client: TestClient, username: str) -> str:
+def portal(client: httpx.Client, username: str) -> str:
     """Sign `client` in to the portal; returns the session's CSRF token."""
     page = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)

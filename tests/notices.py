@@ -58,6 +58,23 @@ def acting_as(services: Services, username: str) -> Iterator[OperationContext]:
         )
 
 
+def attach(
+    acting: OperationContext, services: Services, data: bytes, content_type: str, title: str
+) -> dict[str, Any]:
+    """`data` stored as a file of the acting hospital, in the caller's unit of work; the
+    Attachment that names it."""
+    stored = store_attachment(
+        session=acting.session,
+        blobs=services.blobs,
+        stream=io.BytesIO(data),
+        content_type=content_type,
+        title=title,
+        principal=acting.actor,  # type: ignore[arg-type]
+        max_bytes=services.settings.max_attachment_bytes,
+    )
+    return fhir_attachment(services.settings.base_url, stored)
+
+
 def open_in(
     acting: OperationContext,
     services: Services,
@@ -69,15 +86,7 @@ def open_in(
 ) -> str:
     """An up-referral from `county` to its partner's department, sharing `studies`, sent in
     the caller's unit of work; its Task id."""
-    form = store_attachment(
-        session=acting.session,
-        blobs=services.blobs,
-        stream=io.BytesIO(PNG),
-        content_type="image/png",
-        title="知情同意书",
-        principal=acting.actor,  # type: ignore[arg-type]
-        max_bytes=services.settings.max_attachment_bytes,
-    )
+    form = attach(acting, services, PNG, "image/png", "知情同意书")
     opened = commands.open_referral(
         acting,
         commands.ReferralRequest(
@@ -85,7 +94,7 @@ def open_in(
             department_id=PARTNER_DEPARTMENT[county],
             diagnosis=commands.Diagnosis("胸痛待查"),
             summary="胸痛三天",
-            consent_form=fhir_attachment(services.settings.base_url, form),
+            consent_form=form,
             priority=priority,
             studies=studies,
         ),
@@ -246,18 +255,8 @@ def complete(services: Services, username: str, task_id: str) -> None:
     """The owner starts and completes a referral with its opinion document (a PDF)."""
     with acting_as(services, username) as acting:
         commands.move_referral(acting, task_id, "in-progress")
-        stored = store_attachment(
-            session=acting.session,
-            blobs=services.blobs,
-            stream=io.BytesIO(PDF),
-            content_type="application/pdf",
-            title="会诊意见",
-            principal=acting.actor,  # type: ignore[arg-type]
-            max_bytes=services.settings.max_attachment_bytes,
-        )
-        commands.complete_with_opinion(
-            acting, task_id, fhir_attachment(services.settings.base_url, stored)
-        )
+        opinion = attach(acting, services, PDF, "application/pdf", "会诊意见")
+        commands.complete_with_opinion(acting, task_id, opinion)
 
 
 def drain(worker: Any, passes: int = 100) -> int:

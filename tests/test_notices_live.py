@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import signal
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -19,29 +17,18 @@ import httpx
 from alliance.config import Settings
 from alliance.notify.outbox import last_event_number
 from server.app import Services
+from tests.accounts import portal
 from tests.conftest import LiveServer, serving
 from tests.notices import send
-from tests.referrals import PNG
-from tests.test_portal_browser import browser, shot, sign_in
+from tests.test_portal_browser import browser, fill_request, shot, sign_in
 
 __all__ = ["browser"]  # the Chromium fixture, shared with the portal's browser tests
 
 
-def portal_client(server: LiveServer | SimpleNamespace, username: str) -> tuple[httpx.Client, str]:
-    """An HTTP client signed in to the portal; with the session's CSRF token."""
-    client = httpx.Client(base_url=server.url, timeout=10)
-    login = client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', login.text)
-    assert csrf is not None
-    r = client.post(
-        "/login",
-        data={"username": username, "password": "alliance-demo", "csrf": csrf.group(1)},
-    )
-    assert r.status_code == 303, r.text
-    home = client.get("/", follow_redirects=True)
-    token = re.search(r'name="csrf-token" content="([^"]*)"', home.text)
-    assert token is not None
-    return client, token.group(1)
+def portal_client(url: str, username: str) -> tuple[httpx.Client, str]:
+    """An HTTP client signed in to the portal at `url`; with the session's CSRF token."""
+    client = httpx.Client(base_url=url, timeout=10)
+    return client, portal(client, username)
 
 
 class Stream:
@@ -95,7 +82,7 @@ def test_the_stream_sends_notices_resumes_and_ends_with_the_session(
     live_server: LiveServer,
 ) -> None:
     services: Services = live_server.app.state.services
-    specialist, csrf = portal_client(live_server, "sp.subei")
+    specialist, csrf = portal_client(live_server.url, "sp.subei")
     start = newest(live_server)
     stream = Stream(specialist, {}, start)
     task = send(services, "xy-people", "demo-aygul")
@@ -107,7 +94,7 @@ def test_the_stream_sends_notices_resumes_and_ends_with_the_session(
     assert int(number) > start and notice["unread"] >= 1
 
     # A browser that reconnects sends the last id it had: it gets what it missed, only that.
-    specialist, csrf = portal_client(live_server, "sp.subei")
+    specialist, csrf = portal_client(live_server.url, "sp.subei")
     missed = send(services, "xy-people", "demo-memet")
     send(services, "xy-tcm", "demo-ma-xiulan")  # another hospital's: not theirs
     resumed = Stream(specialist, {"Last-Event-ID": number}, None)
@@ -123,7 +110,7 @@ def test_the_stream_sends_notices_resumes_and_ends_with_the_session(
     assert Stream(specialist, {"Last-Event-ID": number}, None).status == 204
 
     # The other hospital's specialist hears nothing of either.
-    other, other_csrf = portal_client(live_server, "sp.yz.mch")
+    other, other_csrf = portal_client(live_server.url, "sp.yz.mch")
     quiet = Stream(other, {}, start)
     send(services, "xy-mch", "demo-patigul")
     kind, _, notice = quiet.next()
@@ -141,13 +128,12 @@ def test_the_specialist_sees_a_new_referral_within_2_seconds(
     assert specialist.is_hidden("#notice-count")
 
     county = sign_in(browser, live_server, "dr.xinyuan.people")
-    consent = tmp_path / "consent.png"
-    consent.write_bytes(PNG)
-    county.goto(f"{live_server.url}/referrals/new?patient=demo-aygul")
-    county.set_input_files("#consent_form", str(consent))
-    county.select_option("#target", "subei-cardiology")
-    county.fill("#diagnosis", "I21.900 急性心肌梗死")
-    county.fill("#summary", "胸痛3天，心电图ST段抬高。")
+    fill_request(
+        county,
+        f"{live_server.url}/referrals/new?patient=demo-aygul",
+        tmp_path,
+        "胸痛3天，心电图ST段抬高。",
+    )
     county.click("main button[type=submit]")
     county.wait_for_url("**/referrals/*")
     task_id = county.url.rsplit("/", 1)[1]
@@ -172,7 +158,7 @@ def test_a_stopping_server_is_not_held_by_an_open_stream(
     two minutes): uvicorn waits for the requests under way, and a stream is one."""
     log = tmp_path / "serve.log"
     with serving(settings, log, ALLIANCE_SHUTDOWN_GRACE_SECONDS="1") as (url, proc):
-        client, _csrf = portal_client(SimpleNamespace(url=url), "sp.subei")
+        client, _csrf = portal_client(url, "sp.subei")
         stream = Stream(client, {}, None)
         assert stream.status == 200
         proc.send_signal(signal.SIGTERM)

@@ -16,7 +16,6 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from alliance import clock
-from alliance.attachments.service import fhir_attachment, store_attachment
 from alliance.config import Settings
 from alliance.errors import Conflict
 from alliance.notify.models import Event
@@ -26,7 +25,16 @@ from referral.service import record_overdue
 from server.app import Services
 from server.notify import build_worker
 from tests.imaging_data import ct_series, ct_slice, encode, multipart, stow_headers
-from tests.notices import acting_as, complete, move, open_in, principal, receive, send
+from tests.notices import (
+    acting_as,
+    attach,
+    complete,
+    move,
+    open_in,
+    principal,
+    receive,
+    send,
+)
 from tests.referrals import PDF
 from tests.teleconsults import beijing, book, open_consult, proposal_at, slot_id, weekday_ahead
 
@@ -216,19 +224,11 @@ def test_a_down_referral_arrives_at_the_hospital_that_sent_the_patient_up(app: F
     with services.db.transaction() as session:
         start = last_event_number(session)
     with acting_as(services, "sp.subei") as acting:
-        summary = store_attachment(
-            session=acting.session,
-            blobs=services.blobs,
-            stream=io.BytesIO(PDF),
-            content_type="application/pdf",
-            title="出院小结",
-            principal=acting.actor,  # type: ignore[arg-type]
-            max_bytes=services.settings.max_attachment_bytes,
-        )
+        summary = attach(acting, services, PDF, "application/pdf", "出院小结")
         down = commands.send_down(
             acting,
             task,
-            discharge_summary=fhir_attachment(services.settings.base_url, summary),
+            discharge_summary=summary,
             plan=["每周复查心电图"],
         )
     assert seen(services, "dr.xinyuan.people", start) == [("down-referral-arrived", down.task_id)]

@@ -59,6 +59,19 @@ def sign_in(browser: Any, server: LiveServer, username: str) -> Any:
     return page
 
 
+def fill_request(page: Any, url: str, tmp_path: Path, summary: str) -> None:
+    """Open the request form at `url` (a referral's or a teleconsult's) and fill in what every
+    request to 苏北人民医院 心血管内科 needs: the photographed consent form, the department,
+    the diagnosis and `summary`. The caller adds the rest and sends it."""
+    form_photo = tmp_path / "consent.png"
+    form_photo.write_bytes(PNG)
+    page.goto(url)
+    page.set_input_files("#consent_form", str(form_photo))
+    page.select_option("#target", "subei-cardiology")
+    page.fill("#diagnosis", "I21.900 急性心肌梗死")
+    page.fill("#summary", summary)
+
+
 def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -128,15 +141,14 @@ def test_refer_review_and_audit_in_the_browser(
     shot(county, "a2-upload")
 
     # ...records consent with the photographed form and sends the referral with the study.
-    form_photo = tmp_path / "consent.png"
-    form_photo.write_bytes(PNG)
     summary_pdf = tmp_path / "summary.pdf"
     summary_pdf.write_bytes(PDF)
-    county.goto(f"{live_server.url}/referrals/new?patient={patient_id}")
-    county.set_input_files("#consent_form", str(form_photo))
-    county.select_option("#target", "subei-cardiology")
-    county.fill("#diagnosis", "I21.900 急性心肌梗死")
-    county.fill("#summary", "胸痛3天，心电图ST段抬高。")
+    fill_request(
+        county,
+        f"{live_server.url}/referrals/new?patient={patient_id}",
+        tmp_path,
+        "胸痛3天，心电图ST段抬高。",
+    )
     county.set_input_files("#document", str(summary_pdf))
     county.check("input[name=study]")
     shot(county, "a3-referral-form")
@@ -339,13 +351,12 @@ def test_a_new_specialist_enrolled_by_the_administrator_is_booked(
     assert "已关联" in row and "专科医生" in row, row
 
     county = sign_in(browser, live_server, "dr.xinyuan.people")
-    form_photo = tmp_path / "consent.png"
-    form_photo.write_bytes(PNG)
-    county.goto(f"{live_server.url}/teleconsults/new?patient=demo-aygul")
-    county.set_input_files("#consent_form", str(form_photo))
-    county.select_option("#target", "subei-cardiology")
-    county.fill("#diagnosis", "I21.900 急性心肌梗死")
-    county.fill("#summary", "胸痛3天，请心内科专家会诊。")
+    fill_request(
+        county,
+        f"{live_server.url}/teleconsults/new?patient=demo-aygul",
+        tmp_path,
+        "胸痛3天，请心内科专家会诊。",
+    )
     county.click("main button[type=submit]")
     county.wait_for_url("**/teleconsults/*/times")
     task_id = county.url.split("/")[-2]

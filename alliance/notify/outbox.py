@@ -45,6 +45,13 @@ class Recipient:
     capability: str | None = None
 
 
+class Acting(Protocol):
+    """Who made the change an event is about (a request's actor, or the audit trail's)."""
+
+    @property
+    def username(self) -> str: ...
+
+
 class Reader(Protocol):
     """Who reads events (alliance.security.access.Principal is one)."""
 
@@ -69,7 +76,7 @@ def record(
     recipients: Iterable[Recipient],
     patient_id: str | None = None,
     task_id: str | None = None,
-    actor: str | None = None,
+    actor: Acting | None = None,
     key: str | None = None,
 ) -> Event | None:
     """Record an event in the caller's transaction (it commits or rolls back with the change).
@@ -91,7 +98,7 @@ def record(
         focus_id=focus[1],
         patient_id=patient_id,
         task_id=task_id,
-        actor=actor,
+        actor=actor.username if actor is not None else None,
         key=key,
     )
     event.recipients = [

@@ -610,7 +610,7 @@ def open_grant(
                 focus=("ImagingStudy", study),
                 recipients=[Recipient(hospital_id)],
                 patient_id=patient_id,
-                actor=actor.username if actor is not None else None,
+                actor=actor,
             )
     until = valid_until.isoformat() if valid_until else "further notice"
     listed = ", ".join(f"{t}/{i}" for t, i in opened)
