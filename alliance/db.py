@@ -9,6 +9,7 @@ guarantee from `named_lock`, a transaction-scoped advisory lock.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import select
@@ -82,7 +83,11 @@ class WriteAttempted(Exception):
 
 
 def _refuse_write_statements(state: ORMExecuteState) -> None:
-    if state.session.info.get(_READ_ONLY) and not state.is_select:
+    if state.session.info.get(_READ_ONLY) and (
+        not state.is_select or getattr(state.statement, "_for_update_arg", None) is not None
+    ):
+        # A locking read (SELECT ... FOR UPDATE) is the first step of a write: the lock would
+        # not outlast its statement in a read-only unit of work on PostgreSQL (autocommit).
         raise WriteAttempted(f"{type(state.statement).__name__} in a read-only unit of work")
 
 
@@ -173,6 +178,49 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     return engine
 
 
+class WriterQueue:
+    """The queue for SQLite's one writer. SQLite itself makes a writer that finds the database
+    locked poll for it with back-off (busy_timeout: sleeps of 1, 2, 5 ... 100 ms), so under
+    contention a write waits long after the lock was freed, and the tail latency grows to a
+    second. Here the threads of this process queue on a lock, in order, and the processes
+    sharing the database file (`alliance serve --workers N`) on an flock(2) of a file beside
+    it (`<database>-writer`), which the kernel grants the moment it is released, without
+    polling. Both are taken before `BEGIN IMMEDIATE`, so SQLite's own lock is then free at
+    once; a process that does not queue here (a command run beside the server) still gets it
+    through busy_timeout. An in-memory database has no file and one process."""
+
+    def __init__(self, database: str | None) -> None:
+        self._threads = threading.Lock()
+        self._path = None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            self._path = f"{database}-writer"
+        self._file: Any = None  # opened at the first write, closed by `close`
+
+    def acquire(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._path is not None:
+                if self._file is None:
+                    self._file = open(self._path, "a+b")  # noqa: SIM115 -- kept open
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)  # waits without the GIL
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            if self._file is not None:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        with self._threads:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
 class Database:
     """The engine and how units of work are opened on it."""
 
@@ -187,25 +235,30 @@ class Database:
         )
         event.listen(self._sessions, "do_orm_execute", _refuse_write_statements)
         event.listen(self._sessions, "before_flush", _refuse_flushed_writes)
-        # SQLite has one writer. Threads of this process queue here for it, in order, instead
-        # of polling for the database lock with back-off (which gives long tail latencies);
-        # other processes still wait through busy_timeout.
-        self._writer = threading.Lock() if self.is_sqlite else None
+        # SQLite has one writer: its units of work queue for it (`WriterQueue`).
+        self._writer = WriterQueue(make_url(url).database) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def transaction(self, *, write: bool = False, read_only: bool = False) -> Iterator[Session]:
+    def transaction(
+        self, *, write: bool = False, read_only: bool = False, one_statement: bool = False
+    ) -> Iterator[Session]:
         """One unit of work: commits when the block ends, rolls back if it raises.
 
         `write=True` on SQLite takes the writer lock at the start (see the module docstring);
         read units of work may still write (an audit row), they just take the lock later.
-        `read_only=True` takes no lock at all, and refuses the first write with
-        `WriteAttempted` (so that a read which turns out to write, such as the owner opening a
-        requested referral, is run again by its caller as a write unit of work, instead of
-        upgrading its read to a write halfway, which SQLite refuses under contention).
+        `read_only=True` takes no lock at all (on PostgreSQL it runs in autocommit), and refuses
+        the first write or locking read with `WriteAttempted` (so that a read which turns out to
+        write, such as the owner opening a requested referral, is run again by its caller as a
+        write unit of work, instead of upgrading its read to a write halfway, which SQLite
+        refuses under contention).
+
+        `one_statement=True`: a write of one statement (the audit trail's group commit). On
+        PostgreSQL it runs in autocommit: the statement is its own transaction, which commits
+        as it ends, with no BEGIN and COMMIT round trips, and its locks end with it.
         """
         if write and read_only:
             raise ValueError("a unit of work is either a write or read-only")
@@ -218,8 +271,17 @@ class Database:
             session.info[_READ_ONLY] = True
         committed: list[Callable[[], None]] = []
         try:
-            if write:
+            if write and one_statement and not self.is_sqlite:
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            elif write:
                 session.connection(execution_options={_WRITE_OPTION: True})
+            elif read_only and not self.is_sqlite:
+                # PostgreSQL: each statement on its own, with no BEGIN and COMMIT around them
+                # (two round trips of the three a one-query read would cost). Nothing is lost:
+                # under READ COMMITTED, PostgreSQL's level here, every statement of a
+                # transaction takes its own snapshot all the same, and a read-only unit of
+                # work writes nothing and holds no lock (`_refuse_write_statements`).
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             yield session
             session.commit()
             committed = session.info.pop(_AFTER_COMMIT, [])
@@ -256,6 +318,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writer is not None:
+            self._writer.close()
 
 
 _AFTER_COMMIT = "alliance_after_commit"
@@ -276,5 +340,9 @@ def named_lock(session: Session, name: str) -> None:
     holds the database's single writer lock (BEGIN IMMEDIATE).
     """
     if session.get_bind().dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
+
+
+def lock_key(name: str) -> int:
+    """The PostgreSQL advisory lock key of `name` (`named_lock`)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)

@@ -29,16 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  DICOMweb: http://{args.host}:{args.port}/dicomweb")
     if settings.demo:
         print("  Demo accounts (password alliance-demo): dr.xinyuan.people, sp.subei, auditor, ...")
-    metrics_dir = _metrics_folder(args.workers)
     if settings.dicom_port is not None:
         # One receiver per deployment, in this (the supervising) process: with --workers N,
         # uvicorn's N worker processes could not all listen on the DICOM port.
         _start_scp(settings, settings.dicom_host, settings.dicom_port, block=False)
-    try:
-        _run_uvicorn(args, settings)
-    finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    serve_app("server.app:create_app", args.host, args.port, args.workers, settings)
     return 0
 
 
@@ -94,27 +89,35 @@ def _metrics_folder(workers: int) -> str | None:
     return made
 
 
-def _run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
+def serve_app(factory: str, host: str, port: int, workers: int, settings: Settings) -> None:
+    """Serve the app `factory` ("module:function") as `alliance serve` does, until stopped:
+    uvicorn with `workers` processes, the JSON logs, no access log line, the shutdown grace.
+    (bench/unaudited_floor.py serves the shipped app plus one route this way.)"""
     import uvicorn
 
     from server.logs import logging_config
 
-    uvicorn.run(
-        "server.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        # ForwardedMiddleware believes proxy headers from ALLIANCE_TRUSTED_PROXIES alone.
-        proxy_headers=False,
-        log_config=logging_config(),
-        access_log=False,
-        # On SIGTERM uvicorn stops taking connections and waits for the requests under way;
-        # a live notice stream would hold it for minutes. After this long what is left is
-        # cancelled: a STOW part cut off is not stored (the client sends it again), a stream
-        # reconnects with Last-Event-ID and loses nothing.
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-    )
+    metrics_dir = _metrics_folder(workers)
+    try:
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            # ForwardedMiddleware believes proxy headers from ALLIANCE_TRUSTED_PROXIES alone.
+            proxy_headers=False,
+            log_config=logging_config(),
+            access_log=False,
+            # On SIGTERM uvicorn stops taking connections and waits for the requests under way;
+            # a live notice stream would hold it for minutes. After this long what is left is
+            # cancelled: a STOW part cut off is not stored (the client sends it again), a stream
+            # reconnects with Last-Event-ID and loses nothing.
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _start_scp(settings: Settings, host: str, port: int, *, block: bool) -> None:

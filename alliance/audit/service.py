@@ -24,12 +24,12 @@ from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any, Protocol, cast
 
-from sqlalchemy import ColumnElement, Table, false, func, insert, not_, or_, select
+from sqlalchemy import ColumnElement, Table, false, func, insert, not_, or_, select, text
 from sqlalchemy.orm import Session
 
 from alliance import clock, metrics, trace
 from alliance.audit.models import AUDIT_COLUMNS, GENESIS_HASH, AuditRecord
-from alliance.db import Database, after_commit, named_lock
+from alliance.db import Database, after_commit, lock_key
 from alliance.errors import Unavailable
 from alliance.fhir.search import string_pattern
 from alliance.fhir.types import Filter, Speaker
@@ -416,9 +416,10 @@ def stamped(events: list[AuditInput]) -> list[AuditInput]:
 
 def append(session: Session, events: list[AuditInput], *, server: str = SERVER_NAME) -> int:
     """Append events to the chain in the caller's transaction (they commit with it); returns
-    the position of the last one. The lock is held until that transaction ends. When the
-    appended records reach a multiple of the anchor's N, its checkpoint is written once the
-    transaction has committed (alliance.audit.anchor explains why then)."""
+    the position of the last one. The lock is held until that transaction ends (on PostgreSQL
+    it is taken inside `audit_append`, migration 0012, and is transaction-scoped all the same).
+    When the appended records reach a multiple of the anchor's N, its checkpoint is written once
+    the transaction has committed (alliance.audit.anchor explains why then)."""
     if not events:
         return 0
     return _chain(session, stamped(events), server)
@@ -429,13 +430,49 @@ def append(session: Session, events: list[AuditInput], *, server: str = SERVER_N
 #: compiled statement, without the ORM's bulk-insert bookkeeping per row.
 _LAST_LINK = select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
 _INSERT_LINKS = insert(cast(Table, AuditRecord.__table__))
+#: PostgreSQL: the chain's lock, end, hashes and insert in one statement (migration 0012's
+#: function), given the batch as one JSON array of rows (made by json.dumps in C: a text array
+#: parameter would have every quote of every AuditEvent escaped in Python).
+_APPEND_ON_SERVER = text("SELECT link_seq, link_hash FROM audit_append(:lock_key, :at, :batch)")
 
 
 def _chain(session: Session, events: list[AuditInput], server: str) -> int:
-    named_lock(session, AUDIT_LOCK)
-    last = session.execute(_LAST_LINK).first()
-    seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
+    """Append `events` to the chain in `session`'s transaction; the position of the last."""
     recorded = clock.now()
+    rows = _unlinked(events, recorded, server)
+    if session.get_bind().dialect.name == "postgresql":
+        batch = json.dumps(rows, ensure_ascii=False)
+        params = {"lock_key": lock_key(AUDIT_LOCK), "at": recorded, "batch": batch}
+        links = [
+            (int(seq), str(digest)) for seq, digest in session.execute(_APPEND_ON_SERVER, params)
+        ]
+    else:
+        # SQLite: the write transaction holds the database's one writer lock already.
+        last = session.execute(_LAST_LINK).first()
+        seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
+        links = []
+        for row in rows:
+            seq += 1
+            digest = chain_hash(seq, prev, row["content"])
+            row.update(seq=seq, recorded=recorded, prev_hash=prev, hash=digest)
+            links.append((seq, digest))
+            prev = digest
+        session.execute(_INSERT_LINKS, rows)
+    after_commit(session, partial(metrics.AUDIT_APPENDS.inc, len(links)))
+    anchor: Anchoring | None = session.info.get(ANCHOR_INFO)
+    first, last_seq = links[0][0], links[-1][0]
+    if anchor is not None and anchor.every > 0:
+        # Did this append reach a multiple of N? Arithmetic on what was just written: no query,
+        # no lock beyond the one held; the checkpoint itself is written after the commit.
+        mark = last_seq - last_seq % anchor.every
+        if mark >= first:
+            after_commit(session, partial(anchor.reached, mark, links[mark - first][1]))
+    return last_seq
+
+
+def _unlinked(events: list[AuditInput], recorded: datetime, server: str) -> list[dict[str, Any]]:
+    """The rows of `events`, all but their place in the chain (seq, prev_hash, hash) and the
+    time (`recorded`), which the chain's writer sets."""
     when = instant(recorded)
     source = _source(server)
     # What the events of one caller share (the agents; the source) is made and written as
@@ -444,7 +481,6 @@ def _chain(session: Session, events: list[AuditInput], server: str) -> int:
     done = {"source": _json(source)}
     rows: list[dict[str, Any]] = []
     for event in events:
-        seq += 1
         event = _recordable_event(event)
         key = (event.actor, event.client_address, event.user_agent)
         agents = shared.get(key)
@@ -452,31 +488,14 @@ def _chain(session: Session, events: list[AuditInput], server: str) -> int:
             made = _agents(event.actor, event.client_address, event.user_agent, server)
             agents = shared[key] = (made, _json(made))
         resource = _resource(event, str(uuid.uuid4()), when, agents[0], source)
-        content = _canonical_with(resource, {**done, "agent": agents[1]})
-        digest = chain_hash(seq, prev, content)
         rows.append(
             {
-                "seq": seq,
                 "id": resource["id"],
-                "recorded": recorded,
-                "content": content,
-                "prev_hash": prev,
-                "hash": digest,
+                "content": _canonical_with(resource, {**done, "agent": agents[1]}),
                 **_columns(resource),
             }
         )
-        prev = digest
-    session.execute(_INSERT_LINKS, rows)
-    after_commit(session, partial(metrics.AUDIT_APPENDS.inc, len(rows)))
-    anchor: Anchoring | None = session.info.get(ANCHOR_INFO)
-    if anchor is not None and anchor.every > 0:
-        # Did this append reach a multiple of N? Arithmetic on what was just written: no query,
-        # no lock beyond the one held; the checkpoint itself is written after the commit.
-        mark = seq - seq % anchor.every
-        first = rows[0]["seq"]
-        if mark >= first:
-            after_commit(session, partial(anchor.reached, mark, rows[mark - first]["hash"]))
-    return seq
+    return rows
 
 
 @dataclass(eq=False)
@@ -491,7 +510,9 @@ class _Queued:
 class GroupCommit:
     """The AuditEvents of concurrent units of work, appended to the chain as one batch (group
     commit, as databases commit their logs): one lock on the chain, one read of its end, one
-    hash pass, one multi-row INSERT and one commit for every caller queued at that moment.
+    hash pass, one INSERT and one commit for every caller queued at that moment. On PostgreSQL
+    that is one statement, run in autocommit (migration 0012's `audit_append`), so the chain's
+    lock is held only while the server runs it and commits; on SQLite, one write transaction.
 
     A caller queues its events and waits for its turn at the trail. Whoever gets the turn
     takes everything queued by then (its own events, and those of the callers that arrived
@@ -534,7 +555,8 @@ class GroupCommit:
     def _write(self, batch: list[_Queued]) -> None:
         failure: BaseException | None = None
         try:
-            with self.db.transaction(write=True) as session:
+            # One statement on PostgreSQL (migration 0012's function), committed as it ends.
+            with self.db.transaction(write=True, one_statement=True) as session:
                 _chain(session, [e for queued in batch for e in queued.events], self.server)
         except Exception as exc:
             log.exception("the audit trail cannot be written")

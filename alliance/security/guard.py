@@ -7,7 +7,7 @@ access rules, and appends the AuditEvents:
 - A read (read, vread, history, search: `READS`) runs in a read-only transaction that takes
   no lock, then hands its AuditEvents to the trail's group commit
   (alliance.audit.service.GroupCommit), which appends the events of all concurrent reads as
-  one batch under the chain's lock, for as short as one INSERT and one commit. The response
+  one batch under the chain's lock, for as short as one statement and its commit. The response
   leaves only once its batch has committed, so nothing is read that is not recorded, and a
   crash loses no record of an answered request. Readers no longer queue behind each other for
   the chain's lock from their first statement to their commit (the service was serialised).
