@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
@@ -232,9 +233,12 @@ class Imaging:
             ):
                 known[row.sop_instance_uid] = row
         outcomes = []
+        # The patient identifiers of this batch that matched no Patient of the hospital: the
+        # instances of a study carry the same ones, and are not matched again one by one.
+        unmatched: set[tuple[Any, ...]] = set()
         for item in staged:
             try:
-                outcomes.append(self._index_one(session, item, hospital_id, now, known))
+                outcomes.append(self._index_one(session, item, hospital_id, now, known, unmatched))
             except Rejected as exc:
                 outcomes.append(Outcome.rejected(exc, item))
         session.flush()
@@ -247,6 +251,7 @@ class Imaging:
         hospital_id: str,
         now: datetime,
         known: dict[str, Instance],
+        unmatched: set[tuple[Any, ...]],
     ) -> Outcome:
         p = item.parsed
         existing = known.get(p.sop_instance_uid)
@@ -287,9 +292,10 @@ class Imaging:
             )
         parents_added = study is None or series is None
         if study is None:
-            study = self._new_study(session, p, hospital_id, now)
+            patient = _match_once(session, hospital_id, p, unmatched)
+            study = self._new_study(session, p, hospital_id, patient, now)
         elif study.patient_id is None:
-            study.patient_id = match_patient(session, hospital_id, p)
+            study.patient_id = _match_once(session, hospital_id, p, unmatched)
         if series is None:
             series = Series(
                 series_uid=p.series_uid,
@@ -370,12 +376,14 @@ class Imaging:
             )
             return True
 
-    def _new_study(self, session: Session, p: Parsed, hospital_id: str, now: datetime) -> Study:
+    def _new_study(
+        self, session: Session, p: Parsed, hospital_id: str, patient: str | None, now: datetime
+    ) -> Study:
         alpha, ideo, phon = p.name_groups
         study = Study(
             study_uid=p.study_uid,
             hospital_id=hospital_id,
-            patient_id=match_patient(session, hospital_id, p),
+            patient_id=patient,
             fhir_stale=True,
             patient_name=_clip(p.patient_name, 200),
             name_alphabetic=_fold(alpha),
@@ -406,14 +414,15 @@ class Imaging:
     # ---- after a batch: metadata and FHIR -----------------------------------------------
 
     def finish(self, session: Session, study_uids: Iterable[str]) -> None:
-        """Rebuild stale series metadata and bring each study's ImagingStudy up to date."""
+        """Bring each study's ImagingStudy up to date. A series' metadata is not rebuilt here:
+        indexing an instance drops its series' cached copy, and the first WADO-RS metadata
+        request rebuilds it (wado.metadata), once, however many stores came before. (Rebuilt
+        at every store, a series sent one instance per request cost the whole series again
+        each time: quadratic in its size.)"""
         for uid in sorted(set(study_uids)):
             study = session.get(Study, uid)
             if study is None:
                 continue
-            for series in session.scalars(select(Series).where(Series.study_uid == uid)):
-                if series.metadata_gz is None or series.metadata_base != self.base:
-                    self.build_series_metadata(session, series)
             if study.patient_id is None:
                 study.fhir_stale = False  # nothing to keep until it is linked
             elif study.fhir_stale:
@@ -562,6 +571,19 @@ BLOB_REFERENCES = (Instance.blob_key, Attachment.blob_key)
 
 
 # ---- patients --------------------------------------------------------------------------------
+
+
+def _match_once(
+    session: Session, hospital_id: str, parsed: Parsed, unmatched: set[tuple[Any, ...]]
+) -> str | None:
+    """`match_patient`, not asked again for identifiers that matched nothing already."""
+    asked = (parsed.patient_id, tuple(parsed.other_patient_ids), parsed.issuer_of_patient_id)
+    if asked in unmatched:
+        return None
+    found = match_patient(session, hospital_id, parsed)
+    if found is None:
+        unmatched.add(asked)
+    return found
 
 
 def match_patient(session: Session, hospital_id: str, parsed: Parsed) -> str | None:

@@ -151,8 +151,9 @@ def metadata(
 ) -> tuple[str, bytes]:
     """(ETag, gzip DICOM JSON array) of a study's, series' or instance's metadata.
 
-    A series' metadata is cached, gzip'd, on its row at ingest; one missing or built for
-    another base URL is rebuilt here, in the request's transaction.
+    A series' metadata is cached, gzip'd, on its row; one missing (new instances were
+    indexed since) or built for another base URL is rebuilt here, in the request's
+    transaction (the read then runs as a write: alliance.security.guard).
     """
     base = imaging.base
     if instance_uid is not None:

@@ -93,6 +93,13 @@ def test_a_study_is_stored_indexed_and_linked(app: FastAPI, doctor: TestClient) 
         assert study.size_bytes == sum(len(p) for p in parts)
         assert study.modalities == "CT"
         series = session.get(Series, ds.SeriesInstanceUID)
+        assert series is not None and series.metadata_gz is None  # built at its first read
+    metadata = doctor.get(
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
+    )
+    assert metadata.status_code == 200 and len(metadata.json()) == 3
+    with app.state.services.db.transaction() as session:
+        series = session.get(Series, ds.SeriesInstanceUID)
         assert series is not None and series.metadata_gz is not None
     imaging_study = doctor.get(f"/fhir/ImagingStudy/{ds.StudyInstanceUID}").json()
     assert imaging_study["numberOfInstances"] == 3
