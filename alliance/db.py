@@ -271,30 +271,25 @@ class Database:
         """
         if write and read_only:
             raise ValueError("a unit of work is either a write or read-only")
-        queued = write and self._writer is not None
-        if queued:
-            assert self._writer is not None
-            self._writer.acquire()
-        reading = read_only and self._readers is not None
-        if reading:
-            assert self._readers is not None
-            self._readers.acquire()
+        # The turn this unit waits for: SQLite's writer, or a PostgreSQL reader's connection.
+        turn = self._writer if write else self._readers if read_only else None
+        if turn is not None:
+            turn.acquire()
         session = self._sessions()
         if read_only:
             session.info[_READ_ONLY] = True
         committed: list[Callable[[], None]] = []
         try:
-            if write and one_statement and not self.is_sqlite:
-                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            elif write:
-                session.connection(execution_options={_WRITE_OPTION: True})
-            elif read_only and not self.is_sqlite:
+            if not self.is_sqlite and (read_only or (write and one_statement)):
                 # PostgreSQL: each statement on its own, with no BEGIN and COMMIT around them
                 # (two round trips of the three a one-query read would cost). Nothing is lost:
                 # under READ COMMITTED, PostgreSQL's level here, every statement of a
-                # transaction takes its own snapshot all the same, and a read-only unit of
-                # work writes nothing and holds no lock (`_refuse_write_statements`).
+                # transaction takes its own snapshot all the same; a read-only unit of work
+                # writes nothing and holds no lock (`_refuse_write_statements`), and a write of
+                # one statement commits with it.
                 session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            elif write:
+                session.connection(execution_options={_WRITE_OPTION: True})
             yield session
             session.commit()
             committed = session.info.pop(_AFTER_COMMIT, [])
@@ -312,12 +307,8 @@ class Database:
             raise
         finally:
             session.close()
-            if queued:
-                assert self._writer is not None
-                self._writer.release()
-            if reading:
-                assert self._readers is not None
-                self._readers.release()
+            if turn is not None:
+                turn.release()
         for callback in committed:
             try:
                 callback()

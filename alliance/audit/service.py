@@ -434,6 +434,7 @@ _INSERT_LINKS = insert(cast(Table, AuditRecord.__table__))
 #: function), given the batch as one JSON array of rows (made by json.dumps in C: a text array
 #: parameter would have every quote of every AuditEvent escaped in Python).
 _APPEND_ON_SERVER = text("SELECT link_seq, link_hash FROM audit_append(:lock_key, :at, :batch)")
+_AUDIT_LOCK_KEY = lock_key(AUDIT_LOCK)
 
 
 def _chain(session: Session, events: list[AuditInput], server: str) -> int:
@@ -442,7 +443,7 @@ def _chain(session: Session, events: list[AuditInput], server: str) -> int:
     rows = _unlinked(events, recorded, server)
     if session.get_bind().dialect.name == "postgresql":
         batch = json.dumps(rows, ensure_ascii=False)
-        params = {"lock_key": lock_key(AUDIT_LOCK), "at": recorded, "batch": batch}
+        params = {"lock_key": _AUDIT_LOCK_KEY, "at": recorded, "batch": batch}
         links = [
             (int(seq), str(digest)) for seq, digest in session.execute(_APPEND_ON_SERVER, params)
         ]
