@@ -109,6 +109,26 @@ def test_a_batch_stores_each_event_as_its_canonical_json(settings: Settings) -> 
             "login", "login", "E", "0", AuditActor("x\x00" * 40), user_agent="ua\r", query="q"
         ),
         AuditInput("rest", "read", "R", "0", doctor, "10.0.0.1", "Patient/p1", "p1"),
+        # Alike but for what they touch and the request: one shape, each its own entities.
+        AuditInput(
+            "rest", "search", "E", "0", doctor, "10.0.0.1", "Patient/p2", "p2", query="name=张"
+        ),
+        AuditInput(
+            "rest",
+            "search",
+            "E",
+            "0",
+            doctor,
+            "10.0.0.1",
+            None,
+            None,
+            query="name=张",
+            extra_entities=["Task/t2", "Patient/p9", "x\n" * 90],
+            request_id="req-1",
+        ),
+        AuditInput(
+            "transfer", "retrieve", "R", "0", doctor, "10.0.0.1", "ImagingStudy/s1", "p\x7f3"
+        ),
     ]
     db = Database(settings.database_url)
     try:

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import uuid
@@ -238,17 +239,30 @@ def _resource(
         resource["outcomeDesc"] = event.description
     resource["agent"] = agents
     resource["source"] = source
+    entities = [
+        *_target_entities(event.patient_id, [event.entity, *event.extra_entities]),
+        *_query_entities(event.query),
+        *_request_entities(event.request_id),
+    ]
+    if entities:
+        resource["entity"] = entities
+    return resource
+
+
+def _target_entities(patient_id: str | None, refs: list[str | None]) -> list[dict[str, Any]]:
+    """The entities of the records an event touched: the patient first (BALP's patient
+    entity), then each other record once."""
     entities: list[dict[str, Any]] = []
-    if event.patient_id:
+    if patient_id:
         entities.append(
             {
-                "what": {"reference": f"Patient/{event.patient_id}"},
+                "what": {"reference": f"Patient/{patient_id}"},
                 "type": _entity_type("1", "Person"),
                 "role": _object_role("1", "Patient"),
             }
         )
-    for ref in [event.entity, *event.extra_entities]:
-        if ref and ref != f"Patient/{event.patient_id}":
+    for ref in refs:
+        if ref and ref != f"Patient/{patient_id}":
             entities.append(
                 {
                     "what": {"reference": ref},
@@ -256,30 +270,36 @@ def _resource(
                     "role": _object_role("4", "Domain Resource"),
                 }
             )
-    if event.query is not None:
-        entities.append(
-            {
-                "type": _entity_type("2", "System Object"),
-                "role": _object_role("24", "Query"),
-                "query": base64.b64encode(event.query.encode()).decode(),
-            }
-        )
-    if event.request_id:
-        # BALP's transaction entity: the log line of the same request carries this id.
-        entities.append(
-            {
-                "what": {"identifier": {"value": event.request_id}},
-                "type": {
-                    "system": BALP_ENTITY_TYPE,
-                    "code": "XrequestId",
-                    "display": "transport specific unique identifier where http X-Request-Id "
-                    "is used",
-                },
-            }
-        )
-    if entities:
-        resource["entity"] = entities
-    return resource
+    return entities
+
+
+def _query_entities(query: str | None) -> list[dict[str, Any]]:
+    """The query entity of a search (BALP: the query, base64)."""
+    if query is None:
+        return []
+    return [
+        {
+            "type": _entity_type("2", "System Object"),
+            "role": _object_role("24", "Query"),
+            "query": base64.b64encode(query.encode()).decode(),
+        }
+    ]
+
+
+def _request_entities(request_id: str | None) -> list[dict[str, Any]]:
+    """BALP's transaction entity: the log line of the same request carries this id."""
+    if not request_id:
+        return []
+    return [
+        {
+            "what": {"identifier": {"value": request_id}},
+            "type": {
+                "system": BALP_ENTITY_TYPE,
+                "code": "XrequestId",
+                "display": "transport specific unique identifier where http X-Request-Id is used",
+            },
+        }
+    ]
 
 
 def _agents(
@@ -471,29 +491,86 @@ def _chain(session: Session, events: list[AuditInput], server: str) -> int:
     return last_seq
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What the events of one caller share, made once: everything but the records touched,
+    the request and the id (a search writes one event per patient found, all alike but that;
+    a client's reads are alike but for the record and the request)."""
+
+    resource: dict[str, Any]  # the AuditEvent less its id, recorded time and entities
+    written: dict[str, str]  # the canonical JSON of its other top-level values
+    query: list[dict[str, Any]]  # the query entity, if any
+    columns: dict[str, Any]  # the searchable columns the agents and codes give
+
+
+#: Shapes made, by what they were made of (`_shape_of`).
+_shapes: dict[tuple[Any, ...], _Shape] = {}
+#: Most shapes kept by one process; past it the cache starts again (a caller-given user agent,
+#: query or address makes a shape of its own, so what is kept stays bounded).
+_KEPT_SHAPES = 256
+
+
+def _shape_of(event: AuditInput, server: str) -> _Shape:
+    """The shape of `event` (see `_Shape`), made recordable once and kept."""
+    key = (
+        event.type,
+        event.subtype,
+        event.action,
+        event.outcome,
+        event.actor,
+        event.client_address,
+        event.query,
+        event.description,
+        event.user_agent,
+        server,
+    )
+    shape = _shapes.get(key)
+    if shape is not None:
+        return shape
+    common = _recordable_event(
+        dataclasses.replace(event, entity=None, patient_id=None, extra_entities=[], request_id=None)
+    )
+    agents = _agents(common.actor, common.client_address, common.user_agent, server)
+    resource = _resource(common, "", "", agents, _source(server))
+    resource.pop("entity", None)
+    written = {
+        key: _json(value) for key, value in resource.items() if key not in ("id", "recorded")
+    }
+    shape = _Shape(resource, written, _query_entities(common.query), _agent_columns(resource))
+    if len(_shapes) >= _KEPT_SHAPES:
+        _shapes.clear()
+    _shapes[key] = shape
+    return shape
+
+
 def _unlinked(events: list[AuditInput], recorded: datetime, server: str) -> list[dict[str, Any]]:
     """The rows of `events`, all but their place in the chain (seq, prev_hash, hash) and the
-    time (`recorded`), which the chain's writer sets."""
-    when = instant(recorded)
-    source = _source(server)
-    # What the events of one caller share (the agents; the source) is made and written as
-    # JSON once per batch: a search writes one event per patient found, all alike but one.
-    shared: dict[tuple[Any, ...], tuple[list[dict[str, Any]], str]] = {}
-    done = {"source": _json(source)}
+    time (`recorded`), which the chain's writer sets. Each row's content is exactly
+    `canonical(build_event(...))` of its event; what events share (`_Shape`) is made and
+    written as JSON once, and per event only its records, request and id."""
+    when = {"recorded": _json(instant(recorded))}
+    randomness = os.urandom(16 * len(events))
     rows: list[dict[str, Any]] = []
-    for event in events:
-        event = _recordable_event(event)
-        key = (event.actor, event.client_address, event.user_agent)
-        agents = shared.get(key)
-        if agents is None:
-            made = _agents(event.actor, event.client_address, event.user_agent, server)
-            agents = shared[key] = (made, _json(made))
-        resource = _resource(event, str(uuid.uuid4()), when, agents[0], source)
+    for n, event in enumerate(events):
+        shape = _shape_of(event, server)
+        limit = FIELD_LIMITS["entity"]
+        patient_id = recordable(event.patient_id, FIELD_LIMITS["patient_id"])
+        refs = [event.entity, *event.extra_entities[:MAX_EXTRA]]
+        entities = [
+            *_target_entities(patient_id, [recordable(r, limit) or "" for r in refs]),
+            *shape.query,
+            *_request_entities(recordable(event.request_id, FIELD_LIMITS["request_id"])),
+        ]
+        event_id = str(uuid.UUID(bytes=randomness[16 * n : 16 * n + 16], version=4))
+        resource = {**shape.resource, "id": event_id}
+        if entities:
+            resource["entity"] = entities
         rows.append(
             {
-                "id": resource["id"],
-                "content": _canonical_with(resource, {**done, "agent": agents[1]}),
-                **_columns(resource),
+                "id": event_id,
+                "content": _canonical_with(resource, {**shape.written, **when}),
+                **shape.columns,
+                **_entity_columns(entities),
             }
         )
     return rows
@@ -580,6 +657,11 @@ AUDIT_UNAVAILABLE = "the audit trail cannot be written; nothing was done"
 
 def _columns(resource: dict[str, Any]) -> dict[str, Any]:
     """The searchable columns, derived from the AuditEvent (and re-derived by `verify`)."""
+    return {**_agent_columns(resource), **_entity_columns(resource.get("entity", []))}
+
+
+def _agent_columns(resource: dict[str, Any]) -> dict[str, Any]:
+    """The columns the AuditEvent's codes and requesting agent give."""
     user = resource["agent"][0]
     who = user.get("who", {})
     hospital = None
@@ -587,16 +669,6 @@ def _columns(resource: dict[str, Any]) -> dict[str, Any]:
         if ext["url"] == HOSPITAL_EXTENSION:
             hospital = ext["valueReference"]["reference"].removeprefix("Organization/")
     role = user.get("role", [{}])[0].get("coding", [{}])[0].get("code") if "role" in user else None
-    patient = None
-    entity = None
-    for e in resource.get("entity", []):
-        ref = e.get("what", {}).get("reference")
-        if ref is None:
-            continue
-        if e["role"]["code"] == "1":
-            patient = ref.removeprefix("Patient/")
-        elif entity is None:
-            entity = ref
     return {
         "type": resource["type"]["code"],
         "subtype": resource["subtype"][0]["code"],
@@ -607,9 +679,23 @@ def _columns(resource: dict[str, Any]) -> dict[str, Any]:
         "role": role,
         "practitioner_id": (who.get("reference") or "").removeprefix("Practitioner/") or None,
         "client_address": user.get("network", {}).get("address"),
-        "entity": entity or (f"Patient/{patient}" if patient else None),
-        "patient_id": patient,
     }
+
+
+def _entity_columns(entities: list[dict[str, Any]]) -> dict[str, Any]:
+    """The columns the AuditEvent's entities give: its patient, and the record touched (the
+    first other one, else the patient)."""
+    patient = None
+    entity = None
+    for e in entities:
+        ref = e.get("what", {}).get("reference")
+        if ref is None:
+            continue
+        if e["role"]["code"] == "1":
+            patient = ref.removeprefix("Patient/")
+        elif entity is None:
+            entity = ref
+    return {"entity": entity or (f"Patient/{patient}" if patient else None), "patient_id": patient}
 
 
 @dataclass

@@ -532,7 +532,9 @@ def principal_for(session: Session, claims: TokenClaims) -> Principal:
     epoch is checked against the database first, on every request."""
     account: Any  # a Row of (active, token_epoch, role, capabilities), or None
     query = _CLIENT_ACCOUNT if claims.kind == "client" else _USER_ACCOUNT
-    account = session.execute(query, {"subject": claims.subject}).first()
+    # On the unit's connection (Core), not through the ORM: a row of four columns needs none of
+    # its entity loading, and this runs on every request.
+    account = session.connection().execute(query, {"subject": claims.subject}).first()
     if account is None or not account[0]:
         raise invalid_token("the token's account is locked or no longer exists")
     if account[1] != claims.epoch:
