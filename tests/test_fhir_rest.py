@@ -10,6 +10,7 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
+from alliance.fhir.search import _after_prefix
 from tests.factories import hospital, identity_number, patient
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -169,6 +170,31 @@ def test_metadata_is_truthful(client: TestClient, as_user: Callable[[str], TestC
 
 def _ids(bundle: dict) -> list[str]:
     return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def test_a_name_search_finds_its_prefix_and_nothing_past_it(fhir: TestClient) -> None:
+    """A starts-with search reads the index range [prefix, successor of its last character):
+    王 (U+738B) finds 王 and 王建国, never 玌明 (U+738C, the first string past the range) nor
+    珏; repeated past psycopg's fifth execution, when PostgreSQL plans the statement without
+    its values (alliance.fhir.search._PrefixRange), it still does."""
+    since = datetime.now(UTC).isoformat()
+    made = {
+        name: create(fhir, patient(name)).json()["id"] for name in ("王", "王建国", "玌明", "珏")
+    }
+    for _ in range(7):
+        r = fhir.get("/fhir/Patient", params={"name": "王", "_lastUpdated": f"ge{since}"})
+        assert r.status_code == 200, r.text
+        assert sorted(_ids(r.json())) == sorted([made["王"], made["王建国"]])
+        r = fhir.get("/fhir/Patient", params={"name": "玌", "_lastUpdated": f"ge{since}"})
+        assert _ids(r.json()) == [made["玌明"]]
+
+
+def test_the_range_after_a_prefix() -> None:
+    assert _after_prefix("王") == "玌"
+    assert _after_prefix("ab") == "ac"
+    assert _after_prefix("a\ud7ff") == "a\ue000"  # past the surrogates, which are no text
+    assert _after_prefix("a\U0010ffff") is None  # nothing after the last character
+    assert _after_prefix("") is None
 
 
 def test_search_parameters(fhir: TestClient, as_user: Callable[[str], TestClient]) -> None:

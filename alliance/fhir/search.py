@@ -11,15 +11,21 @@ import re
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Select,
+    String,
     and_,
     false,
     func,
+    literal,
     not_,
     or_,
     select,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from alliance.errors import BadRequest, Issue
 from alliance.fhir.models import DateIndex, ReferenceIndex, ResourceRow, StringIndex, TokenIndex
@@ -320,7 +326,69 @@ def string_pattern(value: str, modifier: str) -> str:
 def _string(value: str, modifier: str) -> ColumnElement[bool]:
     if modifier == "exact":
         return StringIndex.exact == value
-    return StringIndex.norm.like(string_pattern(value, modifier), escape="\\")
+    like = StringIndex.norm.like(string_pattern(value, modifier), escape="\\")
+    prefix = normalize(value)
+    after = _after_prefix(prefix)
+    if modifier == "contains" or after is None:
+        return like
+    return and_(_PrefixRange(StringIndex.norm.expression, prefix, after), like)
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The least string after every string that starts with `prefix`, in code point order
+    (UTF-8's byte order): its last character's successor. None when there is none to take
+    (an empty prefix, or one ending in U+10FFFF)."""
+    if not prefix or prefix[-1] == "\U0010ffff":
+        return None
+    following = ord(prefix[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters: past them
+        following = 0xE000
+    return prefix[:-1] + chr(following)
+
+
+class _PrefixRange(ColumnElement[bool]):
+    """`low <= column < high`, compared byte by byte: the range of the prefix a starts-with
+    search looks for, which the index on (resource_type, param, norm) reads directly.
+
+    The LIKE beside it is not enough on PostgreSQL: its pattern is a bound parameter, and once
+    psycopg prepares the statement (its fifth execution) the server plans it without knowing
+    the pattern (a generic plan), so it cannot take the prefix's index range and reads every
+    value of the parameter (measured: 11 ms for a name search over 19,000 names, against
+    2 ms). Bounds of their own are parameters the generic plan does use. On PostgreSQL they
+    are the operators of the index's `varchar_pattern_ops` (`~>=~`, `~<~`); SQLite compares
+    text byte by byte already (BINARY)."""
+
+    type = Boolean()
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012 (declared so by SQLAlchemy)
+        ("column", InternalTraversal.dp_clauseelement),
+        ("low", InternalTraversal.dp_clauseelement),
+        ("high", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: ColumnElement[str], low: str, high: str) -> None:
+        self.column = column
+        self.low = literal(low, String())
+        self.high = literal(high, String())
+
+    def self_group(self, against: Any = None) -> ColumnElement[Any]:
+        return self  # compiled in parentheses, and a comparison: no "= 1" on SQLite
+
+
+@compiles(_PrefixRange)
+def _prefix_range(element: _PrefixRange, compiler: SQLCompiler, **kw: Any) -> str:
+    column, low, high = (
+        compiler.process(e, **kw) for e in (element.column, element.low, element.high)
+    )
+    return f"({column} >= {low} AND {column} < {high})"
+
+
+@compiles(_PrefixRange, "postgresql")
+def _prefix_range_postgresql(element: _PrefixRange, compiler: SQLCompiler, **kw: Any) -> str:
+    column, low, high = (
+        compiler.process(e, **kw) for e in (element.column, element.low, element.high)
+    )
+    return f"({column} ~>=~ {low} AND {column} ~<~ {high})"
 
 
 def _reference(target_type: str | None, target_id: str) -> ColumnElement[bool]:
