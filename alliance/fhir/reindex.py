@@ -14,7 +14,7 @@ import json
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from alliance.fhir.indexing import index_rows
+from alliance.fhir.indexing import index_rows, insert_index_rows
 from alliance.fhir.models import IndexState, ResourceRow, ResourceVersion, StringIndex
 from alliance.fhir.registry import Registry
 
@@ -56,9 +56,8 @@ def reindex_strings(session: Session, registry: Registry, base_url: str) -> int:
                 )
             )
             rows = index_rows(definition, resource_id, json.loads(content), base_url)
-            session.add_all(r for r in rows if isinstance(r, StringIndex))
+            insert_index_rows(session, {StringIndex: rows.get(StringIndex, [])})
             done += 1
-        session.flush()
     return done
 
 

@@ -33,7 +33,7 @@ from alliance import clock
 from alliance.attachments.service import ATTACHMENT_PARAM, check_attachments
 from alliance.db import named_lock
 from alliance.errors import BadRequest, Conflict, Gone, Issue, NotFound, PreconditionFailed
-from alliance.fhir.indexing import INDEX_TABLES, index_rows
+from alliance.fhir.indexing import INDEX_TABLES, index_rows, insert_index_rows
 from alliance.fhir.models import ReferenceIndex, ResourceRow, ResourceVersion, TokenIndex
 from alliance.fhir.registry import Registry, ResourceDefinition, WriteCheck, WriteContext
 from alliance.fhir.search import matching_rows, page_query, parse_search
@@ -576,22 +576,21 @@ class FhirStore:
         if not first:  # a resource's first version has no index rows to replace
             self._clear_index(session, definition.type, resource_id)
         rows = index_rows(definition, resource_id, resource, self.base_url)
-        indexed = {
-            r.code for r in rows if isinstance(r, TokenIndex) and r.param == ATTACHMENT_PARAM
-        }
-        rows.extend(
-            TokenIndex(
-                resource_type=definition.type,
-                resource_id=resource_id,
-                param=ATTACHMENT_PARAM,
-                system=None,
-                code=url[:255],
-            )
+        tokens = rows.setdefault(TokenIndex, [])
+        indexed = {r["code"] for r in tokens if r["param"] == ATTACHMENT_PARAM}
+        tokens.extend(
+            {
+                "resource_type": definition.type,
+                "resource_id": resource_id,
+                "param": ATTACHMENT_PARAM,
+                "system": None,
+                "code": url[:255],
+            }
             for url in files
             if url[:255] not in indexed
         )
-        session.add_all(rows)
         session.flush()
+        insert_index_rows(session, rows)
         written = Version.of(row, current.patient_id)
         for after_write in definition.after_write:
             after_write(ctx, written, previous)
