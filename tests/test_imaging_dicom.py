@@ -4,6 +4,7 @@ structural scan against hostile files, and the metadata built at ingest. No data
 from __future__ import annotations
 
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -155,3 +156,81 @@ def test_shipped_files_are_read_like_pydicom_reads_them(tmp_path: Path) -> None:
         assert instance.sop_instance_uid == ds.SOPInstanceUID
         assert instance.transfer_syntax == ds.file_meta.TransferSyntaxUID
         assert instance.number_of_frames == int(ds.get("NumberOfFrames") or 1)
+
+
+def _pydicom_json(data: bytes) -> dict[str, object]:
+    """Every top-level element's DICOM JSON as pydicom's `to_json_dict` makes it (the rule
+    `dicom.to_json` follows), less the meta group and the pixel data."""
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    made: dict[str, object] = {}
+    for tag in ds.keys():  # noqa: SIM118 (tags, as to_json walks them)
+        if tag.group == 0x0002:
+            continue
+        try:
+            made[f"{int(tag):08X}"] = ds[tag].to_json_dict(None, dicom.BULK_THRESHOLD)
+        except ValueError:
+            continue  # what pydicom cannot convert, to_json leaves out
+    return made
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_plain_values_are_made_json_as_pydicom_makes_them(tmp_path: Path, implicit: bool) -> None:
+    """Plain values (text of the default repertoire, DS, IS, binary numbers) are made JSON
+    straight from their bytes (dicom._plain_json); what comes out is what pydicom makes of
+    them, padding, many values, signs and exponents included. Anything unusual is left to
+    pydicom and comes out the same way too."""
+    ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1)
+    ds.ImageType = ["ORIGINAL ", "PRIMARY", "AXIAL "]  # CS, several values, two padded
+    ds.PixelSpacing = ["0.5", "-1.25E+02"]  # DS: a sign and an exponent
+    ds.SliceThickness = " 2"  # DS, a leading space
+    ds.ImagePositionPatient = ["+1", ".5", "3."]
+    ds.WindowCenter = "1_0"  # a DS only Python reads as a number: pydicom's to judge
+    ds.InstanceNumber = "+0012"  # IS, a sign and leading zeros
+    ds.ReferencedFrameNumber = ["1", "2", "3"]  # IS, several
+    ds.add_new(0x00181030, "LO", "CT^Chest")  # LO: pydicom's (its character set)
+    ds.add_new(0x00080070, "LO", "")  # empty
+    ds.add_new(0x00180050, "DS", "")  # empty DS
+    ds.add_new(0x00280106, "US", 7)
+    ds.add_new(0x00189306, "FD", 0.5)  # FD
+    ds.add_new(0x00189307, "FD", [1.5, -2.0])  # FD, several
+    ds.add_new(0x00540081, "US", [1, 2, 3])  # US, several
+    ds.add_new(0x00200013 + 0x10000, "UN", b"x")  # binary: pydicom's
+    ds.StudyID = "A\\\\B"  # SH with an empty value between two: pydicom's
+    ds.AccessionNumber = "ÄB"  # non-ASCII bytes: pydicom's
+    data = encode(ds)
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = dicom.IMPLICIT_VR_LE
+        out = io.BytesIO()
+        ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+        data = out.getvalue()
+    instance = parsed(data, tmp_path)
+    got = {k: v for k, v in instance.metadata.items() if k != "7FE00010"}
+    assert got == _pydicom_json(data)
+    assert got["00200013"] == {"vr": "IS", "Value": [12]}
+    assert got["00280030"] == {"vr": "DS", "Value": [0.5, -125.0]}
+    assert got["00080008"]["Value"] == ["ORIGINAL ", "PRIMARY", "AXIAL"]  # as pydicom reads it
+
+
+def test_shipped_files_make_the_json_pydicom_makes(tmp_path: Path) -> None:
+    for name in ("CT_small.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_rle_2frame.dcm"):
+        data = shipped_file(name).read_bytes()
+        got = {k: v for k, v in parsed(data, tmp_path).metadata.items() if k != "7FE00010"}
+        expected = _pydicom_json(data)
+        if "00080005" in got:
+            expected["00080005"] = got["00080005"]  # written as UTF-8 (PS3.18 F.2)
+        bulk = {k for k, v in got.items() if "BulkDataURI" in v}
+        assert {k: v for k, v in got.items() if k not in bulk} == {
+            k: v for k, v in expected.items() if k not in bulk
+        }, name
+
+
+def test_a_number_json_cannot_hold_is_left_out(tmp_path: Path) -> None:
+    """A DS of "nan" or "inf" (pydicom reads them as floats) is no JSON number: the element is
+    left out of the metadata, which stays JSON any client can read (RFC 8259 section 6)."""
+    ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1)
+    ds.WindowCenter = "nan"
+    ds.WindowWidth = ["400", "inf"]
+    instance = parsed(encode(ds), tmp_path)
+    assert "00281050" not in instance.metadata
+    assert "00281051" not in instance.metadata
+    json.loads(instance.metadata_json(), parse_constant=pytest.fail)
