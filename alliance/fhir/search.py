@@ -375,20 +375,23 @@ class _PrefixRange(ColumnElement[bool]):
         return self  # compiled in parentheses, and a comparison: no "= 1" on SQLite
 
 
-@compiles(_PrefixRange)
-def _prefix_range(element: _PrefixRange, compiler: SQLCompiler, **kw: Any) -> str:
+def _range_sql(
+    element: _PrefixRange, compiler: SQLCompiler, at_least: str, below: str, **kw: Any
+) -> str:
     column, low, high = (
         compiler.process(e, **kw) for e in (element.column, element.low, element.high)
     )
-    return f"({column} >= {low} AND {column} < {high})"
+    return f"({column} {at_least} {low} AND {column} {below} {high})"
+
+
+@compiles(_PrefixRange)
+def _prefix_range(element: _PrefixRange, compiler: SQLCompiler, **kw: Any) -> str:
+    return _range_sql(element, compiler, ">=", "<", **kw)
 
 
 @compiles(_PrefixRange, "postgresql")
 def _prefix_range_postgresql(element: _PrefixRange, compiler: SQLCompiler, **kw: Any) -> str:
-    column, low, high = (
-        compiler.process(e, **kw) for e in (element.column, element.low, element.high)
-    )
-    return f"({column} ~>=~ {low} AND {column} ~<~ {high})"
+    return _range_sql(element, compiler, "~>=~", "~<~", **kw)
 
 
 def _reference(target_type: str | None, target_id: str) -> ColumnElement[bool]:
