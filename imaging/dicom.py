@@ -27,6 +27,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 if TYPE_CHECKING:
     from imaging.structure import Structure
@@ -404,36 +405,36 @@ def to_json(ds: Dataset, prefix: str, path: str = "") -> dict[str, Any]:
         if vr in _BINARY_VRS and length is not None and length > BULK_THRESHOLD:
             out[key] = {"vr": vr, "BulkDataURI": f"{prefix}/{here}"}
             continue
-        plain = _plain_json(vr, raw) if isinstance(raw, RawDataElement) else None
-        if plain is not None:
-            out[key] = plain
-            if int(tag) == 0x00080005 and "Value" in plain:
-                plain["Value"] = ["ISO_IR 192"]  # DICOM JSON text is UTF-8 (PS3.18 F.2)
-            continue
-        try:
-            elem: DataElement = ds[tag]
-        except Exception:
+        made = _plain_json(vr, raw) if isinstance(raw, RawDataElement) else None
+        if made is None:
+            made = _converted_json(ds, tag, prefix, here)
+        if made is None:
             continue  # a value pydicom cannot convert is left out rather than guessed
-        if elem.VR == "SQ":
-            items = [
-                to_json(item, prefix, f"{here}/{i}") for i, item in enumerate(elem.value or [])
-            ]
-            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-            continue
-        value = elem.value
-        if elem.VR in _BINARY_VRS and isinstance(value, bytes) and len(value) > BULK_THRESHOLD:
-            out[key] = {"vr": elem.VR, "BulkDataURI": f"{prefix}/{here}"}
-            continue
-        try:
-            made = elem.to_json_dict(None, BULK_THRESHOLD)
-        except Exception:
-            continue
         if any(isinstance(v, float) and not math.isfinite(v) for v in made.get("Value", ())):
-            continue  # "nan" or "inf" as a DS (or such an FD): JSON has no number for it
+            continue  # "nan" or "inf" as a DS, FL or FD: JSON has no number for it
         if int(tag) == 0x00080005 and "Value" in made:
             made["Value"] = ["ISO_IR 192"]  # DICOM JSON text is UTF-8 (PS3.18 F.2)
         out[key] = made
     return out
+
+
+def _converted_json(ds: Dataset, tag: BaseTag, prefix: str, here: str) -> dict[str, Any] | None:
+    """The DICOM JSON of the element at `tag`, as pydicom converts it (sequences item by item,
+    large binary values as BulkDataURIs); None when pydicom cannot convert it."""
+    try:
+        elem: DataElement = ds[tag]
+    except Exception:
+        return None
+    if elem.VR == "SQ":
+        items = [to_json(item, prefix, f"{here}/{i}") for i, item in enumerate(elem.value or [])]
+        return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+    value = elem.value
+    if elem.VR in _BINARY_VRS and isinstance(value, bytes) and len(value) > BULK_THRESHOLD:
+        return {"vr": elem.VR, "BulkDataURI": f"{prefix}/{here}"}
+    try:
+        return elem.to_json_dict(None, BULK_THRESHOLD)
+    except Exception:
+        return None
 
 
 #: VRs of the default repertoire only (PS3.5 6.1.2), whatever Specific Character Set says.
@@ -463,8 +464,6 @@ def _plain_json(vr: str, raw: RawDataElement) -> dict[str, Any] | None:
         if len(value) % size:
             return None
         numbers = list(struct.unpack(f"<{len(value) // size}{code}", value))
-        if vr in ("FL", "FD") and not all(math.isfinite(n) for n in numbers):
-            return None
         return {"vr": vr, "Value": numbers} if numbers else {"vr": vr}
     if vr not in _REPERTOIRE_VRS and vr not in ("DS", "IS"):
         return None

@@ -169,16 +169,26 @@ def _recordable_event(event: AuditInput) -> AuditInput:
     made.subtype = recordable(event.subtype, 64) or ""
     made.actor = _recordable_actor_of(event.actor)
     made.client_address = recordable(event.client_address, limit["client_address"])
-    made.entity = recordable(event.entity, limit["entity"])
-    made.patient_id = recordable(event.patient_id, limit["patient_id"])
     made.query = recordable(event.query, limit["query"])
     made.description = recordable(event.description, limit["description"])
     made.user_agent = recordable(event.user_agent, limit["user_agent"])
-    made.request_id = recordable(event.request_id, limit["request_id"])
-    made.extra_entities = [
-        recordable(e, limit["entity"]) or "" for e in event.extra_entities[:MAX_EXTRA]
-    ]
+    made.patient_id, made.entity, made.extra_entities, made.request_id = _recordable_targets(event)
     return made
+
+
+def _recordable_targets(
+    event: AuditInput,
+) -> tuple[str | None, str | None, list[str], str | None]:
+    """What of an event names the records it touched and its request, made recordable: its
+    patient, its entity, at most `MAX_EXTRA` further entities and its request id (the fields
+    that differ between events of one caller; `_unlinked` makes only these per event)."""
+    limit = FIELD_LIMITS
+    return (
+        recordable(event.patient_id, limit["patient_id"]),
+        recordable(event.entity, limit["entity"]),
+        [recordable(e, limit["entity"]) or "" for e in event.extra_entities[:MAX_EXTRA]],
+        recordable(event.request_id, limit["request_id"]),
+    )
 
 
 def _recordable_actor_of(actor: AuditActor | None) -> AuditActor | None:
@@ -553,13 +563,11 @@ def _unlinked(events: list[AuditInput], recorded: datetime, server: str) -> list
     rows: list[dict[str, Any]] = []
     for n, event in enumerate(events):
         shape = _shape_of(event, server)
-        limit = FIELD_LIMITS["entity"]
-        patient_id = recordable(event.patient_id, FIELD_LIMITS["patient_id"])
-        refs = [event.entity, *event.extra_entities[:MAX_EXTRA]]
+        patient_id, entity, extra, request_id = _recordable_targets(event)
         entities = [
-            *_target_entities(patient_id, [recordable(r, limit) or "" for r in refs]),
+            *_target_entities(patient_id, [entity, *extra]),
             *shape.query,
-            *_request_entities(recordable(event.request_id, FIELD_LIMITS["request_id"])),
+            *_request_entities(request_id),
         ]
         event_id = str(uuid.UUID(bytes=randomness[16 * n : 16 * n + 16], version=4))
         resource = {**shape.resource, "id": event_id}
