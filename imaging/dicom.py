@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -355,7 +355,23 @@ def ranges_of(text: str | None) -> list[list[tuple[int, int]]] | None:
     return [[(int(at), int(size)) for at, size in frame] for frame in json.loads(text)]
 
 
+def _plain_values(ds: Dataset, keyword: str) -> list[Any] | None:
+    """The values of an element pydicom has not converted yet, made from its bytes as `to_json`
+    makes them (`_plain_json`); None when it is absent, converted, or not a plain value (then
+    ask pydicom). The element stays as read, so `to_json` takes the plain path for it too:
+    reading through pydicom would convert it for good, and then its JSON as well."""
+    tag = tag_for_keyword(keyword)
+    raw = ds.get_item(tag) if tag is not None else None
+    if not isinstance(raw, RawDataElement):
+        return None
+    made = _plain_json(_vr_of(raw, tag), raw)
+    return None if made is None else list(made.get("Value", ()))
+
+
 def _text(ds: Dataset, keyword: str) -> str | None:
+    plain = _plain_values(ds, keyword)
+    if plain is not None and all(isinstance(v, str) for v in plain):
+        return "\\".join(plain).strip("\x00 ") or None
     try:
         value = ds.get(keyword)
     except Exception:
@@ -369,6 +385,9 @@ def _text(ds: Dataset, keyword: str) -> str | None:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    plain = _plain_values(ds, keyword)
+    if plain is not None and (not plain or type(plain[0]) is int):
+        return plain[0] if plain else None
     try:
         value = ds.get(keyword)
         if isinstance(value, MultiValue | list):

@@ -224,6 +224,43 @@ def test_shipped_files_make_the_json_pydicom_makes(tmp_path: Path) -> None:
         }, name
 
 
+@pytest.mark.parametrize("implicit", [False, True])
+def test_fields_read_from_the_bytes_are_what_pydicom_reads(tmp_path: Path, implicit: bool) -> None:
+    """The indexed fields (UIDs, dates, codes, numbers) are read straight from the bytes of
+    elements pydicom has not converted (dicom._plain_values), so that their JSON takes the
+    plain path too. What comes out is what reading every element through pydicom gives:
+    padding, several values, signs and an empty value included."""
+    ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1)
+    ds.Modality = " CT "  # padded on both sides
+    ds.BodyPartExamined = " CHEST \\ABDOMEN "  # CS, two values, padded
+    ds.SeriesNumber = ["+0007", "8"]  # IS: a sign and leading zeros; the first value is taken
+    ds.InstanceNumber = ""  # empty
+    ds.StudyDate = "2026.11.30"  # ACR-NEMA style
+    ds.StudyTime = "101500.25 "
+    data = encode(ds)
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = dicom.IMPLICIT_VR_LE
+        out = io.BytesIO()
+        ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+        data = out.getvalue()
+    path = tmp_path / "slice.dcm"
+    path.write_bytes(data)
+    with mapped(path) as buf:
+        structure = scan(buf)
+    from_bytes = dicom.parse(path, structure)
+    converted = pydicom.dcmread(str(path), stop_before_pixels=True)
+    for _ in converted:  # iterating converts every element: nothing is left as read
+        pass
+    from_pydicom = dicom._derive(converted, structure, dicom.BASE_MARK)
+    for name in ("frame_ranges", "metadata"):
+        setattr(from_pydicom, name, getattr(from_bytes, name))
+    assert from_bytes == from_pydicom
+    assert (from_bytes.modality, from_bytes.body_part_examined) == ("CT", "CHEST \\ABDOMEN")
+    assert (from_bytes.series_number, from_bytes.instance_number) == (7, None)
+    assert (from_bytes.study_date, from_bytes.study_time) == ("20261130", "101500.25")
+    assert (from_bytes.rows, from_bytes.columns, from_bytes.number_of_frames) == (64, 64, 1)
+
+
 def test_a_number_json_cannot_hold_is_left_out(tmp_path: Path) -> None:
     """A DS of "nan" or "inf" (pydicom reads them as floats) is no JSON number: the element is
     left out of the metadata, which stays JSON any client can read (RFC 8259 section 6)."""
