@@ -357,11 +357,15 @@ def ranges_of(text: str | None) -> list[list[tuple[int, int]]] | None:
 
 def _plain_values(ds: Dataset, keyword: str) -> list[Any] | None:
     """The values of an element pydicom has not converted yet, made from its bytes as `to_json`
-    makes them (`_plain_json`); None when it is absent, converted, or not a plain value (then
-    ask pydicom). The element stays as read, so `to_json` takes the plain path for it too:
-    reading through pydicom would convert it for good, and then its JSON as well."""
+    makes them (`_plain_json`), and none when it is absent; None when it is converted or not a
+    plain value (then ask pydicom). The element stays as read, so `to_json` takes the plain
+    path for it too: reading through pydicom would convert it for good, and then its JSON."""
     tag = tag_for_keyword(keyword)
-    raw = ds.get_item(tag) if tag is not None else None
+    if tag is None:
+        return None
+    if tag not in ds:
+        return []  # pydicom's keyword lookup of an absent element is the slow way to None
+    raw = ds.get_item(tag)
     if not isinstance(raw, RawDataElement):
         return None
     made = _plain_json(_vr_of(raw, tag), raw)
