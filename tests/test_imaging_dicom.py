@@ -180,6 +180,7 @@ def test_plain_values_are_made_json_as_pydicom_makes_them(tmp_path: Path, implic
     them, padding, many values, signs and exponents included. Anything unusual is left to
     pydicom and comes out the same way too."""
     ds = ct_slice(study_uid=generate_uid(), series_uid=generate_uid(), number=1)
+    ds.SpecificCharacterSet = "GB18030"  # ASCII text reads the same in it
     ds.ImageType = ["ORIGINAL ", "PRIMARY", "AXIAL "]  # CS, several values, two padded
     ds.PixelSpacing = ["0.5", "-1.25E+02"]  # DS: a sign and an exponent
     ds.SliceThickness = " 2"  # DS, a leading space
@@ -187,7 +188,10 @@ def test_plain_values_are_made_json_as_pydicom_makes_them(tmp_path: Path, implic
     ds.WindowCenter = "1_0"  # a DS only Python reads as a number: pydicom's to judge
     ds.InstanceNumber = "+0012"  # IS, a sign and leading zeros
     ds.ReferencedFrameNumber = ["1", "2", "3"]  # IS, several
-    ds.add_new(0x00181030, "LO", "CT^Chest")  # LO: pydicom's (its character set)
+    ds.add_new(0x00181030, "LO", "CT^Chest")  # LO of printable ASCII
+    ds.StudyDescription = " CT chest \\ with contrast  "  # LO: values padded on both sides
+    ds.StationName = ["CT1 ", "ROOM 2"]  # SH, several
+    ds.add_new(0x00081040, "LO", "科室")  # LO beyond ASCII: pydicom's (its character set)
     ds.add_new(0x00080070, "LO", "")  # empty
     ds.add_new(0x00180050, "DS", "")  # empty DS
     ds.add_new(0x00280106, "US", 7)
@@ -205,10 +209,15 @@ def test_plain_values_are_made_json_as_pydicom_makes_them(tmp_path: Path, implic
         data = out.getvalue()
     instance = parsed(data, tmp_path)
     got = {k: v for k, v in instance.metadata.items() if k != "7FE00010"}
-    assert got == _pydicom_json(data)
+    expected = _pydicom_json(data)
+    assert expected.pop("00080005") == {"vr": "CS", "Value": ["GB18030"]}
+    assert got.pop("00080005") == {"vr": "CS", "Value": ["ISO_IR 192"]}  # JSON is UTF-8
+    assert got == expected
     assert got["00200013"] == {"vr": "IS", "Value": [12]}
     assert got["00280030"] == {"vr": "DS", "Value": [0.5, -125.0]}
     assert got["00080008"]["Value"] == ["ORIGINAL ", "PRIMARY", "AXIAL"]  # as pydicom reads it
+    assert got["00081030"]["Value"] == [" CT chest", " with contrast"]
+    assert got["00081040"]["Value"] == ["科室"]
 
 
 def test_shipped_files_make_the_json_pydicom_makes(tmp_path: Path) -> None:
@@ -237,6 +246,8 @@ def test_fields_read_from_the_bytes_are_what_pydicom_reads(tmp_path: Path, impli
     ds.InstanceNumber = ""  # empty
     ds.StudyDate = "2026.11.30"  # ACR-NEMA style
     ds.StudyTime = "101500.25 "
+    ds.StudyDescription = " CT chest  "  # LO
+    ds.AccessionNumber = "A1\\B2 "  # SH, two values
     data = encode(ds)
     if implicit:
         ds.file_meta.TransferSyntaxUID = dicom.IMPLICIT_VR_LE
@@ -258,6 +269,7 @@ def test_fields_read_from_the_bytes_are_what_pydicom_reads(tmp_path: Path, impli
     assert (from_bytes.modality, from_bytes.body_part_examined) == ("CT", "CHEST \\ABDOMEN")
     assert (from_bytes.series_number, from_bytes.instance_number) == (7, None)
     assert (from_bytes.study_date, from_bytes.study_time) == ("20261130", "101500.25")
+    assert (from_bytes.study_description, from_bytes.accession_number) == ("CT chest", "A1\\B2")
     assert (from_bytes.rows, from_bytes.columns, from_bytes.number_of_frames) == (64, 64, 1)
 
 
