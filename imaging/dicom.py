@@ -38,6 +38,8 @@ BULK_THRESHOLD = 1024
 #: Stands for the DICOMweb base URL inside stored metadata; replaced when it is served, so a
 #: change of the public URL does not invalidate what was built at ingest.
 BASE_MARK = "@@dicomweb@@"
+#: The media type of a PS3.10 file (PS3.18 8.7.3.2), as STOW-RS parts and stored blobs carry it.
+MEDIA_TYPE = "application/dicom"
 
 PIXEL_DATA = 0x7FE00010
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})

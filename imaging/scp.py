@@ -16,23 +16,22 @@ parseable as DICOM); 0x0111 duplicate SOP instance with other content; 0x0124 re
 authorised (a study kept by another hospital); 0x0110 processing failure.
 
 Each data set is streamed to disk as its P-DATA-TF PDUs arrive (PS3.8 9.3.5 and Annex E):
-pynetdicom's chunked receive writes every PDV into a `ReceivedDataSet` spool file, so an
-instance of any size costs the receiver one PDU of memory (and no PDU over `MAX_PDU_BYTES` is
-read). Past `max_instance_bytes` nothing more is written and the C-STORE is answered 0xA700
+pynetdicom's chunked receive writes every PDV into a `ReceivedDataSet`, which writes it straight
+into the blob store, hashed on the way (as STOW-RS parts are), so an instance of any size costs
+the receiver one PDU of memory (and no PDU over `MAX_PDU_BYTES` is read), and its bytes are
+written once. Past `max_instance_bytes` nothing more is kept and the C-STORE is answered 0xA700
 once the request is complete (there is no way to refuse a C-STORE before then other than
-aborting the association). The spool file is removed when its C-STORE is answered, or when the
-association ends with it half-received.
+aborting the association). What was written is committed as a blob once checked, or removed
+when its C-STORE is answered otherwise, or when the association ends with it half-received.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, StoragePresentationContexts, _config, dimse_messages, evt
@@ -42,7 +41,8 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy.orm import Session
 
 from alliance.audit.service import AuditActor, AuditInput, append
-from alliance.errors import AllianceError
+from alliance.errors import AllianceError, PayloadTooLarge
+from alliance.storage import BlobWriter
 from alliance.sweep import SPOOL_PREFIXES
 from imaging import dicom
 from imaging.dicom import Rejected
@@ -76,48 +76,55 @@ TRANSFER_SYNTAXES = [
 
 
 class ReceivedDataSet:
-    """The spool file one C-STORE data set is written to while its P-DATA arrives.
+    """One C-STORE data set, written as its P-DATA arrives straight into the blob store: a
+    `BlobWriter` (`Imaging.writer`), hashed on the way and committed under its SHA-256 once
+    checked, as a STOW-RS part is. The bytes are written once and read once (the check).
 
     pynetdicom writes the file meta (built from the request's Affected SOP Class and Instance
     UIDs and the presentation context's transfer syntax) and then every data set PDV here, as
-    it would into the temporary file it makes itself; the bytes are counted, and past `limit`
-    the file is emptied and the rest is counted but not written (`over_limit`).
+    it would into the temporary file it makes itself. Past the limit the writer drops what it
+    has and only counts the rest (`over_limit`).
     """
 
     def __init__(
-        self, limit: int, on_close: Callable[[ReceivedDataSet], None] | None = None
+        self, writer: BlobWriter, on_close: Callable[[ReceivedDataSet], None] | None = None
     ) -> None:
-        fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIXES[1], suffix=".dcm")
-        self.file = os.fdopen(fd, "wb")
-        self.name = name
-        self.limit = limit
-        self.size = 0
-        self.over_limit = False
+        self.writer = writer
+        # pynetdicom gives the data set's path to the handler by this name; a writer the store
+        # refused has no file, and its name then only finds it here.
+        self.name = str(writer.path) if writer.path is not None else f"refused-{uuid.uuid4()}"
         self._on_close = on_close
 
     def __bool__(self) -> bool:
         return True  # pynetdicom tests the file for truth before writing to it
 
+    @property
+    def file(self) -> ReceivedDataSet:
+        return self  # pynetdicom flushes `file` after each PDV: see `flush`
+
+    def flush(self) -> None:
+        """Nothing to do: the bytes are read only once the data set is complete and closed, and
+        made durable when the blob is committed."""
+
     def write(self, data: bytes) -> int:
-        self.size += len(data)
-        if not self.over_limit and self.size > self.limit:
-            self.over_limit = True
-            self.file.seek(0)
-            self.file.truncate()
-        if not self.over_limit:
-            self.file.write(data)
+        self.writer.write(data)
         return len(data)
 
+    @property
+    def over_limit(self) -> bool:
+        return isinstance(self.writer.error, PayloadTooLarge)
+
     def close(self) -> None:
-        self.file.close()
+        """All of the data set has arrived (or none more will)."""
+        self.writer.finish()
         if self._on_close is not None:
             self._on_close(self)
             self._on_close = None
 
     def discard(self) -> None:
+        """Drop what was written, unless it was committed as a blob."""
         self.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.name)
+        self.writer.discard()
 
 
 #: Largest PDU read from a peer. pynetdicom reads a PDU whole, of whatever length its header
@@ -232,8 +239,11 @@ class StorageSCP:
             self._server = None
 
     def spool_for(self, assoc: object) -> ReceivedDataSet:
-        """A spool file for a data set arriving on `assoc` (see `_spool_file`)."""
-        spool = ReceivedDataSet(self.max_instance_bytes, self._forget)
+        """Where a data set arriving on `assoc` is written (see `_spool_file`)."""
+        writer = self.imaging.writer(
+            spool_prefix=SPOOL_PREFIXES[1], max_bytes=self.max_instance_bytes
+        )
+        spool = ReceivedDataSet(writer, self._forget)
         with self._lock:
             self._receiving[spool.name] = (id(assoc), spool)
         return spool
@@ -268,8 +278,7 @@ class StorageSCP:
         outcome: Outcome
         try:
             spool = self._received(event)
-            path = Path(spool.name)
-            outcome = self._ingest(path, hospital, actor, address, id(event.assoc))
+            outcome = self._ingest(spool.writer, hospital, actor, address, id(event.assoc))
         except Rejected as exc:
             outcome = Outcome.rejected(exc)
             self._audit_failure(actor, address, outcome)
@@ -283,8 +292,8 @@ class StorageSCP:
         return outcome.status
 
     def _received(self, event: Event) -> ReceivedDataSet:
-        """The request's data set, received to disk as a PS3.10 file: preamble, file meta, then
-        the bytes exactly as sent (they are what is stored and served)."""
+        """The request's data set, received as a PS3.10 file: preamble, file meta, then the
+        bytes exactly as sent (they are what is stored and served); complete and closed."""
         try:
             name = str(event.dataset_path)
         except AttributeError:
@@ -299,13 +308,14 @@ class StorageSCP:
                 dicom.OUT_OF_RESOURCES,
                 f"the instance is over the size limit of {self.max_instance_bytes} bytes",
             )
+        spool.close()
         return spool
 
     def _ingest(
-        self, path: Path, hospital: str, actor: AuditActor, address: str | None, assoc: int
+        self, written: BlobWriter, hospital: str, actor: AuditActor, address: str | None, assoc: int
     ) -> Outcome:
         imaging = self.imaging
-        staged = imaging.stage(path)
+        staged = imaging.stage_written(written)
         try:
             with imaging.db.transaction(write=True) as session:
                 outcome = imaging.index(session, [staged], hospital_id=hospital)[0]

@@ -164,7 +164,7 @@ class Imaging:
         parsed = self._check(path, expected_study)
         try:
             with path.open("rb") as handle:
-                blob = self.blobs.put(handle, content_type="application/dicom")
+                blob = self.blobs.put(handle, content_type=dicom.MEDIA_TYPE)
         except AllianceError as exc:
             # The store's own message names its endpoint, folders or keys: logged, not answered.
             log.warning(
@@ -177,8 +177,21 @@ class Imaging:
             ) from None
         return Staged(parsed, blob)
 
+    def writer(self, *, spool_prefix: str, max_bytes: int | None = None) -> BlobWriter:
+        """Where an instance goes as it arrives (a STOW-RS part, a C-STORE data set): straight
+        into the blob store, hashed on the way, one pass over its bytes, for `stage_written`.
+        Past `max_bytes` it keeps no bytes and only counts them (its error says so). A store
+        that cannot begin a blob makes a refused writer: that instance alone fails, with
+        0xA700 once it has arrived."""
+        try:
+            return self.blobs.writer(
+                spool_prefix=spool_prefix, content_type=dicom.MEDIA_TYPE, max_bytes=max_bytes
+            )
+        except AllianceError as exc:
+            return BlobWriter.refused(exc)
+
     def stage_written(self, writer: BlobWriter, *, expected_study: str | None = None) -> Staged:
-        """`stage` for a file written straight into the blob store as it arrived (STOW-RS):
+        """`stage` for a file written straight into the blob store as it arrived (`writer`):
         scanned and parsed where it was written, then committed under its SHA-256, computed
         on the way in; it is never copied. Raises `Rejected`, and nothing is stored then."""
         if writer.error is not None or writer.path is None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydicom.filereader import _read_file_meta_info, read_file_meta_info, read_preamble
 
-from alliance.errors import AllianceError, Conflict, Forbidden
+from alliance.errors import Conflict, Forbidden
 from alliance.security.access import Principal
 from alliance.storage import BlobWriter
 from alliance.sweep import SPOOL_PREFIXES
@@ -18,7 +18,7 @@ from imaging.dicom import Rejected
 from imaging.service import Imaging, Outcome, Staged
 from imaging.web import Part
 
-DICOM = "application/dicom"
+DICOM = dicom.MEDIA_TYPE
 
 
 class StowFailed(Conflict):
@@ -50,13 +50,8 @@ def staged_key(staged: Staged) -> tuple[str | None, str | None]:
 
 
 def part_writer(imaging: Imaging) -> BlobWriter:
-    """Where a part of the body goes as it arrives: straight into the blob store, hashed on
-    the way (one pass over its bytes); a store that cannot begin a blob fails that part alone,
-    with 0xA700 once the part is read."""
-    try:
-        return imaging.blobs.writer(spool_prefix=SPOOL_PREFIXES[0], content_type=DICOM)
-    except AllianceError as exc:
-        return BlobWriter.refused(exc)
+    """Where a part of the body goes as it arrives (`Imaging.writer`)."""
+    return imaging.writer(spool_prefix=SPOOL_PREFIXES[0])
 
 
 def stage_part(imaging: Imaging, part: Part, study: str | None) -> Staged | Outcome:

@@ -258,24 +258,32 @@ def test_an_instance_over_the_limit_is_refused_while_it_arrives(
 def test_a_data_set_cut_off_by_an_abort_leaves_no_spool_file(
     scp: StorageSCP, spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A data set is written as it arrives: straight into a directory store's staging folder
+    (`sha256/.put-*.tmp`), or to a temporary file for an S3 store. Cut off by an abort, it
+    leaves neither behind, and no blob."""
     big = tmp_path / "big.dcm"
     large_ct_file(big, 256)  # 128 MiB: still arriving when the SCU aborts
+    staging = tmp_path / "blobs" / "sha256"
+
+    def being_written() -> list[Path]:
+        return [*spool.iterdir(), *staging.glob(".put-*.tmp")]
+
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     assoc = associate(scp, "XYPEOPLE_CT")
     sender = threading.Thread(target=assoc.send_c_store, args=(big,))  # type: ignore[attr-defined]
     sender.start()
-    # Abort once the receiver has written part of the data set to its spool file.
+    # Abort once the receiver has written part of the data set.
     deadline = time.monotonic() + 30
-    while not any(f.stat().st_size > 1024 * 1024 for f in spool.iterdir()):
+    while not any(f.stat().st_size > 1024 * 1024 for f in being_written()):
         assert time.monotonic() < deadline, "the data set never started to arrive"
         time.sleep(0.01)
     assoc.abort()  # type: ignore[attr-defined]
     sender.join(30)
     # The receiver learns of the abort just after the SCU sends it.
     deadline = time.monotonic() + 10
-    while list(spool.iterdir()) and time.monotonic() < deadline:
+    while being_written() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list(spool.iterdir()) == []
+    assert being_written() == []
     assert list(scp.imaging.blobs.list_keys()) == []
 
 
