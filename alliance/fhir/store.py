@@ -113,11 +113,11 @@ class FhirStore:
         ).first()
         if found is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
-        result = Version.of(found[1], found[0])
+        result = Version.of(found, found.patient_id)
         if result.deleted:
             raise Gone(f"{resource_type}/{resource_id} was deleted")
         if known is not None and visible is not None:
-            known[(resource_type, resource_id)] = bool(found[2])
+            known[(resource_type, resource_id)] = bool(found.opened_whole)
         return result
 
     def _read_query(
@@ -136,7 +136,7 @@ class FhirStore:
         if kept is not None and kept[0] is condition and kept[1] is whole:
             return kept[2]
         query: Select[*tuple[Any, ...]] = (
-            select(ResourceRow.patient_id, ResourceVersion)
+            select(ResourceRow.patient_id, *VERSION_COLUMNS)
             .join(
                 ResourceVersion,
                 and_(
@@ -150,7 +150,7 @@ class FhirStore:
             )
         )
         if condition is not None and whole is not None:
-            query = query.where(condition).add_columns(case((whole, True), else_=False))
+            query = query.where(condition).add_columns(_opened_whole(whole))
         if len(self._read_queries) >= _KEPT_QUERIES:
             self._read_queries.clear()  # conditions that are not kept (a caller of its own)
         self._read_queries[key] = (condition, whole, query)
@@ -278,24 +278,28 @@ class FhirStore:
                 ResourceVersion.id == ResourceRow.id,
                 ResourceVersion.version == ResourceRow.version,
             ),
-        ).add_columns(ResourceVersion)
+        ).with_only_columns(ResourceRow.patient_id, *VERSION_COLUMNS)
         if visible is not None:
-            page = page.add_columns(case((visible.full(resource_type), True), else_=False))
+            page = page.add_columns(_opened_whole(visible.full(resource_type)))
         fetched = list(session.execute(page))
         more = len(fetched) > spec.count
         fetched = fetched[: spec.count]
-        rows = [row[0] for row in fetched]
-        matches = [Version.of(row[1], row[0].patient_id) for row in fetched]
+        matches = [Version.of(row, row.patient_id) for row in fetched]
         # Whether each match is opened whole, asked by the page query (for `Reach.redact`).
-        known = {(resource_type, row[0].id): bool(row[2]) for row in fetched if len(row) > 2}
+        known = (
+            {(resource_type, row.id): bool(row.opened_whole) for row in fetched}
+            if visible is not None
+            else {}
+        )
+        ids = [row.id for row in fetched]
         next_page: tuple[str, str] | None = None
         if more:
             next_page = (
                 ("_page_offset", str(spec.offset + spec.count))
                 if spec.order
-                else ("_page_after", rows[-1].id)
+                else ("_page_after", ids[-1])
             )
-        included = self._included(session, spec, rows, visible) if spec.includes else []
+        included = self._included(session, spec, ids, visible) if spec.includes else []
         for version_list in (matches, included):
             self._present(session, version_list, actor)
             _redact(visible, session, version_list, known)
@@ -331,10 +335,10 @@ class FhirStore:
         self,
         session: Session,
         spec: SearchSpec,
-        rows: list[ResourceRow],
+        ids: list[str],
         visible: Visibility | None,
     ) -> list[Version]:
-        ids = [r.id for r in rows]
+        """The resources the matches `ids` (of `spec`'s type) refer to by `_include`."""
         targets: dict[tuple[str, str], None] = {}
         for inc in spec.includes:
             query = select(ReferenceIndex.target_type, ReferenceIndex.target_id).where(
@@ -347,7 +351,7 @@ class FhirStore:
             for ttype, tid in session.execute(query):
                 if ttype in self.registry and (visible is None or visible.may_read(ttype)):
                     targets[(ttype, tid)] = None
-        matched = {(r.resource_type, r.id) for r in rows}
+        matched = {(spec.resource_type, i) for i in ids}
         wanted = [t for t in targets if t not in matched]
         if not wanted:
             return []
@@ -617,6 +621,22 @@ def _redact(
 
 #: Most read statements `FhirStore` keeps (types x hospitals x roles is far fewer).
 _KEPT_QUERIES = 1024
+#: A stored version as `Version` holds it: a read or a page of matches selects these columns,
+#: not `ResourceVersion` objects (loading ORM objects for a page of 20 was a tenth of a
+#: search's time), and `Version.of` takes the row as it would the object.
+VERSION_COLUMNS = (
+    ResourceVersion.resource_type,
+    ResourceVersion.id,
+    ResourceVersion.version,
+    ResourceVersion.last_updated,
+    ResourceVersion.method,
+    ResourceVersion.content,
+)
+
+
+def _opened_whole(whole: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Whether the row is opened whole to the caller (for `Reach.redact`), as a column."""
+    return case((whole, True), else_=False).label("opened_whole")
 
 
 def _condition(visible: Visibility | None, resource_type: str) -> ColumnElement[bool]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, and_, not_, or_
+from sqlalchemy import ColumnElement, Row, SQLColumnExpression, and_, not_, or_
 from sqlalchemy.orm import Session
 
 from alliance import clock
@@ -244,7 +244,11 @@ class Version:
         return parsed
 
     @classmethod
-    def of(cls, row: ResourceVersion, patient_id: str | None = None) -> Version:
+    def of(
+        cls, row: ResourceVersion | Row[*tuple[Any, ...]], patient_id: str | None = None
+    ) -> Version:
+        """The version a `ResourceVersion`, or a row of its columns (store.VERSION_COLUMNS),
+        holds."""
         return cls(
             row.resource_type,
             row.id,
