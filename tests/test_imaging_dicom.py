@@ -173,6 +173,16 @@ def _pydicom_json(data: bytes) -> dict[str, object]:
     return made
 
 
+def encoded(ds: Dataset, *, implicit: bool) -> bytes:
+    """The data set as a PS3.10 file, in explicit or implicit VR little endian."""
+    if not implicit:
+        return encode(ds)
+    ds.file_meta.TransferSyntaxUID = dicom.IMPLICIT_VR_LE
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
 @pytest.mark.parametrize("implicit", [False, True])
 def test_plain_values_are_made_json_as_pydicom_makes_them(tmp_path: Path, implicit: bool) -> None:
     """Plain values (text of the default repertoire, DS, IS, binary numbers) are made JSON
@@ -201,12 +211,7 @@ def test_plain_values_are_made_json_as_pydicom_makes_them(tmp_path: Path, implic
     ds.add_new(0x00200013 + 0x10000, "UN", b"x")  # binary: pydicom's
     ds.StudyID = "A\\\\B"  # SH with an empty value between two: pydicom's
     ds.AccessionNumber = "ÄB"  # non-ASCII bytes: pydicom's
-    data = encode(ds)
-    if implicit:
-        ds.file_meta.TransferSyntaxUID = dicom.IMPLICIT_VR_LE
-        out = io.BytesIO()
-        ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
-        data = out.getvalue()
+    data = encoded(ds, implicit=implicit)
     instance = parsed(data, tmp_path)
     got = {k: v for k, v in instance.metadata.items() if k != "7FE00010"}
     expected = _pydicom_json(data)
@@ -248,12 +253,7 @@ def test_fields_read_from_the_bytes_are_what_pydicom_reads(tmp_path: Path, impli
     ds.StudyTime = "101500.25 "
     ds.StudyDescription = " CT chest  "  # LO
     ds.AccessionNumber = "A1\\B2 "  # SH, two values
-    data = encode(ds)
-    if implicit:
-        ds.file_meta.TransferSyntaxUID = dicom.IMPLICIT_VR_LE
-        out = io.BytesIO()
-        ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
-        data = out.getvalue()
+    data = encoded(ds, implicit=implicit)
     path = tmp_path / "slice.dcm"
     path.write_bytes(data)
     with mapped(path) as buf:
