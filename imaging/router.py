@@ -48,7 +48,7 @@ from alliance.numbers import MAX_INTEGER
 from alliance.security.access import Principal
 from alliance.security.guard import Context, Guard, Interaction, Touched
 from alliance.security.service import principal_for
-from imaging import pixels, qido, wado
+from imaging import dicom, pixels, qido, wado
 from imaging.access import find_instances, find_study, visible_studies
 from imaging.models import Instance, Study
 from imaging.service import Imaging, Outcome, Staged
@@ -318,7 +318,7 @@ class DicomwebApi:
             raise UnsupportedMediaType(
                 'STOW-RS takes multipart/related; type="application/dicom" (PS3.18 10.5.1)'
             )
-        if (ctype.param("type") or "application/dicom") != "application/dicom":
+        if (ctype.param("type") or dicom.MEDIA_TYPE) != dicom.MEDIA_TYPE:
             raise UnsupportedMediaType(
                 f"parts of type {ctype.param('type')} are not supported; send application/dicom"
             )
@@ -444,7 +444,7 @@ class DicomwebApi:
         await run_in_threadpool(wado.check_stored, blobs, rows)
         await run_in_threadpool(wado.try_transcode, blobs, rows, wanted)
         boundary = new_boundary()
-        media = multipart_type("application/dicom", boundary, wanted)
+        media = multipart_type(dicom.MEDIA_TYPE, boundary, wanted)
         body = wado.instances_body(blobs, rows, wanted, boundary)
         return StreamingResponse(body, media_type=media)
 

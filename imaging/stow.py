@@ -18,8 +18,6 @@ from imaging.dicom import Rejected
 from imaging.service import Imaging, Outcome, Staged
 from imaging.web import Part
 
-DICOM = dicom.MEDIA_TYPE
-
 
 class StowFailed(Conflict):
     """No instance of a STOW-RS request was stored: audited as a failure, answered with the
@@ -57,8 +55,8 @@ def part_writer(imaging: Imaging) -> BlobWriter:
 def stage_part(imaging: Imaging, part: Part, study: str | None) -> Staged | Outcome:
     """Check and store one part of the body; what is not stored of it is discarded."""
     try:
-        ctype = part.content_type or DICOM
-        if ctype != DICOM:
+        ctype = part.content_type or dicom.MEDIA_TYPE
+        if ctype != dicom.MEDIA_TYPE:
             return Outcome(dicom.CANNOT_UNDERSTAND, f"a part of type {ctype} is not DICOM")
         if isinstance(part.sink, BlobWriter):
             return imaging.stage_written(part.sink, expected_study=study)

@@ -55,8 +55,8 @@ def instance_syntax(accept: list[MediaRange]) -> str | None:
     for r in accept:
         if r.type in ("*/*", "multipart/*"):
             return None
-        if r.type == "multipart/related" and (r.param("type") or "application/dicom") in (
-            "application/dicom",
+        if r.type == "multipart/related" and (r.param("type") or dicom.MEDIA_TYPE) in (
+            dicom.MEDIA_TYPE,
             "*/*",
         ):
             ts = r.param("transfer-syntax")
